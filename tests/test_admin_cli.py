@@ -1,0 +1,197 @@
+"""The admin CLI, in-process against a live admin socket (fake handler), and once as a subprocess with no
+engine running."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from adapters.admin_cli import main, render, table
+from adapters.admin_socket import AdminServer
+from adapters.ioloop import IoLoop
+from engine.admin_commands import Command, CommandError, Pause, Peer, Status, User, Users, command_name
+
+GUARD_S = 30.0
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class FakeHandler:
+    def __init__(self) -> None:
+        self.calls: list[Command] = []
+        self.hang = asyncio.Event()
+
+    async def handle(self, cmd: Command, peer: Peer) -> dict[str, Any]:
+        self.calls.append(cmd)
+        if isinstance(cmd, User) and cmd.user_id == 404:
+            raise CommandError("no user 404")
+        if isinstance(cmd, Users):
+            return {
+                "users": [
+                    {"user_id": 1, "equity": Decimal("100.50"), "paused": False, "venue": "paper"},
+                    {"user_id": 22, "equity": Decimal(7), "paused": True, "venue": None},
+                ]
+            }
+        if isinstance(cmd, Status):
+            return {"draining": False, "uptime_s": 12, "venues": {"paper": "up", "binance": "down"}}
+        if command_name(cmd) == "reconcile":
+            await self.hang.wait()  # never set: the engine "does not answer"
+        return {}
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="adm-"))
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def handler() -> FakeHandler:
+    return FakeHandler()
+
+
+@pytest.fixture
+def server(sock_dir: Path, handler: FakeHandler) -> Iterator[AdminServer]:
+    io_loop = IoLoop().start()
+    server = AdminServer(io_loop, sock_dir / "admin" / "engine.sock", handler, max_connections=1)
+    io_loop.run(server.start(), GUARD_S)
+    yield server
+    io_loop.run(server.stop(), GUARD_S)
+    io_loop.stop()
+
+
+def run(argv: list[str], path: Path, **kw: Any) -> tuple[int, str, str]:
+    # Own streams, not capsys: the in-process server's logs also go to stdout.
+    out, err = io.StringIO(), io.StringIO()
+    code = main(argv, socket_path=path, stdout=out, stderr=err, **kw)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_ok_prints_key_value_lines(server: AdminServer) -> None:
+    code, out, err = run(["status"], server.path)
+    assert code == 0
+    assert err == ""
+    assert out.splitlines() == ["draining: no", "uptime_s: 12", "venues:", "  paper: up", "  binance: down"]
+
+
+def test_lists_print_as_aligned_table(server: AdminServer) -> None:
+    code, out, _ = run(["users"], server.path)
+    assert code == 0
+    assert out.splitlines() == [
+        "users:",
+        "  USER_ID  EQUITY  PAUSED  VENUE",
+        "        1  100.50  no      paper",
+        "       22       7  yes     -",
+    ]
+
+
+def test_json_prints_the_raw_reply(server: AdminServer) -> None:
+    code, out, _ = run(["users", "--json"], server.path)
+    assert code == 0
+    reply = orjson.loads(out)
+    assert reply["ok"] is True
+    assert reply["users"][0]["equity"] == "100.50"
+
+
+def test_empty_ok_reply_prints_ok(server: AdminServer, handler: FakeHandler) -> None:
+    code, out, _ = run(["pause", "whale", "3"], server.path)
+    assert (code, out) == (0, "ok\n")
+    assert handler.calls == [Pause(target="whale", target_id=3)]
+
+
+def test_error_reply_exits_1(server: AdminServer) -> None:
+    code, out, err = run(["user", "404"], server.path)
+    assert (code, out) == (1, "")
+    assert err == "error: no user 404\n"
+    code, out, _ = run(["--json", "user", "404"], server.path)
+    assert code == 1
+    assert orjson.loads(out) == {"ok": False, "error": "no user 404"}
+
+
+def test_bad_arguments_exit_1_without_sending(server: AdminServer, handler: FakeHandler) -> None:
+    code, _, err = run(["user", "x"], server.path)
+    assert code == 1
+    assert "user ID must be an integer" in err
+    code, _, err = run(["frobnicate"], server.path)
+    assert code == 1
+    assert "unknown command 'frobnicate'" in err
+    assert handler.calls == []
+
+
+def test_help(sock_dir: Path) -> None:
+    code, out, _ = run(["help"], sock_dir / "none.sock")
+    assert code == 0
+    assert "positions [--user ID] [--open]" in out
+
+
+def test_socket_option_overrides_the_default(server: AdminServer) -> None:
+    code, _, _ = run(["status", "--socket", str(server.path)], Path("/nonexistent/engine.sock"))
+    assert code == 0
+    code, _, err = run([f"--socket={server.path}.missing", "status"], server.path)
+    assert code == 2
+    assert f"{server.path}.missing" in err
+
+
+def test_refused_connection_shows_the_reason(server: AdminServer) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as holder:  # takes the only slot
+        holder.settimeout(GUARD_S)
+        holder.connect(str(server.path))
+        holder.sendall(b'{"cmd": "status"}\n')
+        assert holder.recv(4096).startswith(b'{"ok":true')
+        code, _, err = run(["status"], server.path)
+    assert code == 1
+    assert "too many admin connections" in err
+
+
+def test_no_reply_exits_2(server: AdminServer) -> None:
+    code, _, err = run(["reconcile"], server.path, timeout_s=0.2)
+    assert code == 2
+    assert "no reply" in err
+
+
+def test_engine_not_running_subprocess(sock_dir: Path) -> None:
+    path = sock_dir / "admin" / "engine.sock"
+    proc = subprocess.run(
+        [sys.executable, "-m", "adapters.admin_cli", "status", "--socket", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 2
+    assert str(path) in proc.stderr
+    assert "not reachable" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_render_shapes() -> None:
+    text = render({"n": 1, "empty": [], "tags": ["a", "b"], "nested": {"x": {"y": None}}, "blank": {}})
+    assert text.splitlines() == [
+        "n: 1",
+        "empty: (none)",
+        "tags: a, b",
+        "nested:",
+        "  x:",
+        "    y: -",
+        "blank: {}",
+    ]
+    assert table([{"a": "x", "b": {"k": 1}}, {"c": "-1.5"}]) == [
+        "A  B           C",
+        'x  {"k":1}     -',
+        "-  -        -1.5",
+    ]
