@@ -1,0 +1,657 @@
+"""ExchangeActor: one per venue. Owns the venue's rate budget, per-account order limits, the circuit breaker,
+retries and the order-outcome policy of ``engine/venue.py``.
+
+Handlers run on the actor's own thread and never wait on the I/O loop. Each turn drains the queues (exits,
+then resolves, then entries) into one batch, hands the batch to the loop as *one* coroutine that starts a task
+per call, and the loop hands results back batched per loop iteration (``_Completed``): two cross-thread hops
+per batch instead of two per order. Timers (backoff, bans, budget refill) are ``loop.call_later`` -> ``tell``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import heapq
+import itertools
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import pykka
+
+from adapters.ioloop import IoLoop
+from engine.breaker import BreakerState, CircuitBreaker, Transition
+from engine.logs import get_logger
+from engine.messages import OrderOutcome, OrderRequest, PlaceOrder, ResolveOrder, TradeStatus, VenueOrder
+from engine.ratelimit import AccountOrderLimiter, TokenBucket
+from engine.venue import OrderRejected, OutcomeUnknown, RetryableError, VenueAdapter, VenueBanned
+
+log = get_logger(__name__)
+
+_TIMER_SLACK_S = 0.002  # wake a little after the deadline, so the bucket has refilled when we look
+_HOUSEKEEPING_S = 10.0
+
+# ----------------------------------------------------------------------------------------------------------
+# Private messages (loop -> actor, actor -> itself)
+# ----------------------------------------------------------------------------------------------------------
+
+
+class _Drain(msgspec.Struct, frozen=True):
+    """Sent to itself once per burst of messages, so one turn sends one batch."""
+
+
+class _Wake(msgspec.Struct, frozen=True):
+    at: float
+
+
+class _Result(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: int
+    order: VenueOrder | None = None
+    error: str | None = None  # None | "rejected" | "retryable" | "banned" | "unknown" | "not_sent"
+    message: str = ""
+    retry_after_s: float | None = None
+    ban_s: float | None = None
+
+
+class _Completed(msgspec.Struct, frozen=True):
+    results: tuple[_Result, ...]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Actor-thread bookkeeping
+# ----------------------------------------------------------------------------------------------------------
+
+_EXITS, _RESOLVES, _ENTRIES = 0, 1, 2
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    job_id: int
+    message: PlaceOrder | ResolveOrder
+    lane: int
+    weight: int
+    attempts: int = 0
+    probe: bool = False
+
+    @property
+    def client_order_id(self) -> str:
+        msg = self.message
+        return msg.request.client_order_id if isinstance(msg, PlaceOrder) else msg.client_order_id
+
+    @property
+    def user_id(self) -> int:
+        msg = self.message
+        return msg.request.user_id if isinstance(msg, PlaceOrder) else msg.user_id
+
+
+def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
+    with contextlib.suppress(pykka.ActorDeadError):  # shutting down: nobody is left to act on it
+        ref.tell(message)
+
+
+class _LoopSide:
+    """The actor's half on the I/O loop thread: runs the calls, keeps the tasks alive and delivers results
+    in batches. Touched only on the loop thread."""
+
+    def __init__(self, deliver: Callable[[tuple[_Result, ...]], None], call_timeout_s: float) -> None:
+        self._deliver = deliver
+        self._call_timeout_s = call_timeout_s
+        self._pending: list[_Result] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, calls: list[tuple[int, Callable[[], Awaitable[Any]]]]) -> None:
+        loop = asyncio.get_running_loop()
+        for job_id, call in calls:
+            task = loop.create_task(self._run(job_id, call))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, job_id: int, call: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            async with asyncio.timeout(self._call_timeout_s):
+                value = await call()
+            result = _Result(job_id=job_id, order=value)
+        except OrderRejected as exc:
+            result = _Result(job_id=job_id, error="rejected", message=str(exc))
+        except RetryableError as exc:
+            result = _Result(
+                job_id=job_id, error="retryable", message=str(exc), retry_after_s=exc.retry_after_s
+            )
+        except VenueBanned as exc:
+            result = _Result(job_id=job_id, error="banned", message=str(exc), ban_s=exc.ban_s)
+        except OutcomeUnknown as exc:
+            result = _Result(job_id=job_id, error="unknown", message=str(exc))
+        except TimeoutError:
+            result = _Result(job_id=job_id, error="unknown", message=f"no answer in {self._call_timeout_s}s")
+        except Exception as exc:  # an adapter bug: the request may have gone out, so UNKNOWN
+            result = _Result(job_id=job_id, error="unknown", message=f"{type(exc).__name__}: {exc}")
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append(result)
+
+    def _flush(self) -> None:
+        batch, self._pending = tuple(self._pending), []
+        self._deliver(batch)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The actor
+# ----------------------------------------------------------------------------------------------------------
+
+
+class ExchangeActor(pykka.ThreadingActor):
+    """Answers every ``PlaceOrder`` with exactly one ``OrderOutcome`` and every ``ResolveOrder`` with one
+    ``OrderOutcome``, told to ``reply_to``. ``status()`` (via a proxy) reports the state for the admin
+    socket."""
+
+    def __init__(
+        self,
+        io_loop: IoLoop,
+        adapter: VenueAdapter,
+        *,
+        weight_per_minute: int = 6000,
+        weight_window_s: float = 60.0,
+        orders_per_second_per_account: int = 10,
+        max_in_flight: int = 512,
+        retry_max_attempts: int = 5,
+        retry_base_ms: float = 100.0,
+        retry_max_ms: float = 5000.0,
+        breaker_error_rate: float = 0.5,
+        breaker_min_requests: int = 20,
+        breaker_window_s: float = 30.0,
+        breaker_cooldown_s: float = 15.0,
+        unknown_grace_s: float = 60.0,
+        call_timeout_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        """``weight_per_minute`` is enforced over a sliding ``weight_window_s`` (the venue's own window, 60 s
+        everywhere we trade; shorter in tests). ``retry_max_attempts`` counts the first attempt."""
+        super().__init__()
+        self._io = io_loop
+        self._adapter = adapter
+        self._venue = adapter.name
+        self._settings = {
+            "weight_per_minute": weight_per_minute,
+            "weight_window_s": weight_window_s,
+            "orders_per_second_per_account": orders_per_second_per_account,
+            "max_in_flight": max_in_flight,
+            "retry_max_attempts": retry_max_attempts,
+            "retry_base_ms": retry_base_ms,
+            "retry_max_ms": retry_max_ms,
+            "breaker_error_rate": breaker_error_rate,
+            "breaker_min_requests": breaker_min_requests,
+            "breaker_window_s": breaker_window_s,
+            "breaker_cooldown_s": breaker_cooldown_s,
+            "unknown_grace_s": unknown_grace_s,
+            "call_timeout_s": call_timeout_s,
+        }
+        capacity = max(1, math.floor(weight_per_minute * weight_window_s / 60))
+        self._bucket = TokenBucket(capacity=capacity, window_s=weight_window_s)
+        self._accounts = AccountOrderLimiter(max_orders=orders_per_second_per_account, window_s=1.0)
+        self._breaker = CircuitBreaker(
+            window_s=breaker_window_s,
+            min_requests=breaker_min_requests,
+            error_rate_threshold=breaker_error_rate,
+            cool_down_s=breaker_cooldown_s,
+        )
+        self._max_in_flight = max_in_flight
+        self._retry_max_attempts = retry_max_attempts
+        self._retry_base_s = retry_base_ms / 1000
+        self._retry_max_s = retry_max_ms / 1000
+        self._unknown_grace_s = unknown_grace_s
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._lanes: tuple[deque[_Job], deque[_Job], deque[_Job]] = (deque(), deque(), deque())
+        self._delayed: list[tuple[float, int, _Job]] = []  # heap of retries waiting for their backoff
+        self._in_flight: dict[int, _Job] = {}
+        self._unknown_since: dict[str, float] = {}  # client order id -> when it went UNKNOWN
+        self._job_ids = itertools.count(1)
+        self._drain_pending = False
+        self._timer_at: float | None = None
+        self._banned_until: float | None = None
+        self._housekept_at = clock()
+        self._counters = dict.fromkeys(
+            ("sent", "filled", "rejected", "failed", "refused", "unknown", "retries", "resolved", "batches"),
+            0,
+        )
+        self._loop_side = _LoopSide(self._deliver, call_timeout_s)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Hooks and public API (actor thread)
+    # ------------------------------------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        log.info("exchange.started", venue=self._venue, **self._settings)
+
+    def on_receive(self, message: Any) -> Any:
+        try:
+            if isinstance(message, _Completed):
+                self._on_completed(message)
+            elif isinstance(message, PlaceOrder):
+                self._on_place(message)
+            elif isinstance(message, ResolveOrder):
+                self._enqueue(message, _RESOLVES)
+            elif isinstance(message, _Drain):
+                self._drain_pending = False
+                self._drain()
+            elif isinstance(message, _Wake):
+                if self._timer_at == message.at:
+                    self._timer_at = None
+                self._drain()
+            else:
+                log.warning("exchange.unexpected_message", venue=self._venue, type=type(message).__name__)
+        except Exception:
+            # The engine never dies on a bad message; what is lost is logged with its ids.
+            log.exception("exchange.handler_failed", venue=self._venue, type=type(message).__name__)
+        return None
+
+    def _on_completed(self, message: _Completed) -> None:
+        now = self._clock()
+        for result in message.results:
+            try:
+                self._on_result(result, now)
+            except Exception:  # one bad result must not cost the others their outcome
+                log.exception("exchange.result_failed", venue=self._venue, job_id=result.job_id)
+        self._schedule_drain()
+
+    def status(self) -> dict[str, Any]:
+        """For the admin socket and tests: ``actor_ref.proxy().status().get()``."""
+        now = self._clock()
+        self._apply(self._breaker.poll(now))
+        return {
+            "venue": self._venue,
+            "breaker": str(self._breaker.state),
+            "weight_capacity": self._bucket.capacity,
+            "weight_available": self._bucket.available(now),
+            "in_flight": len(self._in_flight),
+            "queued_exits": len(self._lanes[_EXITS]),
+            "queued_entries": len(self._lanes[_ENTRIES]),
+            "queued_resolves": len(self._lanes[_RESOLVES]),
+            "waiting_retry": len(self._delayed),
+            "banned_until": self._banned_until,
+            "banned_for_s": max(0.0, self._banned_until - now) if self._banned_until else 0.0,
+            "counters": dict(self._counters),
+        }
+
+    # ------------------------------------------------------------------------------------------------------
+    # Intake
+    # ------------------------------------------------------------------------------------------------------
+
+    def _on_place(self, message: PlaceOrder) -> None:
+        request = message.request
+        if request.venue != self._venue:
+            self._finish(message, TradeStatus.FAILED, error="wrong_venue")
+            return
+        if not request.is_exit:
+            self._apply(self._breaker.poll(self._clock()))
+            if self._breaker.state is BreakerState.OPEN:
+                self._refuse(message)
+                return
+        self._enqueue(message, _EXITS if request.is_exit else _ENTRIES)
+
+    def _enqueue(self, message: PlaceOrder | ResolveOrder, lane: int) -> None:
+        operation = "create_order" if isinstance(message, PlaceOrder) else "fetch_order"
+        # A call heavier than the whole budget could never go; let it use the whole budget instead.
+        weight = min(self._adapter.request_weight(operation), self._bucket.capacity)
+        self._lanes[lane].append(_Job(next(self._job_ids), message, lane, weight))
+        self._schedule_drain()
+
+    def _schedule_drain(self) -> None:
+        # Every message already in the inbox is handled before the _Drain: a burst becomes one batch.
+        if not self._drain_pending:
+            self._drain_pending = True
+            self.actor_ref.tell(_Drain())
+
+    # ------------------------------------------------------------------------------------------------------
+    # Sending
+    # ------------------------------------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        now = self._clock()
+        self._apply(self._breaker.poll(now))
+        if self._breaker.state is BreakerState.OPEN:
+            self._refuse_queued_entries(now)
+        if self._banned_until is not None:
+            if now < self._banned_until:
+                self._arm(self._banned_until)
+                return
+            self._banned_until = None
+            log.info("venue.unbanned", venue=self._venue)
+        self._release_due_retries(now)
+        if self._breaker.state is BreakerState.OPEN:
+            self._refuse_queued_entries(now)
+        batch: list[_Job] = []
+        wake = math.inf
+        for lane in self._lanes:
+            blocked_accounts: list[_Job] = []
+            budget_left = True
+            while lane and len(self._in_flight) < self._max_in_flight:
+                job = lane.popleft()
+                is_order = isinstance(job.message, PlaceOrder)
+                if job.lane == _ENTRIES and not self._breaker.allows(is_exit=False):
+                    lane.appendleft(job)  # half-open: wait for the probe's verdict
+                    break
+                account_wait = self._accounts.wait_time(job.user_id, now) if is_order else 0.0
+                if account_wait > 0:
+                    blocked_accounts.append(job)
+                    wake = min(wake, now + account_wait)
+                    continue
+                if not self._bucket.try_acquire(job.weight, now, hold=True):
+                    lane.appendleft(job)
+                    wake = min(wake, now + self._bucket.wait_time(job.weight, now))
+                    budget_left = False
+                    break
+                if is_order:
+                    self._accounts.try_acquire(job.user_id, now)
+                if job.lane == _ENTRIES:
+                    job.probe = self._breaker.try_pass(is_exit=False)[1]
+                job.attempts += 1
+                self._in_flight[job.job_id] = job
+                batch.append(job)
+            lane.extendleft(reversed(blocked_accounts))
+            if not budget_left:
+                log.debug("rate.queued", venue=self._venue, queued=sum(map(len, self._lanes)))
+                break  # strict priority: lower lanes must not take the budget an exit is waiting for
+        if batch:
+            self._launch(batch)
+        if self._delayed:
+            wake = min(wake, self._delayed[0][0])
+        if wake < math.inf:
+            self._arm(wake)
+        if now - self._housekept_at > _HOUSEKEEPING_S:
+            self._housekeeping(now)
+
+    def _launch(self, batch: list[_Job]) -> None:
+        calls: list[tuple[int, Callable[[], Awaitable[Any]]]] = []
+        for job in batch:
+            msg = job.message
+            if isinstance(msg, PlaceOrder):
+                calls.append((job.job_id, functools.partial(self._adapter.create_order, msg.request)))
+                self._counters["sent"] += 1
+                log.debug("order.submitted", attempt=job.attempts, **_fields(msg.request))
+            else:
+                fetch = functools.partial(
+                    self._adapter.fetch_order_by_client_id,
+                    user_id=msg.user_id,
+                    symbol=msg.symbol,
+                    trade_type=msg.trade_type,
+                    client_order_id=msg.client_order_id,
+                )
+                calls.append((job.job_id, fetch))
+        self._counters["batches"] += 1
+        try:
+            self._io.submit(self._loop_side.start(calls), self._on_start_done)
+        except RuntimeError as exc:  # the loop is closed: nothing was sent
+            results = tuple(_Result(job_id=job.job_id, error="not_sent", message=str(exc)) for job in batch)
+            self.on_receive(_Completed(results))
+
+    def _on_start_done(self, future: concurrent.futures.Future[None]) -> None:
+        # Loop thread. ``start`` only creates tasks; it fails only when the loop is going away.
+        if not future.cancelled() and future.exception() is not None:
+            log.error("exchange.launch_failed", venue=self._venue, error=str(future.exception()))
+
+    def _deliver(self, results: tuple[_Result, ...]) -> None:
+        _tell(self.actor_ref, _Completed(results))  # loop thread
+
+    def _arm(self, at: float) -> None:
+        if self._timer_at is not None and self._timer_at <= at:
+            return
+        self._timer_at = at
+        delay_s = max(0.0, at - self._clock()) + _TIMER_SLACK_S
+        loop, ref = self._io.loop, self.actor_ref
+        try:
+            loop.call_soon_threadsafe(loop.call_later, delay_s, _tell, ref, _Wake(at))
+        except RuntimeError:
+            self._timer_at = None  # loop closed: shutting down
+
+    def _refuse_queued_entries(self, now: float) -> None:
+        """The breaker is open: entries waiting here (or for a retry) will not go; tell their owners now."""
+        entries = self._lanes[_ENTRIES]
+        while entries:
+            self._refuse(entries.popleft().message)
+        waiting = [item for item in self._delayed if item[2].lane == _ENTRIES]
+        if waiting:
+            self._delayed = [item for item in self._delayed if item[2].lane != _ENTRIES]
+            heapq.heapify(self._delayed)
+            for _, _, job in sorted(waiting):
+                self._refuse(job.message)
+
+    def _release_due_retries(self, now: float) -> None:
+        due: list[_Job] = []
+        while self._delayed and self._delayed[0][0] <= now:
+            due.append(heapq.heappop(self._delayed)[2])
+        for job in reversed(due):  # oldest at the front of its lane
+            self._lanes[job.lane].appendleft(job)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Results
+    # ------------------------------------------------------------------------------------------------------
+
+    def _on_result(self, result: _Result, now: float) -> None:
+        job = self._in_flight.pop(result.job_id, None)
+        if job is None:
+            return
+        self._bucket.settle(job.weight, now)
+        if result.error == "banned":
+            self._on_ban(now, result.ban_s or 0.0)
+        elif result.error in ("retryable", "unknown"):
+            self._apply(self._breaker.record_failure(now, probe=job.probe))
+        elif result.error == "not_sent":
+            if job.probe:
+                self._breaker.release_probe()
+        else:  # the venue answered, even if it said no: it is healthy
+            self._apply(self._breaker.record_success(now, probe=job.probe))
+        job.probe = False
+        if isinstance(job.message, PlaceOrder):
+            self._on_order_result(job, job.message, result, now)
+        else:
+            self._on_resolve_result(job, job.message, result, now)
+
+    def _on_order_result(self, job: _Job, message: PlaceOrder, result: _Result, now: float) -> None:
+        request = message.request
+        if result.error is None and result.order is not None:
+            self._finish_with_order(message, result.order, attempts=job.attempts)
+        elif result.error == "rejected":
+            self._finish(message, TradeStatus.REJECTED, error=result.message)
+        elif result.error == "retryable":
+            self._retry_or_fail(job, result, now)
+        elif result.error == "banned":
+            if request.is_exit:
+                job.attempts -= 1  # not the order's fault: it goes again when the ban ends
+                self._lanes[job.lane].appendleft(job)
+            else:
+                self._refuse(message)
+        elif result.error == "not_sent":
+            self._finish(message, TradeStatus.FAILED, error=f"not_sent: {result.message}")
+        else:  # sent, and no trustworthy answer: never re-send blindly, reconcile by client order id
+            self._unknown_since.setdefault(request.client_order_id, now)
+            self._counters["unknown"] += 1
+            log.warning("order.unknown", error=result.message, attempt=job.attempts, **_fields(request))
+            self._reply(
+                message,
+                OrderOutcome(
+                    client_order_id=request.client_order_id, status=TradeStatus.UNKNOWN, error=result.message
+                ),
+            )
+
+    def _on_resolve_result(self, job: _Job, message: ResolveOrder, result: _Result, now: float) -> None:
+        cid = message.client_order_id
+        fields = {"venue": self._venue, "user_id": message.user_id, "client_order_id": cid}
+        if result.error is None:
+            if result.order is not None:
+                self._unknown_since.pop(cid, None)
+                self._counters["resolved"] += 1
+                log.info("order.resolved", status=str(result.order.status), **fields)
+                self._reply(message, _outcome(result.order))
+                return
+            since = self._unknown_since.get(cid)
+            if since is not None and now - since < self._unknown_grace_s:
+                # The venue may not have processed it yet: a "not found" this early proves nothing.
+                self._reply(
+                    message,
+                    OrderOutcome(client_order_id=cid, status=TradeStatus.UNKNOWN, error="not_found_yet"),
+                )
+                return
+            self._unknown_since.pop(cid, None)
+            log.info("order.resolved", status="not_found", **fields)
+            self._reply(
+                message, OrderOutcome(client_order_id=cid, status=TradeStatus.FAILED, error="not_found")
+            )
+        elif result.error == "retryable" and job.attempts < self._retry_max_attempts:
+            self._schedule_retry(job, result, now)
+        elif result.error == "banned":
+            job.attempts -= 1
+            self._lanes[job.lane].appendleft(job)
+        else:
+            log.warning("order.resolve_failed", error=result.message, **fields)
+            self._reply(
+                message, OrderOutcome(client_order_id=cid, status=TradeStatus.UNKNOWN, error=result.message)
+            )
+
+    def _retry_or_fail(self, job: _Job, result: _Result, now: float) -> None:
+        message = job.message
+        assert isinstance(message, PlaceOrder)
+        if job.attempts >= self._retry_max_attempts:
+            error = f"retries_exhausted: {result.message}"
+            log.warning("order.failed", error=error, attempt=job.attempts, **_fields(message.request))
+            self._finish(message, TradeStatus.FAILED, error=error)
+            return
+        self._schedule_retry(job, result, now)
+
+    def _schedule_retry(self, job: _Job, result: _Result, now: float) -> None:
+        # Exponential backoff with "equal jitter": never less than half the step, so a crowd of retries
+        # spreads out without hammering the venue early; the venue's Retry-After is a floor.
+        step_s = min(self._retry_max_s, self._retry_base_s * 2 ** (job.attempts - 1))
+        delay_s = max(step_s / 2 + self._rng.uniform(0, step_s / 2), result.retry_after_s or 0.0)
+        heapq.heappush(self._delayed, (now + delay_s, job.job_id, job))
+        self._counters["retries"] += 1
+        fields = (
+            _fields(job.message.request)
+            if isinstance(job.message, PlaceOrder)
+            else {
+                "venue": self._venue,
+                "client_order_id": job.client_order_id,
+                "user_id": job.user_id,
+            }
+        )
+        log.info(
+            "order.retry", attempt=job.attempts, delay_s=round(delay_s, 3), error=result.message, **fields
+        )
+
+    def _on_ban(self, now: float, ban_s: float) -> None:
+        until = now + ban_s
+        if self._banned_until is None:
+            log.warning("venue.banned", venue=self._venue, ban_s=ban_s)
+        if self._banned_until is None or until > self._banned_until:
+            self._banned_until = until
+        self._apply(self._breaker.record_ban(now, ban_s))
+
+    # ------------------------------------------------------------------------------------------------------
+    # Replies, logs, housekeeping
+    # ------------------------------------------------------------------------------------------------------
+
+    def _finish_with_order(self, message: PlaceOrder, order: VenueOrder, *, attempts: int) -> None:
+        fields = _fields(message.request)
+        if order.status in (TradeStatus.FILLED, TradeStatus.PARTIALLY_FILLED):
+            self._counters["filled"] += 1
+            log.info(
+                "order.filled",
+                status=str(order.status),
+                filled_qty=order.filled_qty,
+                avg_price=order.avg_price,
+                fee_usdt=order.fee_usdt,
+                exchange_order_id=order.exchange_order_id,
+                attempts=attempts,
+                **fields,
+            )
+        elif order.status is TradeStatus.REJECTED:
+            self._counters["rejected"] += 1
+            log.info("order.rejected", exchange_order_id=order.exchange_order_id, **fields)
+        else:
+            log.info(
+                "order.accepted",
+                status=str(order.status),
+                exchange_order_id=order.exchange_order_id,
+                **fields,
+            )
+        self._reply(message, _outcome(order))
+
+    def _finish(self, message: PlaceOrder, status: TradeStatus, *, error: str) -> None:
+        if status is TradeStatus.REJECTED:
+            self._counters["rejected"] += 1
+            log.info("order.rejected", error=error, **_fields(message.request))
+        else:
+            self._counters["failed"] += 1
+        cid = message.request.client_order_id
+        self._reply(message, OrderOutcome(client_order_id=cid, status=status, error=error))
+
+    def _refuse(self, message: PlaceOrder | ResolveOrder) -> None:
+        assert isinstance(message, PlaceOrder)
+        self._counters["refused"] += 1
+        log.info("order.refused", reason="venue_unavailable", **_fields(message.request))
+        cid = message.request.client_order_id
+        self._reply(
+            message, OrderOutcome(client_order_id=cid, status=TradeStatus.FAILED, error="venue_unavailable")
+        )
+
+    def _reply(self, message: PlaceOrder | ResolveOrder, outcome: OrderOutcome) -> None:
+        if message.reply_to is not None:
+            _tell(message.reply_to, outcome)
+
+    def _apply(self, transition: Transition | None) -> None:
+        if transition is None:
+            return
+        event = {
+            BreakerState.OPEN: "breaker.opened",
+            BreakerState.HALF_OPEN: "breaker.half_open",
+            BreakerState.CLOSED: "breaker.closed",
+        }[transition.to_state]
+        level = log.warning if transition.to_state is BreakerState.OPEN else log.info
+        level(
+            event,
+            venue=self._venue,
+            reason=transition.reason,
+            from_state=str(transition.from_state),
+            error_rate=transition.error_rate,
+            open_for_s=transition.open_for_s,
+        )
+
+    def _housekeeping(self, now: float) -> None:
+        self._housekept_at = now
+        self._accounts.prune(now)
+        horizon = now - self._unknown_grace_s
+        for cid in [c for c, since in self._unknown_since.items() if since < horizon]:
+            del self._unknown_since[cid]
+
+
+def _fields(request: OrderRequest) -> dict[str, Any]:
+    """Correlation fields of every order log line."""
+    return {
+        "venue": request.venue,
+        "client_order_id": request.client_order_id,
+        "user_id": request.user_id,
+        "signal_id": request.signal_id,
+        "symbol": request.symbol,
+        "side": str(request.side),
+        "qty": request.qty,
+        "reduce_only": request.reduce_only,
+    }
+
+
+def _outcome(order: VenueOrder) -> OrderOutcome:
+    return OrderOutcome(
+        client_order_id=order.client_order_id,
+        status=order.status,
+        exchange_order_id=order.exchange_order_id,
+        filled_qty=order.filled_qty,
+        avg_price=order.avg_price,
+        fee_usdt=order.fee_usdt,
+    )

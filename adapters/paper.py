@@ -1,0 +1,512 @@
+"""The paper exchange: the default venue (``name = "paper"``), and the fault-injection venue of the tests.
+
+Market orders fill at once at the mark price plus slippage (buys above the mark, sells below), rounded to the
+price tick, with the market's taker fee charged in USDT. Spot wallets hold USDT and base assets; futures use
+USDT margin (notional / leverage) in one-way mode. Like a real venue it remembers client order ids: a repeated
+id returns the existing order, never a second one.
+
+Marks come from ``set_mark`` (the admin socket's ``price`` command) or, in demo mode, ``random_walk``.
+
+Threads: the coroutines run on the I/O loop. ``set_mark``, ``deposit``, ``inject`` and the test accessors may
+be called from any thread; one lock guards the state, and it is never held across an ``await``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal
+
+from engine.logs import get_logger
+from engine.messages import MarketInfo, OrderRequest, Side, TradeStatus, TradeType, VenueOrder
+from engine.venue import OrderRejected, OutcomeUnknown, RetryableError, VenueBanned
+
+log = get_logger(__name__)
+
+FAULT_KINDS = frozenset(
+    {"reject", "rate_limit", "server_error", "timeout_after_accept", "partial_fill", "latency", "ban"}
+)
+_BPS = Decimal(10_000)
+_ZERO = Decimal(0)
+
+# Like Binance. base: spot (qty_step, price_tick),
+#                futures (qty_step, price_tick, min_notional, max_leverage, maintenance margin rate).
+_MARKET_RULES: dict[str, tuple[tuple[str, str], tuple[str, str, str, int, str]]] = {
+    "BTC": (("0.00001", "0.01"), ("0.001", "0.1", "100", 125, "0.004")),
+    "ETH": (("0.0001", "0.01"), ("0.001", "0.01", "20", 100, "0.005")),
+    "SOL": (("0.001", "0.01"), ("1", "0.01", "5", 100, "0.005")),
+    "XRP": (("0.1", "0.0001"), ("0.1", "0.0001", "5", 75, "0.005")),
+    "DOGE": (("1", "0.00001"), ("1", "0.00001", "5", 75, "0.005")),
+    "BNB": (("0.001", "0.01"), ("0.01", "0.01", "5", 75, "0.005")),
+    "ADA": (("0.1", "0.0001"), ("1", "0.0001", "5", 75, "0.005")),
+    "AVAX": (("0.01", "0.01"), ("1", "0.001", "5", 75, "0.01")),
+    "LINK": (("0.01", "0.01"), ("0.01", "0.001", "5", 75, "0.01")),
+    "LTC": (("0.001", "0.01"), ("0.001", "0.01", "5", 75, "0.01")),
+}
+DEFAULT_MARKS: dict[str, Decimal] = {
+    base: Decimal(price)
+    for base, price in {
+        "BTC": "60000", "ETH": "3000", "SOL": "150", "XRP": "0.6", "DOGE": "0.15",
+        "BNB": "580", "ADA": "0.45", "AVAX": "30", "LINK": "14", "LTC": "80",
+    }.items()
+}  # fmt: skip
+
+
+def default_markets() -> list[MarketInfo]:
+    """Spot ``BASE/USDT`` (taker 0.1 %) and USDT futures ``BASE/USDT:USDT`` (taker 0.05 %) for each base."""
+    markets: list[MarketInfo] = []
+    for base, ((spot_step, spot_tick), (step, tick, notional, leverage, mmr)) in _MARKET_RULES.items():
+        markets.append(
+            MarketInfo(
+                symbol=f"{base}/USDT", trade_type=TradeType.SPOT, base=base, quote="USDT",
+                qty_step=Decimal(spot_step), price_tick=Decimal(spot_tick), min_qty=Decimal(spot_step),
+                min_notional=Decimal(5), taker_fee_rate=Decimal("0.001"),
+            )
+        )  # fmt: skip
+        markets.append(
+            MarketInfo(
+                symbol=f"{base}/USDT:USDT", trade_type=TradeType.FUTURES, base=base, quote="USDT",
+                qty_step=Decimal(step), price_tick=Decimal(tick), min_qty=Decimal(step),
+                min_notional=Decimal(notional), max_leverage=leverage, maintenance_margin_rate=Decimal(mmr),
+                taker_fee_rate=Decimal("0.0005"),
+            )
+        )  # fmt: skip
+    return markets
+
+
+@dataclass(slots=True)
+class _Fault:
+    kind: str
+    remaining: int
+    client_order_id: str | None
+    retry_after_s: float | None
+    ban_s: float
+    fill_fraction: Decimal
+    delay_ms: float
+
+
+@dataclass(slots=True)
+class _Position:
+    qty: Decimal  # signed: > 0 long, < 0 short
+    entry_price: Decimal
+    margin: Decimal
+
+
+@dataclass(slots=True)
+class _Call:
+    at: float  # monotonic, when the call reached the venue
+    operation: str
+    weight: int
+    client_order_id: str | None
+
+
+class PaperVenue:
+    """Implements ``engine.venue.VenueAdapter``."""
+
+    name = "paper"
+
+    def __init__(
+        self,
+        *,
+        markets: Iterable[MarketInfo] | None = None,
+        initial_marks: Mapping[str, Decimal] | None = None,
+        slippage_bps: Decimal | float = Decimal(0),
+        latency_ms: float = 0.0,
+        weight_limit: int | None = None,
+        weight_window_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        """``initial_marks`` by symbol or base (default: a realistic price for every default base; pass
+        ``{}`` for none). ``weight_limit`` per ``weight_window_s``, if set, makes the venue answer 429 beyond
+        it, as a real one does."""
+        self._markets = {m.symbol: m for m in (default_markets() if markets is None else markets)}
+        self._slippage_bps = Decimal(str(slippage_bps))  # str(): config floats must not leak binary noise
+        self.latency_ms = latency_ms
+        self._weight_limit = weight_limit
+        self._weight_window_s = weight_window_s
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._marks: dict[str, Decimal] = {}
+        self._wallets: dict[int, dict[str, Decimal]] = {}
+        self._positions: dict[tuple[int, str], _Position] = {}
+        self._orders: dict[tuple[int, str], VenueOrder] = {}
+        self._create_calls: dict[str, int] = {}
+        self._faults: list[_Fault] = []
+        self._calls: list[_Call] = []
+        self._recent_weight: deque[tuple[float, int]] = deque()
+        self._banned_until = 0.0
+        self._ids = itertools.count(1)
+        self._in_flight = 0
+        self.max_in_flight_seen = 0  # most create_order calls open at once
+        self.calls_while_banned = 0
+        self.rate_limited_calls = 0  # 429s from weight_limit (not injected ones)
+        for key, price in (DEFAULT_MARKS if initial_marks is None else initial_marks).items():
+            self.set_mark(key, price)
+
+    # ----------------------------------------------------------------------------------------------------
+    # Admin and test controls (any thread)
+    # ----------------------------------------------------------------------------------------------------
+
+    def set_mark(self, symbol_or_base: str, price: Decimal) -> None:
+        """A price for ``BASE`` applies to both ``BASE/USDT`` and ``BASE/USDT:USDT``."""
+        price = Decimal(price)
+        if price <= 0:
+            raise ValueError(f"mark must be positive, got {price}")
+        with self._lock:
+            if "/" in symbol_or_base:
+                symbols = [symbol_or_base]
+            else:
+                symbols = [s for s, m in self._markets.items() if m.base == symbol_or_base.upper()]
+            if not symbols:
+                raise ValueError(f"unknown symbol or base {symbol_or_base!r}")
+            for symbol in symbols:
+                self._marks[symbol] = price
+
+    def marks(self) -> dict[str, Decimal]:
+        with self._lock:
+            return dict(self._marks)
+
+    def deposit(self, user_id: int, asset: str, amount: Decimal) -> None:
+        """Credit a wallet. One wallet per user serves spot and futures margin."""
+        with self._lock:
+            wallet = self._wallets.setdefault(user_id, {})
+            wallet[asset] = wallet.get(asset, _ZERO) + Decimal(amount)
+
+    def inject(
+        self,
+        kind: str,
+        *,
+        count: int = 1,
+        client_order_id: str | None = None,
+        retry_after_s: float | None = None,
+        ban_s: float = 1.0,
+        fill_fraction: Decimal = Decimal("0.5"),
+        delay_ms: float = 100.0,
+    ) -> None:
+        """Make the next ``count`` ``create_order`` calls (for ``client_order_id``, or any) misbehave.
+
+        ``reject`` OrderRejected; ``rate_limit`` 429 (RetryableError, ``retry_after_s``); ``server_error``
+        5xx before any order exists (RetryableError); ``timeout_after_accept`` the order is created and
+        filled, then the call raises OutcomeUnknown; ``partial_fill`` fills ``fill_fraction`` and cancels
+        the rest;
+        ``latency`` adds ``delay_ms``; ``ban`` HTTP 418: every call raises VenueBanned for ``ban_s``.
+        """
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault {kind!r}; one of {sorted(FAULT_KINDS)}")
+        fault = _Fault(kind, count, client_order_id, retry_after_s, ban_s, Decimal(fill_fraction), delay_ms)
+        with self._lock:
+            self._faults.append(fault)
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def orders_for(self, client_order_id: str) -> list[VenueOrder]:
+        """Every order the venue holds with that client order id (a correct engine never makes two)."""
+        with self._lock:
+            return [o for (_, cid), o in self._orders.items() if cid == client_order_id]
+
+    def order_count(self, client_order_id: str) -> int:
+        return len(self.orders_for(client_order_id))
+
+    def create_calls(self, client_order_id: str) -> int:
+        """How many ``create_order`` calls reached the venue for that id (retries included)."""
+        with self._lock:
+            return self._create_calls.get(client_order_id, 0)
+
+    def calls(self) -> list[tuple[float, str, int, str | None]]:
+        """Every call in arrival order: ``(monotonic_s, operation, weight, client_order_id)``."""
+        with self._lock:
+            return [(c.at, c.operation, c.weight, c.client_order_id) for c in self._calls]
+
+    def max_weight_in_window(self, window_s: float) -> int:
+        """The most request weight that arrived within any ``window_s`` (half-open) interval."""
+        calls = self.calls()
+        best = total = 0
+        start = 0
+        for at, _, weight, _ in calls:
+            total += weight
+            while calls[start][0] <= at - window_s:
+                total -= calls[start][2]
+                start += 1
+            best = max(best, total)
+        return best
+
+    def balance(self, user_id: int, asset: str) -> Decimal:
+        with self._lock:
+            return self._wallets.get(user_id, {}).get(asset, _ZERO)
+
+    def position_qty(self, user_id: int, symbol: str) -> Decimal:
+        """Signed futures position (``> 0`` long)."""
+        with self._lock:
+            position = self._positions.get((user_id, symbol))
+            return _ZERO if position is None else position.qty
+
+    # ----------------------------------------------------------------------------------------------------
+    # VenueAdapter (I/O loop)
+    # ----------------------------------------------------------------------------------------------------
+
+    def request_weight(self, operation: str) -> int:
+        return 1
+
+    async def load_markets(self) -> dict[str, MarketInfo]:
+        self._arrive("load_markets", None)
+        return dict(self._markets)
+
+    async def create_order(self, request: OrderRequest) -> VenueOrder:
+        with self._lock:
+            self._in_flight += 1
+            self.max_in_flight_seen = max(self.max_in_flight_seen, self._in_flight)
+        try:
+            return await self._create_order(request)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    async def _create_order(self, request: OrderRequest) -> VenueOrder:
+        fault = self._arrive("create_order", request.client_order_id)
+        delay_s = self.latency_ms / 2000 + (fault.delay_ms / 1000 if fault and fault.kind == "latency" else 0)
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)  # the request on its way to the venue
+        order = self._execute(request, fault)
+        if self.latency_ms > 0:
+            await asyncio.sleep(self.latency_ms / 2000)  # the answer on its way back
+        if fault is not None and fault.kind == "timeout_after_accept":
+            raise OutcomeUnknown(f"paper: timed out waiting for {request.client_order_id} (injected)")
+        return order
+
+    async def fetch_order_by_client_id(
+        self, *, user_id: int, symbol: str, trade_type: TradeType, client_order_id: str
+    ) -> VenueOrder | None:
+        self._arrive("fetch_order", client_order_id)
+        await self._round_trip()
+        with self._lock:
+            return self._orders.get((user_id, client_order_id))
+
+    async def cancel_order(
+        self, *, user_id: int, symbol: str, trade_type: TradeType, client_order_id: str
+    ) -> VenueOrder | None:
+        """Market orders are final at once: cancelling returns the order unchanged (``None`` if unknown)."""
+        self._arrive("cancel_order", client_order_id)
+        await self._round_trip()
+        with self._lock:
+            return self._orders.get((user_id, client_order_id))
+
+    async def fetch_balance(self, *, user_id: int, trade_type: TradeType) -> dict[str, Decimal]:
+        self._arrive("fetch_balance", None)
+        await self._round_trip()
+        with self._lock:
+            wallet = dict(self._wallets.get(user_id, {}))
+        return wallet if trade_type is TradeType.SPOT else {"USDT": wallet.get("USDT", _ZERO)}
+
+    async def fetch_marks(self, symbols: list[str]) -> dict[str, Decimal]:
+        self._arrive("fetch_marks", None)
+        await self._round_trip()
+        with self._lock:
+            return {s: self._marks[s] for s in symbols if s in self._marks}
+
+    async def close(self) -> None:
+        return None
+
+    async def random_walk(
+        self,
+        symbols: Iterable[str],
+        *,
+        interval_ms: float = 1000.0,
+        volatility_bps: float = 10.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        """Demo feed: every ``interval_ms`` move each symbol's (or base's) mark by a Gaussian step of
+        ``volatility_bps``. Runs until cancelled."""
+        rng = rng or random.Random()
+        keys = list(symbols)
+        while True:
+            await asyncio.sleep(interval_ms / 1000)
+            marks = self.marks()
+            for key in keys:
+                symbol = key if "/" in key else f"{key.upper()}/USDT"
+                market, mark = self._markets.get(symbol), marks.get(symbol)
+                if market is None or mark is None:
+                    continue
+                step = Decimal(repr(rng.gauss(0.0, volatility_bps))) / _BPS
+                price = _round_to(mark * (1 + step), market.price_tick, ROUND_DOWN)
+                if price > 0:
+                    self.set_mark(key, price)
+
+    # ----------------------------------------------------------------------------------------------------
+    # Internals
+    # ----------------------------------------------------------------------------------------------------
+
+    async def _round_trip(self) -> None:
+        if self.latency_ms > 0:
+            await asyncio.sleep(self.latency_ms / 1000)
+
+    def _arrive(self, operation: str, client_order_id: str | None) -> _Fault | None:
+        """Count the call, apply the venue's own limits and bans, and take the fault meant for it, if any."""
+        now = self._clock()
+        weight = self.request_weight(operation)
+        with self._lock:
+            self._calls.append(_Call(now, operation, weight, client_order_id))
+            if operation == "create_order" and client_order_id is not None:
+                self._create_calls[client_order_id] = self._create_calls.get(client_order_id, 0) + 1
+            if now < self._banned_until:
+                self.calls_while_banned += 1
+                raise VenueBanned("paper: 418 IP banned", ban_s=self._banned_until - now)
+            self._check_weight_limit(now, weight)
+            fault = self._take_fault(client_order_id) if operation == "create_order" else None
+            if fault is None:
+                return None
+            log.debug("paper.fault", kind=fault.kind, client_order_id=client_order_id, venue=self.name)
+            if fault.kind == "ban":
+                self._banned_until = now + fault.ban_s
+                raise VenueBanned("paper: 418 IP banned (injected)", ban_s=fault.ban_s)
+            if fault.kind == "rate_limit":
+                raise RetryableError(
+                    "paper: 429 too many requests (injected)", retry_after_s=fault.retry_after_s
+                )
+            if fault.kind == "server_error":
+                raise RetryableError("paper: 503 service unavailable (injected)")
+            if fault.kind == "reject":
+                raise OrderRejected("paper: order rejected (injected)")
+            return fault
+
+    def _check_weight_limit(self, now: float, weight: int) -> None:
+        if self._weight_limit is None:
+            return
+        recent = self._recent_weight
+        while recent and recent[0][0] <= now - self._weight_window_s:
+            recent.popleft()
+        used = sum(w for _, w in recent)
+        recent.append((now, weight))
+        if used + weight > self._weight_limit:
+            self.rate_limited_calls += 1
+            retry_after_s = recent[0][0] + self._weight_window_s - now
+            raise RetryableError("paper: 429 request weight exceeded", retry_after_s=retry_after_s)
+
+    def _take_fault(self, client_order_id: str | None) -> _Fault | None:
+        for fault in self._faults:
+            if fault.client_order_id in (None, client_order_id):
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    self._faults.remove(fault)
+                return fault
+        return None
+
+    def _execute(self, request: OrderRequest, fault: _Fault | None) -> VenueOrder:
+        key = (request.user_id, request.client_order_id)
+        with self._lock:
+            existing = self._orders.get(key)
+            if existing is not None:
+                return existing  # a venue de-duplicates client order ids
+            market = self._validate(request)
+            qty = request.qty
+            if fault is not None and fault.kind == "partial_fill":
+                qty = _round_to(qty * fault.fill_fraction, market.qty_step, ROUND_DOWN)
+            price = self._fill_price(request, market)
+            notional = request.qty * price * market.contract_size
+            if not request.reduce_only and notional < market.min_notional:
+                raise OrderRejected(f"paper: notional {notional} below {market.min_notional}")
+            fee = _ZERO
+            if qty > 0:
+                fee = qty * price * market.contract_size * market.taker_fee_rate
+                if market.trade_type is TradeType.SPOT:
+                    self._settle_spot(request, market, qty, price, fee)
+                else:
+                    self._settle_futures(request, market, qty, price, fee)
+            if qty == request.qty:
+                status = TradeStatus.FILLED
+            else:
+                status = TradeStatus.PARTIALLY_FILLED if qty > 0 else TradeStatus.CANCELLED
+            order = VenueOrder(
+                client_order_id=request.client_order_id,
+                exchange_order_id=f"paper-{next(self._ids)}",
+                status=status,
+                filled_qty=qty,
+                avg_price=price if qty > 0 else None,
+                fee_usdt=fee,
+            )
+            self._orders[key] = order
+            return order
+
+    def _validate(self, request: OrderRequest) -> MarketInfo:
+        market = self._markets.get(request.symbol)
+        if market is None or market.trade_type is not request.trade_type:
+            raise OrderRejected(f"paper: unknown {request.trade_type} symbol {request.symbol}")
+        if request.qty <= 0 or request.qty % market.qty_step != 0 or request.qty < market.min_qty:
+            raise OrderRejected(f"paper: quantity {request.qty} violates lot size {market.qty_step}")
+        if request.leverage < 1 or request.leverage > market.max_leverage:
+            raise OrderRejected(f"paper: leverage {request.leverage} outside 1..{market.max_leverage}")
+        return market
+
+    def _fill_price(self, request: OrderRequest, market: MarketInfo) -> Decimal:
+        mark = self._marks.get(request.symbol) or (request.price_hint if request.price_hint > 0 else None)
+        if mark is None:
+            raise OrderRejected(f"paper: no price for {request.symbol}")
+        if request.side is Side.BUY:
+            return _round_to(mark * (1 + self._slippage_bps / _BPS), market.price_tick, ROUND_CEILING)
+        return _round_to(mark * (1 - self._slippage_bps / _BPS), market.price_tick, ROUND_FLOOR)
+
+    def _settle_spot(
+        self, request: OrderRequest, market: MarketInfo, qty: Decimal, price: Decimal, fee: Decimal
+    ) -> None:
+        wallet = self._wallets.setdefault(request.user_id, {})
+        quote, base = wallet.get(market.quote, _ZERO), wallet.get(market.base, _ZERO)
+        notional = qty * price
+        if request.side is Side.BUY:
+            if quote < notional + fee:
+                raise OrderRejected(f"paper: insufficient {market.quote}: {quote} < {notional + fee}")
+            wallet[market.quote], wallet[market.base] = quote - notional - fee, base + qty
+        else:
+            if base < qty:
+                raise OrderRejected(f"paper: insufficient {market.base}: {base} < {qty}")
+            wallet[market.quote], wallet[market.base] = quote + notional - fee, base - qty
+
+    def _settle_futures(
+        self, request: OrderRequest, market: MarketInfo, qty: Decimal, price: Decimal, fee: Decimal
+    ) -> None:
+        """One-way mode: an order first reduces an opposite position; the rest (unless reduce-only) opens or
+        adds to one, against margin = notional / leverage."""
+        wallet = self._wallets.setdefault(request.user_id, {})
+        key = (request.user_id, request.symbol)
+        position = self._positions.get(key)
+        direction = 1 if request.side is Side.BUY else -1
+        held = _ZERO if position is None else position.qty
+        closing = min(qty, abs(held)) if held * direction < 0 else _ZERO
+        opening = qty - closing
+        if request.reduce_only and (closing == 0 or opening > 0):
+            raise OrderRejected("paper: reduce-only order would not only reduce the position")
+        margin = opening * price * market.contract_size / request.leverage
+        released = pnl = _ZERO
+        if position is not None and closing > 0:
+            released = position.margin * closing / abs(held)
+            pnl = (price - position.entry_price) * closing * market.contract_size * -direction
+        usdt = wallet.get("USDT", _ZERO)
+        if usdt + released + pnl < margin + fee:
+            raise OrderRejected(f"paper: insufficient USDT margin: {usdt} < {margin + fee}")
+        wallet["USDT"] = usdt + released + pnl - margin - fee
+        if position is not None and closing > 0:
+            position.qty += closing * direction
+            position.margin -= released
+            if position.qty == 0:
+                del self._positions[key]
+                position = None
+        if opening > 0:
+            if position is None:
+                self._positions[key] = _Position(opening * direction, price, margin)
+            else:  # adding to a position in the same direction: average the entry
+                total = abs(position.qty) + opening
+                position.entry_price = (position.entry_price * abs(position.qty) + price * opening) / total
+                position.qty += opening * direction
+                position.margin += margin
+
+
+def _round_to(value: Decimal, step: Decimal, rounding: str) -> Decimal:
+    return (value / step).to_integral_value(rounding=rounding) * step
