@@ -1,0 +1,30 @@
+"""Ad-hoc writes through the persistence actor, for the few writes that need an answer (claiming signals,
+inserting an admin-injected signal). The persistence actor stays the only writer to PostgreSQL: it runs the
+function on one of its connections, on the I/O loop, and hands back the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+if TYPE_CHECKING:
+    from actors.system import EngineSystem
+
+
+class RunWrite(msgspec.Struct, frozen=True, kw_only=True):
+    """Run ``fn(connection)`` inside a transaction; the result (or exception) completes ``future``."""
+
+    fn: Any  # Callable[[asyncpg.Connection], Awaitable[Any]]
+    future: Any  # concurrent.futures.Future[Any]
+
+
+async def run_write(system: EngineSystem, fn: Callable[[Any], Awaitable[Any]], timeout_s: float = 30.0) -> Any:
+    """From a coroutine on the I/O loop: run ``fn`` through the persistence actor and await its result."""
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    system.persistence.tell(RunWrite(fn=fn, future=future))
+    return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)

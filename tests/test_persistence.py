@@ -1,0 +1,470 @@
+"""PersistenceActor against a real PostgreSQL: group commit, idempotent batches, outages, poison rows."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pykka
+import pytest
+from structlog.testing import capture_logs
+
+from actors.persistence import PersistenceActor
+from adapters.database import apply_schema, connect, create_database
+from adapters.embedded_pg import EmbeddedPostgres
+from adapters.ioloop import IoLoop
+from engine.messages import (
+    BalanceRow,
+    DomainEventRow,
+    IntentAck,
+    PersistIntent,
+    PersistRows,
+    PositionRow,
+    PositionSide,
+    PositionStatus,
+    Side,
+    SignalStatus,
+    SignalStatusRow,
+    SnapshotRow,
+    TradeRow,
+    TradeStatus,
+    TradeType,
+)
+from tests.pg import TcpProxy, fetch, fetchval
+
+
+class Replies:
+    """A stand-in ``reply_to``: records every IntentAck, from any thread."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.acks: list[IntentAck] = []
+
+    def tell(self, message: IntentAck) -> None:
+        with self._cond:
+            self.acks.append(message)
+            self._cond.notify_all()
+
+    def wait(self, count: int, timeout_s: float = 60) -> list[IntentAck]:
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.acks) >= count, timeout_s), len(self.acks)
+            return list(self.acks)
+
+
+def trade(cid: str, *, version: int = 1, status: Any = TradeStatus.PENDING, **kw: Any) -> TradeRow:
+    fields: dict[str, Any] = {
+        "client_order_id": cid,
+        "user_id": 7,
+        "venue": "paper",
+        "symbol": "BTC/USDT",
+        "trade_type": TradeType.SPOT,
+        "side": Side.BUY,
+        "qty": Decimal("0.001"),
+        "price": Decimal("65000.5"),
+        "status": status,
+        "version": version,
+    }
+    return TradeRow(**(fields | kw))
+
+
+def position(pid: str, *, version: int = 1, qty: str = "1") -> PositionRow:
+    return PositionRow(
+        position_id=pid,
+        user_id=7,
+        venue="paper",
+        symbol="ETH/USDT:USDT",
+        trade_type=TradeType.FUTURES,
+        side=PositionSide.LONG,
+        qty=Decimal(qty),
+        entry_price=Decimal("3000"),
+        leverage=3,
+        margin_usdt=Decimal("1000"),
+        status=PositionStatus.OPEN,
+        opened_at=datetime.now(UTC),
+        version=version,
+    )
+
+
+def uid() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def start_actor(io_loop: IoLoop) -> Iterator[Callable[..., pykka.ActorProxy[PersistenceActor]]]:
+    refs: list[pykka.ActorRef[PersistenceActor]] = []
+
+    def start(**kw: Any) -> pykka.ActorProxy[PersistenceActor]:
+        ref = PersistenceActor.start(io_loop=io_loop, **kw)
+        refs.append(ref)
+        return ref.proxy()
+
+    yield start
+    for ref in refs:
+        ref.stop()
+
+
+def insert_signal(dsn: str) -> int:
+    value = fetchval(
+        dsn,
+        "INSERT INTO whale_signals (external_id, whale_id, symbol, side, action, trade_type, price,"
+        " size_usdt,"
+        " detected_at) VALUES ($1, 1, 'BTC/USDT', 'buy', 'open', 'spot', 100, 1000, now()) RETURNING id",
+        f"ext-{uid()}",
+    )
+    assert isinstance(value, int)
+    return value
+
+
+# -- durable lane --------------------------------------------------------------------------------------------
+
+
+def test_group_commit_many_threads(pg_dsn: str, start_actor: Callable[..., Any]) -> None:
+    actor = start_actor(dsn=pg_dsn, durable_window_ms=20, durable_max_rows=500)
+    ref = actor.actor_ref
+    replies = Replies()
+    prefix = f"gc{uid()}"
+    threads_n, per_thread = 20, 100
+
+    def send(t: int) -> None:
+        for i in range(per_thread):
+            ref.tell(PersistIntent(row=trade(f"{prefix}-{t}-{i}"), reply_to=replies))
+
+    threads = [threading.Thread(target=send, args=(t,)) for t in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    acks = replies.wait(threads_n * per_thread)
+    time.sleep(0.1)  # a duplicate answer would arrive right after
+
+    counts = collections.Counter(a.client_order_id for a in replies.acks)
+    assert len(counts) == 2000 and set(counts.values()) == {1}  # each requester answered exactly once
+    assert all(a.durable for a in acks)
+    assert fetchval(pg_dsn, "SELECT count(*) FROM trades WHERE client_order_id LIKE $1", prefix + "%") == 2000
+    # Rows committed by one transaction share its xmin: the number of distinct xmins is the commit count.
+    commits = fetchval(
+        pg_dsn, "SELECT count(DISTINCT xmin::text) FROM trades WHERE client_order_id LIKE $1", prefix + "%"
+    )
+    stats = actor.stats().get()
+    assert commits == stats["durable_commits"]
+    assert commits <= 200, commits  # grouped: far fewer transactions than intents
+    assert stats["durable_pending"] == 0
+
+
+class Follower(pykka.ThreadingActor):
+    """Sends intents with itself as ``reply_to``, like a real follower."""
+
+    def __init__(self, persistence: pykka.ActorRef[Any], prefix: str) -> None:
+        super().__init__()
+        self.persistence, self.prefix = persistence, prefix
+        self.acks: list[IntentAck] = []
+
+    def send(self, n: int) -> None:
+        for i in range(n):
+            self.persistence.tell(PersistIntent(row=trade(f"{self.prefix}-{i}"), reply_to=self.actor_ref))
+
+    def on_receive(self, message: Any) -> None:
+        if isinstance(message, IntentAck):
+            self.acks.append(message)
+
+    def ack_count(self) -> int:
+        return len(self.acks)
+
+
+def test_acks_reach_actor_refs_and_conflict_is_durable(pg_dsn: str, start_actor: Callable[..., Any]) -> None:
+    actor = start_actor(dsn=pg_dsn)
+    prefix = f"fa{uid()}"
+    followers = [Follower.start(actor.actor_ref, f"{prefix}{n}").proxy() for n in range(10)]
+    try:
+        for f in followers:
+            f.send(20)
+        wait_until(lambda: all(f.ack_count().get() == 20 for f in followers))
+        # The same intents again (a retried request): already there, still durable, row untouched.
+        followers[0].send(20)
+        wait_until(lambda: followers[0].ack_count().get() == 40)
+        assert all(a.durable for a in followers[0].acks.get())
+    finally:
+        for f in followers:
+            f.actor_ref.stop()
+    assert fetchval(pg_dsn, "SELECT count(*) FROM trades WHERE client_order_id LIKE $1", prefix + "%") == 200
+
+
+def test_intent_does_not_overwrite_newer_state(pg_dsn: str, start_actor: Callable[..., Any]) -> None:
+    actor = start_actor(dsn=pg_dsn)
+    cid = f"in{uid()}"
+    actor.actor_ref.tell(PersistRows(rows=(trade(cid, version=2, status=TradeStatus.FILLED),)))
+    assert actor.flush().get()
+    replies = Replies()
+    actor.actor_ref.tell(PersistIntent(row=trade(cid), reply_to=replies))
+    assert replies.wait(1)[0].durable
+    row = fetch(pg_dsn, "SELECT status, version FROM trades WHERE client_order_id = $1", cid)[0]
+    assert (row["status"], row["version"]) == ("filled", 2)
+
+
+# -- batched lane --------------------------------------------------------------------------------------------
+
+
+def _state(dsn: str, tag: str) -> list[Any]:
+    queries = [
+        "SELECT * FROM trades WHERE client_order_id LIKE $1 ORDER BY client_order_id",
+        "SELECT * FROM positions WHERE position_id LIKE $1 ORDER BY position_id",
+        "SELECT * FROM balances WHERE venue LIKE $1 ORDER BY asset",
+        "SELECT * FROM domain_events WHERE event_id LIKE $1 ORDER BY event_id",
+        "SELECT * FROM portfolio_snapshots WHERE user_id = 424242 ORDER BY taken_at",
+    ]
+    skip = {"updated_at", "created_at"}
+    out = []
+    for q in queries:
+        for r in fetch(dsn, q, tag + "%") if "$1" in q else fetch(dsn, q):
+            out.append({k: v for k, v in dict(r).items() if k not in skip})
+    return out
+
+
+def test_batched_lane_is_idempotent_and_never_regresses(pg_dsn: str, start_actor: Callable[..., Any]) -> None:
+    actor = start_actor(dsn=pg_dsn, flush_max_rows=7)  # several batches per send
+    tag = f"b{uid()}"
+    taken = datetime(2026, 1, 1, tzinfo=UTC)
+    rows: list[Any] = [trade(f"{tag}-t{i}", version=2, status=TradeStatus.FILLED) for i in range(20)]
+    rows += [position(f"{tag}-p{i}", version=3) for i in range(5)]
+    rows += [
+        BalanceRow(user_id=7, venue=tag, asset=f"A{i}", free=Decimal(10), reserved=Decimal(1), version=2)
+        for i in range(3)
+    ]
+    rows += [
+        DomainEventRow(event_id=f"{tag}-e{i}", event_type="trade.filled", payload={"qty": Decimal("0.1")})
+        for i in range(3)
+    ]
+    rows += [
+        SnapshotRow(
+            user_id=424242,
+            taken_at=taken,
+            equity_usdt=Decimal(1),
+            free_usdt=Decimal(1),
+            reserved_usdt=Decimal(0),
+            unrealized_pnl_usdt=Decimal(0),
+            realized_pnl_usdt=Decimal(0),
+            open_positions=0,
+            trades_today=1,
+        )
+    ]
+    ref = actor.actor_ref
+    ref.tell(PersistRows(rows=tuple(rows)))
+    assert actor.flush().get()
+    first = _state(pg_dsn, tag)
+    assert len(first) == 32
+
+    ref.tell(PersistRows(rows=tuple(rows)))  # the same batch again (a retry after an unknown outcome)
+    assert actor.flush().get()
+    assert _state(pg_dsn, tag) == first
+
+    # Older versions after newer ones: ignored.
+    ref.tell(
+        PersistRows(
+            rows=(
+                trade(f"{tag}-t0", version=1, status=TradeStatus.PENDING),
+                position(f"{tag}-p0", version=2, qty="9"),
+            )
+        )
+    )
+    assert actor.flush().get()
+    assert _state(pg_dsn, tag) == first
+
+    # Several versions of one key in one batch collapse to the newest, whatever their order.
+    ref.tell(
+        PersistRows(
+            rows=(
+                position(f"{tag}-p1", version=5, qty="5"),
+                position(f"{tag}-p1", version=4, qty="4"),
+                trade(f"{tag}-t1", version=3, status=TradeStatus.CANCELLED),
+                trade(f"{tag}-t1", version=3, status=TradeStatus.FAILED),
+            )
+        )
+    )
+    assert actor.flush().get()
+    p1 = fetch(pg_dsn, "SELECT qty, version FROM positions WHERE position_id = $1", f"{tag}-p1")[0]
+    assert (p1["qty"], p1["version"]) == (Decimal(5), 5)
+    t1 = fetch(pg_dsn, "SELECT status FROM trades WHERE client_order_id = $1", f"{tag}-t1")[0]
+    assert t1["status"] == "failed"  # same version: the later one wins
+    assert actor.stats().get()["queue_depth"] == 0
+
+
+def test_signal_status_moves_forward_only(pg_dsn: str, start_actor: Callable[..., Any]) -> None:
+    actor = start_actor(dsn=pg_dsn)
+    sid = insert_signal(pg_dsn)
+    done = SignalStatusRow(
+        signal_id=sid, status=SignalStatus.PROCESSED, copied=3, skipped=1, skip_reasons={"paused": 1}
+    )
+    actor.actor_ref.tell(PersistRows(rows=(done,)))
+    assert actor.flush().get()
+    actor.actor_ref.tell(PersistRows(rows=(SignalStatusRow(signal_id=sid, status=SignalStatus.PROCESSING),)))
+    assert actor.flush().get()
+    row = fetch(pg_dsn, "SELECT * FROM whale_signals WHERE id = $1", sid)[0]
+    assert (row["status"], row["copied"], row["skip_reasons"]) == ("processed", 3, {"paused": 1})
+    assert row["processed_at"] is not None and row["claimed_at"] is not None
+
+
+def test_stop_flushes_everything(pg_dsn: str, io_loop: IoLoop) -> None:
+    tag = f"s{uid()}"
+    ref = PersistenceActor.start(io_loop=io_loop, dsn=pg_dsn, flush_interval_ms=60_000)
+    ref.tell(PersistRows(rows=tuple(trade(f"{tag}-{i}") for i in range(300))))
+    ref.stop()
+    assert fetchval(pg_dsn, "SELECT count(*) FROM trades WHERE client_order_id LIKE $1", tag + "%") == 300
+
+
+# -- poison rows ---------------------------------------------------------------------------------------------
+
+
+def test_poison_rows_bisected_to_dead_letters(pg_dsn: str, start_actor: Callable[..., Any]) -> None:
+    actor = start_actor(dsn=pg_dsn)
+    tag = f"x{uid()}"
+    rows: list[Any] = [trade(f"{tag}-{i}") for i in range(100)]
+    rows[17] = trade(f"{tag}-17", status="bogus")  # violates the status CHECK
+    rows[60] = trade(f"{tag}-60", qty=Decimal(-1))  # violates qty >= 0
+    rows.append(BalanceRow(user_id=7, venue=tag, asset="USDT", free=Decimal(-5), reserved=Decimal(0)))
+    with capture_logs() as logs:
+        actor.actor_ref.tell(PersistRows(rows=tuple(rows)))
+        assert actor.flush().get()
+    assert fetchval(pg_dsn, "SELECT count(*) FROM trades WHERE client_order_id LIKE $1", tag + "%") == 98
+    letters = fetch(
+        pg_dsn, "SELECT kind, payload, error FROM dead_letters WHERE payload::text LIKE $1", f"%{tag}%"
+    )
+    assert sorted(r["kind"] for r in letters) == ["BalanceRow", "TradeRow", "TradeRow"]
+    assert all("23514" in r["error"] for r in letters)  # check_violation
+    assert {r["payload"].get("client_order_id") for r in letters} >= {f"{tag}-17", f"{tag}-60"}
+    assert actor.stats().get()["dead_letters"] == 3
+    assert [e["event"] for e in logs].count("persistence.dead_letter") == 3
+
+    # The same poison again: written once more to nothing (dead letters are idempotent too).
+    actor.actor_ref.tell(PersistRows(rows=(rows[17],)))
+    assert actor.flush().get()
+    assert (
+        fetchval(pg_dsn, "SELECT count(*) FROM dead_letters WHERE payload::text LIKE $1", f"%{tag}-17%") == 1
+    )
+
+    # In the durable lane the poison intent alone is refused.
+    replies = Replies()
+    for i in range(9):
+        actor.actor_ref.tell(PersistIntent(row=trade(f"{tag}-i{i}"), reply_to=replies))
+    actor.actor_ref.tell(PersistIntent(row=trade(f"{tag}-ibad", status="bogus"), reply_to=replies))
+    acks = {a.client_order_id: a for a in replies.wait(10)}
+    assert not acks[f"{tag}-ibad"].durable and acks[f"{tag}-ibad"].error
+    assert all(a.durable for c, a in acks.items() if c != f"{tag}-ibad")
+
+
+# -- outages -------------------------------------------------------------------------------------------------
+
+
+def test_connection_cut_mid_batch_loses_nothing(pg_dsn: str, start_actor: Callable[..., Any]) -> None:
+    proxy = TcpProxy.for_dsn(pg_dsn)
+    try:
+        actor = start_actor(
+            dsn=proxy.dsn(pg_dsn), retry_initial_ms=20, retry_max_ms=200, high_water_rows=1000
+        )
+        tag = f"c{uid()}"
+        ref = actor.actor_ref
+        ref.tell(PersistRows(rows=(trade(f"{tag}-warm"),)))
+        assert actor.flush().get()
+
+        with capture_logs() as logs:
+            proxy.cut_after(50_000)  # well inside the 5,000-row COPY below
+            ref.tell(PersistRows(rows=tuple(trade(f"{tag}-{i}", version=2) for i in range(5000))))
+            wait_until(lambda: not actor.stats().get()["db_reachable"])
+
+            replies = Replies()  # while down, intents fail fast: no order may be sent
+            for i in range(5):
+                ref.tell(PersistIntent(row=trade(f"{tag}-down{i}"), reply_to=replies))
+            acks = replies.wait(5)
+            assert not any(a.durable for a in acks) and all(a.error for a in acks)
+            ref.tell(PersistRows(rows=tuple(trade(f"{tag}-late{i}") for i in range(100))))
+
+            proxy.resume()
+            assert actor.flush(timeout_s=60).get()
+        stats = actor.stats().get()
+        assert stats["db_reachable"] and stats["queue_depth"] == 0 and stats["retries"] >= 1
+        events = [e["event"] for e in logs]
+        assert events.count("database.unreachable") == 1 and events.count("database.recovered") == 1
+        assert events.count("backlog.high_water") == 1 and events.count("backlog.recovered") == 1
+        n = fetchval(
+            pg_dsn,
+            "SELECT count(*) FROM trades WHERE client_order_id LIKE $1 AND client_order_id NOT LIKE $2",
+            tag + "%",
+            tag + "-down%",
+        )
+        assert n == 1 + 5000 + 100
+        assert (
+            fetchval(pg_dsn, "SELECT count(*) FROM trades WHERE client_order_id LIKE $1", tag + "-down%") == 0
+        )
+    finally:
+        proxy.close()
+
+
+def test_server_stopped_and_restarted_loses_nothing(
+    pg_data_dir: Path, start_actor: Callable[..., Any]
+) -> None:
+    server = EmbeddedPostgres(pg_data_dir, durable=False)
+    server_dsn = server.start()
+    try:
+        dsn = asyncio.run(_fresh_db(server_dsn))
+        proxy = TcpProxy.for_dsn(dsn)  # keeps the actor's DSN valid even if the restart changes the port
+        actor = start_actor(dsn=proxy.dsn(dsn), retry_initial_ms=20, retry_max_ms=200)
+        ref = actor.actor_ref
+        ref.tell(PersistRows(rows=tuple(trade(f"r-{i}") for i in range(100))))
+        assert actor.flush().get()
+
+        server.stop()
+        ref.tell(
+            PersistRows(
+                rows=tuple(trade(f"r-{i}", version=2, status=TradeStatus.FILLED) for i in range(1000))
+            )
+        )
+        wait_until(lambda: not actor.stats().get()["db_reachable"])
+        replies = Replies()
+        ref.tell(PersistIntent(row=trade("r-intent"), reply_to=replies))
+        assert replies.wait(1)[0].durable is False
+
+        new_dsn = server.start()
+        proxy.target = TcpProxy.for_dsn(new_dsn).target
+        assert actor.flush(timeout_s=60).get()
+        assert fetchval(dsn, "SELECT count(*) FROM trades WHERE status = 'filled' AND version = 2") == 1000
+        proxy.close()
+    finally:
+        server.stop()
+
+
+async def _fresh_db(server_dsn: str) -> str:
+    dsn = await create_database(server_dsn, "engine")
+    conn = await connect(dsn)
+    try:
+        await apply_schema(conn)
+    finally:
+        await conn.close()
+    return dsn
+
+
+def test_stats_shape(pg_dsn: str, start_actor: Callable[..., Any]) -> None:
+    stats = start_actor(dsn=pg_dsn).stats().get()
+    assert {
+        "queue_depth",
+        "durable_pending",
+        "rows_written",
+        "flushes",
+        "last_flush_ms",
+        "avg_flush_ms",
+        "dead_letters",
+        "db_reachable",
+    } <= set(stats)

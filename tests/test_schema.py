@@ -1,0 +1,192 @@
+"""schema.sql and the migration runner (adapters/database.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import decimal
+import typing
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import asyncpg
+import msgspec
+import pytest
+
+from adapters.database import SCHEMA_PATH, apply_schema, connect, create_database
+from engine.messages import (
+    BalanceRow,
+    DomainEventRow,
+    FollowSettings,
+    PositionRow,
+    Signal,
+    SignalStatusRow,
+    SnapshotRow,
+    TradeRow,
+    UserSettings,
+)
+from tests.pg import execute, fetch, fetchval
+
+# Struct -> (table, renamed fields): every field of each Struct must be a column of its table.
+CONTRACT: list[tuple[type[msgspec.Struct], str, dict[str, str]]] = [
+    (UserSettings, "users", {"user_id": "id"}),
+    (FollowSettings, "user_whale_follows", {}),
+    (Signal, "whale_signals", {"signal_id": "id"}),
+    (SignalStatusRow, "whale_signals", {"signal_id": "id"}),
+    (TradeRow, "trades", {}),
+    (PositionRow, "positions", {}),
+    (DomainEventRow, "domain_events", {}),
+    (SnapshotRow, "portfolio_snapshots", {}),
+    (BalanceRow, "balances", {}),
+]
+
+
+def _fresh(pg_server: str) -> str:
+    return asyncio.run(create_database(pg_server, f"t_schema_{uuid.uuid4().hex[:10]}"))
+
+
+def test_apply_schema_twice_is_idempotent_and_records_versions(pg_server: str) -> None:
+    dsn = _fresh(pg_server)
+
+    async def run() -> tuple[list[int], list[int]]:
+        conn = await connect(dsn)
+        try:
+            first = await apply_schema(conn)
+            second = await apply_schema(conn)
+            # The raw file is idempotent on its own too (it may be replayed by hand).
+            await conn.execute(SCHEMA_PATH.read_text())
+            await conn.execute(SCHEMA_PATH.read_text())
+            return first, second
+        finally:
+            await conn.close()
+
+    first, second = asyncio.run(run())
+    assert first == [1]
+    assert second == []
+    rows = fetch(dsn, "SELECT version, applied_at FROM schema_migrations")
+    assert [r["version"] for r in rows] == [1]
+    assert rows[0]["applied_at"] is not None
+
+
+def test_concurrent_apply_schema_applies_once(pg_server: str) -> None:
+    dsn = _fresh(pg_server)
+
+    async def one() -> list[int]:
+        conn = await connect(dsn)
+        try:
+            return await apply_schema(conn)
+        finally:
+            await conn.close()
+
+    async def race() -> list[list[int]]:
+        return list(await asyncio.gather(*(one() for _ in range(4))))
+
+    results = asyncio.run(race())
+    assert sorted(results) == [[], [], [], [1]]
+
+
+@pytest.mark.parametrize(("struct", "table", "renamed"), CONTRACT)
+def test_tables_carry_every_struct_field(
+    pg_dsn: str, struct: type[msgspec.Struct], table: str, renamed: dict[str, str]
+) -> None:
+    columns = {
+        r["column_name"]: r["data_type"]
+        for r in fetch(
+            pg_dsn,
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = $1",
+            table,
+        )
+    }
+    hints = typing.get_type_hints(struct)
+    for field in struct.__struct_fields__:
+        column = renamed.get(field, field)
+        assert column in columns, f"{table}.{column} missing for {struct.__name__}.{field}"
+        if decimal.Decimal in (typing.get_args(hints[field]) or (hints[field],)):
+            assert columns[column] == "numeric", f"{table}.{column} must be numeric (money is never float)"
+
+
+def test_mutable_tables_have_version_and_updated_at(pg_dsn: str) -> None:
+    for table in (
+        "users",
+        "whales",
+        "user_whale_follows",
+        "whale_signals",
+        "trades",
+        "positions",
+        "balances",
+    ):
+        cols = {
+            r[0]
+            for r in fetch(
+                pg_dsn, "SELECT column_name FROM information_schema.columns WHERE table_name = $1", table
+            )
+        }
+        assert {"version", "updated_at"} <= cols, table
+
+
+def test_indexes_exist(pg_dsn: str) -> None:
+    names = {r[0] for r in fetch(pg_dsn, "SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")}
+    assert {
+        "trades_user_status_idx",
+        "trades_signal_idx",
+        "positions_open_symbol_idx",
+        "positions_user_idx",
+        "whale_signals_queue_idx",
+    } <= names
+
+
+def test_check_constraints_reject_bad_values(pg_dsn: str) -> None:
+    with pytest.raises(asyncpg.CheckViolationError):
+        execute(
+            pg_dsn,
+            "INSERT INTO balances (user_id, venue, asset, free, reserved) VALUES (1, 'paper', 'USDT', -1, 0)",
+        )
+
+
+def test_triggers_notify(pg_dsn: str) -> None:
+    async def run() -> list[tuple[str, str]]:
+        got: list[tuple[str, str]] = []
+        listener = await connect(pg_dsn)
+        writer = await connect(pg_dsn)
+        try:
+            for channel in ("whale_signals", "follows_changed"):
+                await listener.add_listener(channel, lambda _c, _p, ch, payload: got.append((ch, payload)))
+            user_id = await writer.fetchval("INSERT INTO users (name) VALUES ('u') RETURNING id")
+            whale_id = await writer.fetchval("INSERT INTO whales (name) VALUES ('w') RETURNING id")
+            await writer.execute(
+                "INSERT INTO user_whale_follows (user_id, whale_id, fixed_usdt) VALUES ($1, $2, $3)",
+                user_id,
+                whale_id,
+                Decimal("12.5"),
+            )
+            signal_id = await writer.fetchval(
+                "INSERT INTO whale_signals (external_id, whale_id, symbol, side, action, trade_type, price,"
+                " size_usdt, detected_at) VALUES ($1, $2, 'BTC/USDT', 'buy', 'open', 'spot', 100, 1000, $3)"
+                " RETURNING id",
+                f"ext-{uuid.uuid4()}",
+                whale_id,
+                datetime.now(UTC),
+            )
+            await writer.execute("DELETE FROM user_whale_follows WHERE user_id = $1", user_id)
+            for _ in range(100):
+                if len(got) >= 4:
+                    break
+                await asyncio.sleep(0.02)
+            return [*got, ("ids", f"{user_id},{signal_id}")]
+        finally:
+            await listener.close()
+            await writer.close()
+
+    got = asyncio.run(run())
+    user_id, signal_id = got[-1][1].split(",")
+    assert ("follows_changed", user_id) in got  # users insert
+    assert ("whale_signals", signal_id) in got
+    assert got.count(("follows_changed", user_id)) == 3  # users insert, follow insert, follow delete
+
+
+def test_numeric_and_jsonb_codecs(pg_dsn: str) -> None:
+    value = Decimal("12345678901234567890.123456789")
+    got = fetchval(pg_dsn, "SELECT $1::numeric", value)
+    assert got == value and isinstance(got, Decimal)
+    doc = fetchval(pg_dsn, "SELECT $1::jsonb", {"a": 1, "price": Decimal("1.10")})
+    assert doc == {"a": 1, "price": "1.10"}
