@@ -1,0 +1,381 @@
+"""CcxtVenue against the local emulator: real ccxt classes, real HTTP on 127.0.0.1, no mocks.
+
+Every test runs for each implemented venue and trade type (the ``case`` fixture).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+
+import pytest
+import structlog
+
+from adapters.ccxt_errors import CredentialRejected
+from adapters.ccxt_venue import CcxtVenue
+from adapters.credentials import Credential, CredentialStore
+from adapters.emulator import EmulatorServer
+from engine.messages import OrderRequest, Side, TradeStatus, TradeType
+from engine.venue import OrderRejected, OutcomeUnknown, RetryableError, VenueBanned
+
+API_KEY = "emu-key-0123456789abcdef"
+SECRET = "emu-secret-TOPSECRET-9876543210"
+PASSPHRASE = "emu-pass-phrase-42"
+
+CASES = [
+    ("binance", TradeType.SPOT),
+    ("binance", TradeType.FUTURES),
+    ("bybit", TradeType.SPOT),
+    ("bybit", TradeType.FUTURES),
+    ("bitget", TradeType.SPOT),
+    ("bitget", TradeType.FUTURES),
+]
+
+
+@dataclass
+class Harness:
+    emu: EmulatorServer
+    venue: CcxtVenue
+    name: str
+    trade_type: TradeType
+    symbol: str
+    store: CredentialStore
+
+    def order(
+        self,
+        cid: str,
+        *,
+        qty: str = "0.01",
+        side: Side = Side.BUY,
+        user_id: int = 1,
+        reduce_only: bool = False,
+        leverage: int = 5,
+        price_hint: int = 50000,
+    ) -> OrderRequest:
+        return OrderRequest(
+            client_order_id=cid,
+            user_id=user_id,
+            venue=self.name,
+            symbol=self.symbol,
+            trade_type=self.trade_type,
+            side=side,
+            qty=Decimal(qty),
+            price_hint=Decimal(price_hint),
+            reduce_only=reduce_only,
+            leverage=leverage,
+        )
+
+    def calls(self, fragment: str) -> int:
+        return sum(1 for _, path in self.emu.requests(self.name) if path.endswith(fragment))
+
+
+@pytest.fixture(params=CASES, ids=[f"{v}-{t.value}" for v, t in CASES])
+def case(request: pytest.FixtureRequest) -> tuple[str, TradeType]:
+    return request.param  # type: ignore[no-any-return]
+
+
+@contextlib.asynccontextmanager
+async def harness(case: tuple[str, TradeType], *, secret: str = SECRET) -> AsyncIterator[Harness]:
+    name, trade_type = case
+    emu = EmulatorServer((name,))
+    await emu.start()
+    emu.add_account(name, API_KEY, SECRET, PASSPHRASE)
+    emu.add_account(name, API_KEY + "2", SECRET + "2", PASSPHRASE)
+    for key in (API_KEY, API_KEY + "2"):
+        emu.deposit(name, key, "USDT", 100_000)
+        emu.deposit(name, key, "BTC", 1)
+    store = CredentialStore({})
+    store.register("mem:1", Credential(API_KEY, secret, PASSPHRASE))
+    store.register("mem:2", Credential(API_KEY + "2", SECRET + "2", PASSPHRASE))
+    venue = CcxtVenue(
+        name,
+        trade_type=trade_type,
+        api_base_url=emu.url_for(name),
+        credentials=store,
+        credential_refs={1: "mem:1", 2: "mem:2"},
+        ccxt_options={"timeout": 1500},
+    )
+    symbol = "BTC/USDT" if trade_type is TradeType.SPOT else "BTC/USDT:USDT"
+    try:
+        yield Harness(emu, venue, name, trade_type, symbol, store)
+        assert emu.weight_excess(name) == []
+    finally:
+        await venue.close()
+        await emu.stop()
+
+
+def run(case: tuple[str, TradeType], body: Callable[[Harness], Awaitable[None]], **kwargs: str) -> None:
+    async def main() -> None:
+        async with harness(case, **kwargs) as h:
+            await body(h)
+
+    asyncio.run(main())
+
+
+def test_load_markets(case: tuple[str, TradeType]) -> None:
+    async def body(h: Harness) -> None:
+        markets = await h.venue.load_markets()
+        info = markets[h.symbol]
+        assert info.trade_type is h.trade_type
+        assert (info.base, info.quote) == ("BTC", "USDT")
+        assert info.qty_step == Decimal("0.001")
+        assert info.price_tick == Decimal("0.1")
+        assert info.min_qty == Decimal("0.001")
+        assert info.min_notional == Decimal(5)
+        assert info.taker_fee_rate > 0
+        assert info.max_leverage == (1 if h.trade_type is TradeType.SPOT else info.max_leverage) >= 1
+
+    run(case, body)
+
+
+def test_markets_loaded_once_and_shared(case: tuple[str, TradeType]) -> None:
+    async def body(h: Harness) -> None:
+        await h.venue.create_order(h.order("c1u1a", user_id=1))
+        first_load = len(_market_calls(h))
+        assert first_load >= 1  # bybit linear: listed and pre-launch instruments, one load
+        await h.venue.create_order(h.order("c1u2a", user_id=2))
+        await h.venue.load_markets()
+        assert len(_market_calls(h)) == first_load
+
+    run(case, body)
+
+
+def _market_calls(h: Harness) -> list[str]:
+    return [p for m, p in h.emu.requests(h.name) if m == "GET" and _is_markets_path(p)]
+
+
+def _is_markets_path(path: str) -> bool:
+    return path.endswith(("exchangeInfo", "instruments-info", "/symbols", "/contracts"))
+
+
+def test_market_order_fills_at_mark(case: tuple[str, TradeType]) -> None:
+    async def body(h: Harness) -> None:
+        h.emu.set_mark(h.symbol, 51000)
+        order = await h.venue.create_order(h.order("c1u1fill", price_hint=51000))
+        assert order.status is TradeStatus.FILLED
+        assert order.filled_qty == Decimal("0.01")
+        assert order.avg_price == Decimal(51000)
+        assert order.fee_usdt > 0
+        assert order.exchange_order_id
+
+    run(case, body)
+
+
+def test_repeated_client_order_id_is_deduplicated(case: tuple[str, TradeType]) -> None:
+    async def body(h: Harness) -> None:
+        first = await h.venue.create_order(h.order("c1u1dup"))
+        again = await h.venue.create_order(h.order("c1u1dup"))
+        assert h.emu.order_count("c1u1dup") == 1
+        assert again.exchange_order_id == first.exchange_order_id
+        assert again.status is TradeStatus.FILLED
+
+    run(case, body)
+
+
+def test_fetch_by_client_id(case: tuple[str, TradeType]) -> None:
+    async def body(h: Harness) -> None:
+        await h.venue.create_order(h.order("c1u1fetch"))
+        found = await h.venue.fetch_order_by_client_id(
+            user_id=1, symbol=h.symbol, trade_type=h.trade_type, client_order_id="c1u1fetch"
+        )
+        assert found is not None
+        assert found.status is TradeStatus.FILLED
+        assert found.filled_qty == Decimal("0.01")
+        missing = await h.venue.fetch_order_by_client_id(
+            user_id=1, symbol=h.symbol, trade_type=h.trade_type, client_order_id="c1u1nothere"
+        )
+        assert missing is None
+
+    run(case, body)
+
+
+def test_delayed_fill_then_cancel(case: tuple[str, TradeType]) -> None:
+    async def body(h: Harness) -> None:
+        h.emu.inject(h.name, "delayed_fill", path_contains=_create_path(h.name, h.trade_type))
+        order = await h.venue.create_order(h.order("c1u1rest"))
+        assert order.status is TradeStatus.SUBMITTED
+        assert order.filled_qty == 0
+        cancelled = await h.venue.cancel_order(
+            user_id=1, symbol=h.symbol, trade_type=h.trade_type, client_order_id="c1u1rest"
+        )
+        assert cancelled is not None
+        assert cancelled.status is TradeStatus.CANCELLED
+        assert h.emu.order_count("c1u1rest") == 1
+
+    run(case, body)
+
+
+def test_delayed_fill_is_seen_by_a_later_fetch(case: tuple[str, TradeType]) -> None:
+    async def body(h: Harness) -> None:
+        h.emu.inject(h.name, "delayed_fill", path_contains=_create_path(h.name, h.trade_type))
+        order = await h.venue.create_order(h.order("c1u1late"))
+        assert order.status is TradeStatus.SUBMITTED
+        statuses = []
+        for _ in range(3):
+            found = await h.venue.fetch_order_by_client_id(
+                user_id=1, symbol=h.symbol, trade_type=h.trade_type, client_order_id="c1u1late"
+            )
+            assert found is not None
+            statuses.append(found.status)
+        assert statuses[-1] is TradeStatus.FILLED
+        assert set(statuses) <= {TradeStatus.SUBMITTED, TradeStatus.FILLED}
+
+    run(case, body)
+
+
+def test_cancel_filled_order_reports_fill(case: tuple[str, TradeType]) -> None:
+    async def body(h: Harness) -> None:
+        await h.venue.create_order(h.order("c1u1done"))
+        result = await h.venue.cancel_order(
+            user_id=1, symbol=h.symbol, trade_type=h.trade_type, client_order_id="c1u1done"
+        )
+        assert result is not None
+        assert result.status is TradeStatus.FILLED
+
+    run(case, body)
+
+
+def test_balance(case: tuple[str, TradeType]) -> None:
+    async def body(h: Harness) -> None:
+        balance = await h.venue.fetch_balance(user_id=1, trade_type=h.trade_type)
+        assert balance["USDT"] == Decimal(100_000)
+
+    run(case, body)
+
+
+def test_marks(case: tuple[str, TradeType]) -> None:
+    async def body(h: Harness) -> None:
+        h.emu.set_mark(h.symbol, "49000.5")
+        marks = await h.venue.fetch_marks([h.symbol])
+        assert marks == {h.symbol: Decimal("49000.5")}
+
+    run(case, body)
+
+
+def test_leverage_set_once_per_symbol(case: tuple[str, TradeType]) -> None:
+    if case[1] is TradeType.SPOT:
+        pytest.skip("leverage is a futures concept")
+
+    async def body(h: Harness) -> None:
+        await h.venue.create_order(h.order("c1u1lev1", leverage=7))
+        await h.venue.create_order(h.order("c1u1lev2", leverage=7))
+        before = len(h.emu.requests(h.name))
+        await h.venue.create_order(h.order("c1u1lev3", side=Side.SELL, reduce_only=True, leverage=7))
+        assert h.emu.leverage(h.name, API_KEY)
+        assert set(h.emu.leverage(h.name, API_KEY).values()) == {7}
+        leverage_calls = [p for _, p in h.emu.requests(h.name) if "everage" in p]
+        assert len(leverage_calls) == 1
+        assert all("everage" not in p for _, p in h.emu.requests(h.name)[before:])
+
+    run(case, body)
+
+
+def test_insufficient_funds_is_rejected(case: tuple[str, TradeType]) -> None:
+    async def body(h: Harness) -> None:
+        with pytest.raises(OrderRejected):
+            await h.venue.create_order(h.order("c1u1poor", qty="500"))
+        assert h.emu.order_count("c1u1poor") == 0
+
+    run(case, body)
+
+
+def test_429_is_retryable_with_retry_after(case: tuple[str, TradeType]) -> None:
+    async def body(h: Harness) -> None:
+        await h.venue.load_markets()
+        h.emu.inject(h.name, "429")
+        with pytest.raises(RetryableError) as info:
+            await h.venue.fetch_balance(user_id=1, trade_type=h.trade_type)
+        assert info.value.retry_after_s is not None
+        assert 0 < info.value.retry_after_s <= 2
+
+    run(case, body)
+
+
+def test_418_is_a_ban(case: tuple[str, TradeType]) -> None:
+    async def body(h: Harness) -> None:
+        await h.venue.load_markets()
+        h.emu.inject(h.name, "418")
+        with pytest.raises(VenueBanned) as info:
+            await h.venue.fetch_balance(user_id=1, trade_type=h.trade_type)
+        assert 0 < info.value.ban_s <= 2
+
+    run(case, body)
+
+
+def test_5xx_on_create_is_retryable(case: tuple[str, TradeType]) -> None:
+    async def body(h: Harness) -> None:
+        await h.venue.fetch_balance(user_id=1, trade_type=h.trade_type)  # leverage and markets out of the way
+        h.emu.inject(h.name, "5xx", path_contains="order")
+        with pytest.raises(RetryableError):
+            await h.venue.create_order(h.order("c1u1five", leverage=1))
+        assert h.emu.order_count("c1u1five") == 0
+        order = await h.venue.create_order(h.order("c1u1five", leverage=1))  # the retry, same id
+        assert order.status is TradeStatus.FILLED
+
+    run(case, body)
+
+
+@pytest.mark.parametrize("fault", ["accept_then_timeout", "accept_then_disconnect", "html", "truncated_json"])
+def test_lost_answer_after_create_is_unknown(case: tuple[str, TradeType], fault: str) -> None:
+    async def body(h: Harness) -> None:
+        await h.venue.load_markets()
+        if h.trade_type is TradeType.FUTURES:
+            await h.venue.create_order(h.order("c1u1warm"))  # leverage set, so the fault hits the order
+        h.emu.inject(h.name, fault, path_contains=_create_path(h.name, h.trade_type))
+        with pytest.raises(OutcomeUnknown):
+            await h.venue.create_order(h.order("c1u1lost"))
+        found = await h.venue.fetch_order_by_client_id(
+            user_id=1, symbol=h.symbol, trade_type=h.trade_type, client_order_id="c1u1lost"
+        )
+        assert found is not None
+        assert found.status is TradeStatus.FILLED
+        assert h.emu.order_count("c1u1lost") == 1
+
+    run(case, body)
+
+
+def _create_path(name: str, trade_type: TradeType) -> str:
+    if name == "binance":
+        return "/api/v3/order" if trade_type is TradeType.SPOT else "/fapi/v1/order"
+    if name == "bybit":
+        return "/v5/order/create"
+    return "/place-order"
+
+
+def test_partial_fill(case: tuple[str, TradeType]) -> None:
+    async def body(h: Harness) -> None:
+        h.emu.inject(h.name, "partial_fill", path_contains=_create_path(h.name, h.trade_type))
+        order = await h.venue.create_order(h.order("c1u1part", qty="0.01", leverage=1))
+        assert order.status is TradeStatus.PARTIALLY_FILLED
+        assert order.filled_qty == Decimal("0.005")
+
+    run(case, body)
+
+
+def test_bad_signature_is_an_auth_error_without_the_secret(case: tuple[str, TradeType]) -> None:
+    wrong_secret = "wrong-secret-SHOULD-NOT-LEAK-123"
+
+    async def body(h: Harness) -> None:
+        with structlog.testing.capture_logs() as logs:
+            with pytest.raises(CredentialRejected) as info:
+                await h.venue.create_order(h.order("c1u1auth", leverage=1))
+            with pytest.raises(CredentialRejected):
+                await h.venue.fetch_balance(user_id=1, trade_type=h.trade_type)
+        text = str(info.value) + repr(info.value) + repr(logs)
+        for secret in (wrong_secret, API_KEY, PASSPHRASE):
+            assert secret not in text
+        assert h.emu.order_count("c1u1auth") == 0
+
+    run(case, body, secret=wrong_secret)
+
+
+def test_bad_client_order_id_refused_before_sending(case: tuple[str, TradeType]) -> None:
+    async def body(h: Harness) -> None:
+        with pytest.raises(OrderRejected):
+            await h.venue.create_order(h.order("x" * 41))
+        assert h.calls("order") == 0
+
+    run(case, body)

@@ -1,0 +1,194 @@
+"""The exchange emulator itself: signatures, client-id de-duplication, faults, the weight ledger.
+
+Raw HTTP (aiohttp) where the wire matters; ccxt where it is simpler. 127.0.0.1, port 0, no timing asserts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import ccxt.async_support as ccxt
+import orjson
+import pytest
+
+from adapters.emulator import EmulatorServer
+
+KEY, SECRET = "emu-test-key", "emu-test-secret"
+
+
+def run(
+    body: Callable[[EmulatorServer, aiohttp.ClientSession], Awaitable[None]],
+    venues: tuple[str, ...] = ("binance",),
+) -> None:
+    async def main() -> None:
+        emu = EmulatorServer(venues)
+        await emu.start()
+        for venue in venues:
+            emu.add_account(venue, KEY, SECRET, "pp")
+            emu.deposit(venue, KEY, "USDT", 10_000)
+        try:
+            async with aiohttp.ClientSession() as session:
+                await body(emu, session)
+        finally:
+            await emu.stop()
+
+    asyncio.run(main())
+
+
+def _binance_signed(params: dict[str, str], secret: str = SECRET) -> str:
+    query = "&".join(f"{k}={v}" for k, v in (params | {"timestamp": str(int(time.time() * 1000))}).items())
+    signature = hmac.new(secret.encode(), query.encode(), hashlib.sha256).hexdigest()
+    return f"{query}&signature={signature}"
+
+
+async def _binance_order(
+    emu: EmulatorServer, session: aiohttp.ClientSession, cid: str, secret: str = SECRET
+) -> tuple[int, Any]:
+    body = _binance_signed(
+        {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.01", "newClientOrderId": cid},
+        secret,
+    )
+    async with session.post(
+        f"{emu.url_for('binance')}/api/v3/order",
+        data=body,
+        headers={"X-MBX-APIKEY": KEY, "Content-Type": "application/x-www-form-urlencoded"},
+    ) as response:
+        return response.status, await response.read()
+
+
+def test_binance_signature_checked() -> None:
+    async def body(emu: EmulatorServer, session: aiohttp.ClientSession) -> None:
+        status, raw = await _binance_order(emu, session, "good1")
+        assert status == 200
+        assert orjson.loads(raw)["status"] == "FILLED"
+        status, raw = await _binance_order(emu, session, "bad1", secret="not-the-secret")
+        assert status == 400
+        assert orjson.loads(raw)["code"] == -1022
+        assert emu.order_count("bad1") == 0
+
+    run(body)
+
+
+def test_binance_dedupes_client_order_id() -> None:
+    async def body(emu: EmulatorServer, session: aiohttp.ClientSession) -> None:
+        assert (await _binance_order(emu, session, "dup1"))[0] == 200
+        status, raw = await _binance_order(emu, session, "dup1")
+        assert status == 400
+        assert orjson.loads(raw)["code"] == -2010
+        assert emu.order_count("dup1") == 1
+
+    run(body)
+
+
+def test_market_order_fills_at_mark_and_moves_balances() -> None:
+    async def body(emu: EmulatorServer, session: aiohttp.ClientSession) -> None:
+        emu.set_mark("BTC/USDT", 40000)
+        _, raw = await _binance_order(emu, session, "mark1")
+        fill = orjson.loads(raw)["fills"][0]
+        assert Decimal(fill["price"]) == 40000
+        assert emu.balance("binance", KEY, "USDT") == Decimal(10_000) - Decimal(400)
+        assert emu.balance("binance", KEY, "BTC") == Decimal("0.01") - Decimal(fill["commission"])
+
+    run(body)
+
+
+def test_fault_count_and_path_filter() -> None:
+    async def body(emu: EmulatorServer, session: aiohttp.ClientSession) -> None:
+        emu.inject("binance", "5xx", count=2, path_contains="/api/v3/order")
+        url = f"{emu.url_for('binance')}/api/v3/exchangeInfo"
+        async with session.get(url) as response:
+            assert response.status == 200  # other paths are untouched
+        assert (await _binance_order(emu, session, "f1"))[0] == 503
+        assert (await _binance_order(emu, session, "f1"))[0] == 503
+        assert (await _binance_order(emu, session, "f1"))[0] == 200
+        assert emu.order_count("f1") == 1
+
+    run(body)
+
+
+@pytest.mark.parametrize(("fault", "status"), [("429", 429), ("418", 418)])
+def test_rate_limit_faults_carry_retry_after(fault: str, status: int) -> None:
+    async def body(emu: EmulatorServer, session: aiohttp.ClientSession) -> None:
+        emu.inject("binance", fault)
+        async with session.get(f"{emu.url_for('binance')}/api/v3/exchangeInfo") as response:
+            assert response.status == status
+            assert response.headers["Retry-After"] == "2"
+            if fault == "418":
+                assert "banned until" in orjson.loads(await response.read())["msg"]
+
+    run(body)
+
+
+@pytest.mark.parametrize("fault", ["html", "truncated_json"])
+def test_malformed_bodies_after_the_order_exists(fault: str) -> None:
+    async def body(emu: EmulatorServer, session: aiohttp.ClientSession) -> None:
+        emu.inject("binance", fault, path_contains="/order")
+        _, raw = await _binance_order(emu, session, "mal1")
+        with pytest.raises(orjson.JSONDecodeError):
+            orjson.loads(raw)
+        assert emu.order_count("mal1") == 1
+
+    run(body)
+
+
+def test_accept_then_timeout_creates_the_order() -> None:
+    async def body(emu: EmulatorServer, session: aiohttp.ClientSession) -> None:
+        emu.inject("binance", "accept_then_timeout", path_contains="/order")
+        with pytest.raises(asyncio.TimeoutError):
+            async with asyncio.timeout(0.5):
+                await _binance_order(emu, session, "hang1")
+        assert emu.order_count("hang1") == 1
+
+    run(body)
+
+
+def test_unknown_fault_is_refused() -> None:
+    emu = EmulatorServer(("binance",))
+    with pytest.raises(ValueError, match="unknown fault"):
+        emu.inject("binance", "gremlins")
+
+
+def test_weight_excess_is_recorded() -> None:
+    async def body(emu: EmulatorServer, session: aiohttp.ClientSession) -> None:
+        assert emu.weight_excess("binance") == []
+        emu.venues["binance"].weight_limit = 45  # exchangeInfo weighs 20
+        for _ in range(3):
+            async with session.get(f"{emu.url_for('binance')}/api/v3/exchangeInfo") as response:
+                assert response.status == 200
+        excess = emu.weight_excess("binance")
+        assert excess
+        assert excess[-1][1] == 60
+
+    run(body)
+
+
+@pytest.mark.parametrize("venue", ["bybit", "bitget"])
+def test_other_venues_check_signatures_through_ccxt(venue: str) -> None:
+    async def body(emu: EmulatorServer, session: aiohttp.ClientSession) -> None:
+        for secret, ok in ((SECRET, True), ("wrong", False)):
+            client = getattr(ccxt, venue)(
+                {"apiKey": KEY, "secret": secret, "password": "pp", "enableRateLimit": False}
+            )
+            client.urls["api"] = {k: emu.url_for(venue) for k in client.urls["api"]}
+            client.has = dict(client.has, fetchCurrencies=False)
+            client.options["uta"] = False
+            client.options["enableUnifiedAccount"] = True
+            client.options["enableUnifiedMargin"] = False
+            try:
+                if ok:
+                    balance = await client.fetch_balance({"type": "spot"})
+                    assert balance["free"]["USDT"] == 10_000
+                else:
+                    with pytest.raises(ccxt.AuthenticationError):
+                        await client.fetch_balance({"type": "spot"})
+            finally:
+                await client.close()
+
+    run(body, venues=(venue,))
