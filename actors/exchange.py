@@ -130,7 +130,7 @@ class _LoopSide:
             result = _Result(job_id=job_id, error="unknown", message=str(exc))
         except TimeoutError:
             result = _Result(job_id=job_id, error="unknown", message=f"no answer in {self._call_timeout_s}s")
-        except Exception as exc:  # an adapter bug: the request may have gone out, so UNKNOWN
+        except Exception as exc:  # noqa: BLE001 - an adapter bug: the request may have gone out, so UNKNOWN
             result = _Result(job_id=job_id, error="unknown", message=f"{type(exc).__name__}: {exc}")
         if not self._pending:
             asyncio.get_running_loop().call_soon(self._flush)

@@ -286,7 +286,7 @@ class AdminServer:
             reply = {"ok": True, **{k: v for k, v in result.items() if k != "ok"}}
         except CommandError as exc:
             return encode_reply({"ok": False, "error": str(exc)})
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a boundary: whatever failed is reported, never raised through
             _log.exception("admin.handler_error", cmd=name, conn_id=conn_id, peer_uid=peer.uid)
             return encode_reply({"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"})
         return encode_reply(reply, cmd=name)

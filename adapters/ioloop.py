@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -76,10 +77,8 @@ class IoLoop:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-        try:
-            self.run(_cancel_all(), timeout_s)
-        except (TimeoutError, concurrent.futures.TimeoutError, RuntimeError):
-            pass  # best effort: the loop is stopping anyway
+        with contextlib.suppress(TimeoutError, concurrent.futures.TimeoutError, RuntimeError):
+            self.run(_cancel_all(), timeout_s)  # best effort: the loop is stopping anyway
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout_s)
         if not self._loop.is_running():

@@ -120,7 +120,7 @@ class PooledInbox:
                 # Also drains mail that arrived after the stop: those asks get ActorDeadError
                 # instead of hanging (pykka's thread is gone by then and would never answer).
                 actor._actor_loop_teardown()
-        except BaseException:  # SystemExit etc. from a handler: pykka stops everything
+        except BaseException:  # noqa: BLE001 - SystemExit etc. from a handler: pykka stops everything
             logger.debug("%r in %s. Stopping all actors.", sys.exc_info()[1], actor)
             actor._stop()
             _stop_everything_without_waiting()
@@ -142,7 +142,7 @@ def _fail_on_tell(actor: pykka.Actor, exc_info: OptExcInfo) -> None:
     actor._handle_failure(*exc_info)
     try:
         actor.on_failure(*exc_info)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a boundary: whatever failed is reported, never raised through
         actor._handle_failure(*sys.exc_info())
 
 

@@ -241,6 +241,7 @@ class EventBus:
                 continue
             try:
                 subscriber(event)
-            except Exception as exc:  # isolation is the point: the caller logs what we return
+            except Exception as exc:  # noqa: BLE001 - isolation is the point: the caller logs what we return
                 errors.append(exc)
         return errors
+

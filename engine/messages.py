@@ -307,6 +307,7 @@ class TradeRow(msgspec.Struct, frozen=True, kw_only=True):
     executed_price: Decimal | None = None
     fee_usdt: Decimal = Decimal(0)
     error: str | None = None
+    reserved_usdt: Decimal = Decimal(0)  # funds held for this order (entries), released or settled at the end
     version: int = 1
 
 

@@ -1,0 +1,320 @@
+"""FollowerActor: one per user, on the pooled runtime. Owns the user's balances, positions and limits.
+
+For a signal it sizes the copy and applies every limit (``engine.sizing.decide``): a skip with a named reason,
+or an intent. It reserves funds, asks the persistence actor to make the intent durable (group-commit lane), and
+only then sends the order to the exchange actor. Outcomes update positions and balances (``engine.ledger``).
+Prices from the feed drive mark-to-market, stop-loss / take-profit and liquidation (``actors/follower_risk``).
+
+Handlers never block: the persistence actor answers ``IntentAck``, the exchange actor ``OrderOutcome``.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from actors.follower_base import FollowerContext, FollowerState
+from actors.follower_risk import FollowerRisk
+from engine import metrics
+from engine.events import FollowerSkipped, TradeNeedsReconciliation
+from engine.ledger import OrderContext, settle_entry, settle_exit, undo_order
+from engine.logs import get_logger
+from engine.messages import (
+    CopySignal,
+    FollowerDecision,
+    IntentAck,
+    OrderOutcome,
+    PersistIntent,
+    PlaceOrder,
+    PriceUpdate,
+    ResolveOrder,
+    Signal,
+    SkipReason,
+    TradeStatus,
+)
+from engine.sizing import EntryPlan, ExitPlan, Skip, decide
+from engine.trades import Trade
+
+log = get_logger(__name__)
+
+__all__ = ["FollowerActor", "FollowerContext", "FollowerState", "ReconcileNow", "UpdateSettings"]
+
+
+class ReconcileNow(msgspec.Struct, frozen=True):
+    """Ask the venue again about every trade whose outcome is not known (UNKNOWN / SUBMITTED / PENDING)."""
+
+
+class UpdateSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """New user/follow settings from the database (NOTIFY, polling or admin ``reload``)."""
+
+    state: FollowerState
+
+
+class SetPaused(msgspec.Struct, frozen=True, kw_only=True):
+    paused: bool
+
+
+class FollowerActor(FollowerRisk):
+    """See the module docstring. Constructed from its persisted ``FollowerState``."""
+
+    def on_start(self) -> None:
+        if self._orders:
+            # Start-up recovery: ask the venue about every order left open by the last run.
+            self._reconcile()
+
+    def on_receive(self, message: Any) -> Any:
+        self._current = message
+        if isinstance(message, CopySignal):
+            self._on_signal(message)
+        elif isinstance(message, IntentAck):
+            self._on_intent_ack(message)
+        elif isinstance(message, OrderOutcome):
+            self._on_outcome(message)
+        elif isinstance(message, PriceUpdate):
+            self._on_prices(message)
+        elif isinstance(message, ReconcileNow):
+            self._reconcile()
+        elif isinstance(message, UpdateSettings):
+            self._apply_state_settings(message.state)
+        elif isinstance(message, SetPaused):
+            self._paused_override = message.paused
+        else:
+            log.warning("follower.unknown_message", user_id=self._user_id, message_type=type(message).__name__)
+        self._current = None
+
+    # ---- ask-able (admin, tests) -------------------------------------------------------------------------
+
+    def dry_run(self, signal: Signal, mark: Decimal | None) -> dict[str, Any]:
+        """What this follower would do with ``signal``; changes nothing."""
+        decision = self._decide(signal, mark)
+        if isinstance(decision, Skip):
+            return {"user_id": self._user_id, "action": "skip", "reason": decision.reason, "detail": decision.detail}
+        return {
+            "user_id": self._user_id,
+            "action": "exit" if isinstance(decision, ExitPlan) else "entry",
+            "client_order_id": decision.client_order_id,
+            "side": decision.side,
+            "qty": decision.qty,
+            "price": decision.price,
+            "notional_usdt": decision.notional_usdt,
+            "leverage": decision.leverage,
+        }
+
+    # ---- signals -----------------------------------------------------------------------------------------
+
+    def _decide(self, signal: Signal, mark: Decimal | None) -> Skip | EntryPlan | ExitPlan:
+        venue = self._user.preferred_exchange
+        now = self._ctx.clock()
+        follow = self._follows.get(signal.whale_id)
+        held = self._portfolio.position_on(venue, signal.symbol)
+        account = self._portfolio.account_view(
+            venue=venue,
+            symbol=signal.symbol,
+            now=now,
+            busy=(venue, signal.symbol) in self._busy,
+            draining=self._ctx.draining(),
+            venue_available=self._ctx.venue_available(venue),
+        )
+        user = self._user
+        if self._paused_override is not None:
+            user = msgspec.structs.replace(user, paused=self._paused_override)
+        market = self._ctx.markets.get(venue, {}).get(signal.symbol)
+        if mark is None and held is not None:
+            mark = self._marks.get(signal.symbol)
+        return decide(signal, user=user, follow=follow, market=market, mark=mark, now=now, account=account)
+
+    def _on_signal(self, message: CopySignal) -> None:
+        signal = message.signal
+        decision = self._decide(signal, message.mark_price)
+        if isinstance(decision, Skip):
+            self._skip(signal, decision.reason, decision.detail)
+            return
+        venue = self._user.preferred_exchange
+        trade = Trade.for_plan(decision, signal=signal, user_id=self._user_id, venue=venue)
+        if trade.client_order_id in self._orders:
+            self._skip(signal, SkipReason.POSITION_BUSY, "order for this signal already in flight")
+            return
+        reserved = Decimal(0)
+        if isinstance(decision, EntryPlan):
+            reserved = decision.reserve_usdt
+            if not self._portfolio.reserve(venue, reserved):
+                self._skip(signal, SkipReason.INSUFFICIENT_BALANCE, f"cannot reserve {reserved}")
+                return
+            kind = "increase" if decision.is_increase else "open"
+        else:
+            kind = "exit"
+        self._track(
+            OrderContext(
+                trade=trade,
+                kind=kind,
+                reserved_usdt=reserved,
+                received_at_ns=message.received_at_ns,
+                created_at=self._ctx.clock(),
+            )
+        )
+        self._ctx.persistence.tell(PersistIntent(row=trade.to_row(), reply_to=self.actor_ref))
+
+    def _skip(self, signal: Signal, reason: SkipReason, detail: str) -> None:
+        metrics.incr(f"skips.{reason.value}")
+        log.info(
+            "copy.skipped",
+            signal_id=signal.signal_id,
+            user_id=self._user_id,
+            whale_id=signal.whale_id,
+            reason=reason.value,
+            detail=detail,
+        )
+        self._publish(
+            FollowerSkipped(
+                occurred_at=self._ctx.clock(),
+                user_id=self._user_id,
+                signal_id=signal.signal_id,
+                reason=reason.value,
+                detail=detail,
+            )
+        )
+        self._ctx.router.tell(
+            FollowerDecision(
+                signal_id=signal.signal_id, user_id=self._user_id, outcome="skipped", reason=reason.value
+            )
+        )
+
+    # ---- intents and orders ------------------------------------------------------------------------------
+
+    def _on_intent_ack(self, ack: IntentAck) -> None:
+        order = self._orders.get(ack.client_order_id)
+        if order is None or order.trade.status is not TradeStatus.PENDING:
+            return
+        trade = order.trade
+        if not ack.durable:
+            # No durable intent, no order: this is the rule that keeps the books and the venue in agreement.
+            trade.transition(TradeStatus.FAILED, error=f"intent not durable: {ack.error}")
+            metrics.incr("copies.failed")
+            log.warning(
+                "copy.not_durable", user_id=self._user_id, client_order_id=trade.client_order_id, error=ack.error
+            )
+            self._finish(order, undo_order(self._portfolio, order, now=self._ctx.clock()))
+            self._answer_router(order, "failed", "not_durable")
+            return
+        self._send(order)
+        self._answer_router(order, "copied", None)
+
+    def _send(self, order: OrderContext) -> None:
+        trade = order.trade
+        exchange = self._ctx.exchanges.get(trade.venue)
+        if exchange is None:
+            trade.transition(TradeStatus.FAILED, error=f"no exchange actor for venue {trade.venue}")
+            self._finish(order, undo_order(self._portfolio, order, now=self._ctx.clock()))
+            return
+        trade.transition(TradeStatus.SUBMITTED)
+        exchange.tell(PlaceOrder(request=trade.to_order_request(), reply_to=self.actor_ref))
+        metrics.incr("orders.sent")
+        if order.received_at_ns:
+            metrics.observe("signal_to_order_ms", (time.monotonic_ns() - order.received_at_ns) / 1e6)
+        self._persist(trade.to_row())
+
+    def _answer_router(self, order: OrderContext, outcome: str, reason: str | None) -> None:
+        if order.trade.signal_id is not None and order.kind in ("open", "increase", "exit"):
+            self._ctx.router.tell(
+                FollowerDecision(
+                    signal_id=order.trade.signal_id, user_id=self._user_id, outcome=outcome, reason=reason
+                )
+            )
+
+    def _on_outcome(self, outcome: OrderOutcome) -> None:
+        order = self._orders.get(outcome.client_order_id)
+        if order is None:
+            return  # an answer for an order already settled (duplicate resolution): nothing to do
+        trade = order.trade
+        now = self._ctx.clock()
+        if outcome.status is TradeStatus.FAILED and outcome.error == "not_found" and not self._grace_over(order, now):
+            return  # the venue may not have it *yet*; keep it unknown and ask again later
+        try:
+            changed = trade.apply_outcome(outcome)
+        except ValueError as exc:  # IllegalTransition is a ValueError subclass too
+            log.error(
+                "order.bad_outcome",
+                user_id=self._user_id,
+                client_order_id=trade.client_order_id,
+                status=outcome.status,
+                error=str(exc),
+            )
+            return
+        if not changed and trade.status not in (TradeStatus.UNKNOWN, TradeStatus.SUBMITTED):
+            return
+        status = trade.status
+        if status in (TradeStatus.FILLED, TradeStatus.PARTIALLY_FILLED):
+            metrics.incr("orders.filled")
+            if order.kind in ("open", "increase"):
+                market = self._ctx.markets.get(trade.venue, {}).get(trade.symbol)
+                follow = self._follows.get(trade.whale_id or -1)
+                events = settle_entry(self._portfolio, order, market=market, follow=follow, now=now)
+            else:
+                events = settle_exit(self._portfolio, order, now=now)
+            self._finish(order, events)
+        elif status in (TradeStatus.REJECTED, TradeStatus.FAILED, TradeStatus.CANCELLED):
+            metrics.incr("orders.rejected" if status is TradeStatus.REJECTED else "orders.failed")
+            if order.kind == "close" and trade.position_id is not None:
+                # That close id is spent at the venue; the next attempt needs a new one.
+                self._close_attempts[trade.position_id] = self._close_attempts.get(trade.position_id, 0) + 1
+            self._finish(order, undo_order(self._portfolio, order, now=now))
+        elif status is TradeStatus.UNKNOWN and changed:
+            metrics.incr("orders.unknown")
+            self._publish(
+                TradeNeedsReconciliation(
+                    occurred_at=now,
+                    user_id=self._user_id,
+                    signal_id=trade.signal_id,
+                    client_order_id=trade.client_order_id,
+                    error=outcome.error,
+                )
+            )
+            self._persist(trade.to_row())
+            self._ctx.needs_reconcile(self._user_id)
+
+    def _grace_over(self, order: OrderContext, now: datetime) -> bool:
+        created = order.created_at or now
+        return (now - created).total_seconds() >= self._ctx.unknown_grace_s
+
+    def _reconcile(self) -> None:
+        """Ask the venue by client order id about every order whose outcome we do not know."""
+        for order in list(self._orders.values()):
+            trade = order.trade
+            if trade.status not in (TradeStatus.UNKNOWN, TradeStatus.SUBMITTED, TradeStatus.PENDING):
+                continue
+            exchange = self._ctx.exchanges.get(trade.venue)
+            if exchange is None:
+                continue
+            if trade.status is TradeStatus.PENDING and not self._recovered_pending(order):
+                continue  # a live intent waiting for its IntentAck, not a leftover
+            exchange.tell(
+                ResolveOrder(
+                    user_id=self._user_id,
+                    symbol=trade.symbol,
+                    trade_type=trade.trade_type,
+                    client_order_id=trade.client_order_id,
+                    reply_to=self.actor_ref,
+                )
+            )
+
+    def _recovered_pending(self, order: OrderContext) -> bool:
+        # A PENDING trade loaded at start-up may or may not have reached the venue before the crash; treat it
+        # as UNKNOWN so the resolution rules apply (found -> apply; not found after the grace -> FAILED).
+        if order.trade.client_order_id in self._recovered:
+            order.trade.transition(TradeStatus.UNKNOWN, error="recovered at start-up")
+            return True
+        return False
+
+    # ---- admin closes (same path as SL/TP: ``FollowerRisk.start_close``) ---------------------------------
+
+    def close_position(self, position_id: str, reason: str = "manual") -> dict[str, Any]:
+        """Close ``position_id`` (admin ``close``); a position already closing is a no-op with a clear reply."""
+        return self.start_close(position_id, reason)
+
+    def close_all(self) -> list[dict[str, Any]]:
+        """Close every open position (admin ``close-all``)."""
+        return [self.start_close(pid, "manual") for pid in list(self._portfolio.positions)]

@@ -1,0 +1,183 @@
+"""The FollowerActor's state and plumbing: construction from persisted rows, bookkeeping, persistence.
+
+Split from ``actors/follower.py`` so that file reads as the copy flow. ``FollowerContext`` is what the system
+gives every follower: refs to the singletons and read-only views; nothing in it is mutable shared state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from engine.events import DomainEvent
+from engine.ledger import OrderContext
+from engine.logs import get_logger
+from engine.messages import (
+    BalanceRow,
+    FollowSettings,
+    MarketInfo,
+    PersistRows,
+    PositionRow,
+    PositionStatus,
+    TradeRow,
+    TradeStatus,
+    UserSettings,
+)
+from engine.portfolio import Portfolio
+from engine.positions import Position
+from engine.runtime import PooledActor
+from engine.trades import Trade
+
+log = get_logger(__name__)
+
+class FollowerState(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a follower is rebuilt from: its rows in PostgreSQL."""
+
+    user: UserSettings
+    follows: tuple[FollowSettings, ...] = ()
+    balances: tuple[BalanceRow, ...] = ()
+    positions: tuple[PositionRow, ...] = ()
+    open_trades: tuple[TradeRow, ...] = ()
+    trade_created_at: dict[str, datetime] = {}
+    close_attempts: dict[str, int] = {}  # position id -> engine closes that failed definitively
+    realized_total_usdt: Decimal = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class FollowerContext:
+    """Refs and read-only views shared by all followers (built once by the system)."""
+
+    persistence: Any
+    router: Any
+    exchanges: Mapping[str, Any]
+    markets: Mapping[str, Mapping[str, MarketInfo]]
+    clock: Callable[[], datetime]
+    publish: Callable[[DomainEvent], None]
+    draining: Callable[[], bool]
+    venue_available: Callable[[str], bool]
+    needs_reconcile: Callable[[int], None]
+    on_failure: Callable[[int, str, str], None]
+    unknown_grace_s: float = 60.0
+
+
+class FollowerBase(PooledActor):
+    """State and helpers; the message handling is in ``FollowerActor``."""
+
+    def __init__(self, state: FollowerState, ctx: FollowerContext) -> None:
+        super().__init__()
+        self._ctx = ctx
+        self._user_id = state.user.user_id
+        now = ctx.clock()
+        self._portfolio = Portfolio(self._user_id, now=now, realized_total_usdt=state.realized_total_usdt)
+        self._orders: dict[str, OrderContext] = {}
+        self._busy: set[tuple[str, str]] = set()
+        self._marks: dict[str, Decimal] = {}
+        self._paused_override: bool | None = None
+        self._current: Any = None
+        self._recovered: set[str] = set()
+        self._close_attempts: dict[str, int] = dict(state.close_attempts)
+        self._apply_state_settings(state)
+        for bal in state.balances:
+            b = self._portfolio.balance(bal.venue, bal.asset)
+            b.free, b.reserved, b.version = bal.free, bal.reserved, bal.version
+        for position_row in state.positions:
+            if position_row.status in (PositionStatus.OPEN, PositionStatus.CLOSING):
+                self._portfolio.add_position(self._restore_position(position_row))
+        for trade_row in state.open_trades:
+            self._recover_trade(trade_row, state.trade_created_at.get(trade_row.client_order_id, now))
+
+    def _apply_state_settings(self, state: FollowerState) -> None:
+        self._user = state.user
+        self._follows = {f.whale_id: f for f in state.follows}
+
+    def _restore_position(self, row: PositionRow) -> Position:
+        market = self._ctx.markets.get(row.venue, {}).get(row.symbol)
+        position = Position.from_row(row)
+        if market is not None:
+            position.maintenance_margin_rate = market.maintenance_margin_rate
+            position.contract_size = market.contract_size
+        return position
+
+    def _recover_trade(self, row: TradeRow, created_at: datetime) -> None:
+        trade = Trade.from_row(row)
+        if row.reduce_only:
+            kind = "close" if row.client_order_id[0] in "xr" else "exit"
+        else:
+            kind = "increase" if row.position_id in self._portfolio.positions else "open"
+        position = self._portfolio.positions.get(row.position_id or "")
+        close_reason = position.close_reason if position is not None and kind == "close" else None
+        order = OrderContext(
+            trade=trade, kind=kind, reserved_usdt=row.reserved_usdt, close_reason=close_reason, created_at=created_at
+        )
+        if trade.status is TradeStatus.PENDING:
+            self._recovered.add(trade.client_order_id)
+        self._track(order)
+
+    # ---- bookkeeping -------------------------------------------------------------------------------------
+
+    def _track(self, order: OrderContext) -> None:
+        self._orders[order.trade.client_order_id] = order
+        self._busy.add((order.trade.venue, order.trade.symbol))
+
+    def _finish(self, order: OrderContext, events: list[DomainEvent]) -> None:
+        """The order reached a final state: stop tracking it, persist the books, publish the events."""
+        trade = order.trade
+        self._orders.pop(trade.client_order_id, None)
+        self._busy.discard((trade.venue, trade.symbol))
+        self._recovered.discard(trade.client_order_id)
+        rows: list[Any] = [self._trade_row(order)]
+        position = self._portfolio.positions.get(trade.position_id or "")
+        if position is not None:
+            rows.append(position.to_row())
+        rows.extend(self._portfolio.balance_rows())
+        self._persist(*rows)
+        for event in events:
+            self._ctx.publish(event)
+
+    def _publish(self, event: DomainEvent) -> None:
+        """Domain events go to the system's subscribers: the persistence one writes ``domain_events``."""
+        self._ctx.publish(event)
+
+    def _trade_row(self, order: OrderContext) -> TradeRow:
+        return msgspec.structs.replace(order.trade.to_row(), reserved_usdt=order.reserved_usdt)
+
+    def _persist(self, *rows: Any) -> None:
+        self._ctx.persistence.tell(PersistRows(rows=rows))
+
+    # ---- failures and introspection -------------------------------------------------------------------
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        """Runs on a pool worker when a handler raised: tell the supervisor which message caused it."""
+        message = type(self._current).__name__ if self._current is not None else "?"
+        self._ctx.on_failure(self._user_id, message, f"{getattr(exception_type, '__name__', '?')}: {exception_value}")
+
+    def describe(self) -> dict[str, Any]:
+        """The follower's live state for admin ``user ID``."""
+        return {
+            "user_id": self._user_id,
+            "paused": self._paused_override if self._paused_override is not None else self._user.paused,
+            "preferred_exchange": self._user.preferred_exchange,
+            "follows": sorted(self._follows),
+            "balances": [msgspec.to_builtins(b) for b in self._portfolio.balance_rows()],
+            "open_positions": [msgspec.to_builtins(p.to_row()) for p in self._portfolio.positions.values()],
+            "orders_in_flight": [
+                {"client_order_id": cid, "status": o.trade.status.value, "kind": o.kind}
+                for cid, o in self._orders.items()
+            ],
+            "trades_today": self._portfolio.trades_today,
+            "realized_pnl_today_usdt": self._portfolio.realized_today_usdt,
+        }
+
+    def snapshot(self) -> Any:
+        """Persist and return a portfolio snapshot at the current marks."""
+        row = self._portfolio.snapshot(self._ctx.clock(), self._marks)
+        self._persist(row)
+        return row
+
+    def positions_by_symbol(self) -> dict[tuple[str, str], str]:
+        return {(p.venue, p.symbol): p.position_id for p in self._portfolio.positions.values()}

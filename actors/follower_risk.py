@@ -1,0 +1,108 @@
+"""The follower's position protection: marks, stop-loss / take-profit, liquidation, engine closes.
+
+A mixin of ``FollowerActor`` (its methods run inside the actor's handlers, on its pool worker). An engine close (SL, TP,
+manual, liquidation by the venue's rules) is a reduce-only order with the position's deterministic close id
+(``engine.ids.close_order_id``), so a retry, a restart or a gap through SL and TP in one tick can only ever
+close a position once. After a *definitive* failure of that close (rejected: the venue certainly did not
+execute it) the next attempt gets the next attempt id (``close_attempt_id``).
+
+No decision is taken on a stale price: symbols in ``PriceUpdate.stale_symbols`` are ignored.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from actors.follower_base import FollowerBase
+from engine import metrics
+from engine.ids import close_order_id
+from engine.ledger import OrderContext, liquidate
+from engine.logs import get_logger
+from engine.messages import PersistIntent, PositionStatus, PriceUpdate, TradeType
+from engine.trades import Trade
+
+log = get_logger(__name__)
+
+_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def close_attempt_id(position_id: str, attempt: int) -> str:
+    """Attempt 0 is ``close_order_id``; later attempts (after a definitive failure) ``r{n}{position}``."""
+    if attempt == 0:
+        return close_order_id(position_id)
+    return f"r{_ALPHABET[attempt % 36]}{position_id[1:]}"
+
+
+class FollowerRisk(FollowerBase):
+    """Price handling and engine closes."""
+
+    def _on_prices(self, update: PriceUpdate) -> None:
+        """Mark positions to market and act on the first trigger each one hits."""
+        now = self._ctx.clock()
+        for position in list(self._portfolio.positions.values()):
+            if position.venue != update.venue:
+                continue
+            mark = update.marks.get(position.symbol)
+            if mark is None:
+                continue
+            self._marks[position.symbol] = mark
+            if position.symbol in update.stale_symbols:
+                metrics.incr("prices.stale_skipped")
+                continue
+            position.mark_to_market(mark)
+            trigger = position.check_triggers(mark)
+            if trigger is None:
+                continue
+            if trigger == "liquidation":
+                if position.trade_type is TradeType.FUTURES:
+                    event = liquidate(self._portfolio, position, mark, now=now)
+                    metrics.incr("positions.liquidated")
+                    self._persist(position.to_row(), *self._portfolio.balance_rows())
+                    self._ctx.publish(event)
+                continue
+            self.start_close(position.position_id, trigger, mark=mark)
+
+
+    def start_close(self, position_id: str, reason: str, *, mark: Decimal | None = None) -> dict[str, Any]:
+        """Begin an engine close of the whole position. Idempotent: closing twice is a no-op with a reply."""
+        position = self._portfolio.positions.get(position_id)
+        if position is None or not position.is_active:
+            return {"position_id": position_id, "closing": False, "detail": "no such open position"}
+        if position.status is PositionStatus.CLOSING:
+            return {"position_id": position_id, "closing": False, "detail": "already closing"}
+        busy = [o for o in self._orders.values() if o.trade.position_id == position_id]
+        if busy:
+            return {"position_id": position_id, "closing": False, "detail": "an order on this position is in flight"}
+        attempt = self._close_attempts.get(position_id, 0)
+        cid = close_attempt_id(position_id, attempt)
+        position.begin_closing(reason)
+        price = mark or self._marks.get(position.symbol) or position.entry_price
+        trade = Trade(
+            client_order_id=cid,
+            user_id=position.user_id,
+            venue=position.venue,
+            symbol=position.symbol,
+            trade_type=position.trade_type,
+            side=position.exit_side,
+            qty=position.qty,
+            price=price,
+            reduce_only=True,
+            leverage=position.leverage,
+            whale_id=position.whale_id,
+            position_id=position_id,
+        )
+        order = OrderContext(trade=trade, kind="close", close_reason=reason, created_at=self._ctx.clock())
+        self._track(order)
+        self._persist(position.to_row())
+        self._ctx.persistence.tell(PersistIntent(row=self._trade_row(order), reply_to=self.actor_ref))
+        metrics.incr(f"closes.{reason}")
+        log.info(
+            "position.closing",
+            user_id=position.user_id,
+            position_id=position_id,
+            reason=reason,
+            client_order_id=cid,
+            mark=price,
+        )
+        return {"position_id": position_id, "closing": True, "client_order_id": cid, "reason": reason}

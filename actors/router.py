@@ -1,0 +1,301 @@
+"""SignalRouterActor: takes signals, drops duplicates and expired ones, fans out one message per follower.
+
+Runs as a ``pykka.ThreadingActor`` (one long-lived singleton). It keeps an in-memory index
+whale_id -> follower refs (the ``FollowerDirectory``, rebuilt from the database at start and on follow changes),
+orders queued signals by priority then age, and marks a signal PROCESSED with its counts once every follower
+answered (``FollowerDecision``). Nothing here blocks: followers answer with messages.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+import pykka
+
+from engine import metrics
+from engine.events import SignalExpired, SignalProcessed
+from engine.logs import get_logger
+from engine.messages import (
+    CopySignal,
+    FollowerDecision,
+    PersistRows,
+    Signal,
+    SignalStatus,
+    SignalStatusRow,
+)
+
+log = get_logger(__name__)
+
+# How many external ids the router remembers for in-memory de-duplication; the UNIQUE constraint on
+# whale_signals.external_id is the durable guard, this one saves a round trip for bursts of repeats.
+_DEDUPE_MEMORY = 100_000
+
+
+class RouteSignal(msgspec.Struct, frozen=True, kw_only=True):
+    """Route this (already validated and stored) signal to the whale's followers."""
+
+    signal: Signal
+    received_at_ns: int = 0
+
+
+class SetFollowers(msgspec.Struct, frozen=True, kw_only=True):
+    """Replace the follower index: ``refs`` by user id and the whale ids each user follows."""
+
+    refs: dict[int, Any]
+    follows: dict[int, tuple[int, ...]]
+    known_whales: frozenset[int]
+
+
+class UpdateFollower(msgspec.Struct, frozen=True, kw_only=True):
+    """One user's ref and followed whales changed (new user, restart after failure, follow change)."""
+
+    user_id: int
+    ref: Any
+    whale_ids: tuple[int, ...]
+
+
+class SetDraining(msgspec.Struct, frozen=True, kw_only=True):
+    draining: bool = True
+
+
+class _Drain(msgspec.Struct, frozen=True):
+    pass
+
+
+@dataclass
+class _InFlight:
+    signal: Signal
+    expected: int
+    started_ns: int
+    copied: int = 0
+    skipped: int = 0
+    failed: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def answered(self) -> int:
+        return self.copied + self.skipped + self.failed
+
+
+class SignalRouterActor(pykka.ThreadingActor):
+    """Fans signals out to follower actors. ``persistence`` gets signal status rows and events;
+    ``mark_price`` (symbol, trade_type) -> Decimal | None reads the price feeds' published marks."""
+
+    def __init__(self, *, persistence: Any, mark_price: Any, publish: Any) -> None:
+        super().__init__()
+        self._persistence = persistence
+        self._mark_price = mark_price
+        self._publish = publish
+        self._refs: dict[int, Any] = {}
+        self._by_whale: dict[int, list[Any]] = {}
+        self._follows: dict[int, tuple[int, ...]] = {}
+        self._known_whales: frozenset[int] = frozenset()
+        self._queue: list[tuple[int, float, int, RouteSignal]] = []
+        self._seen: OrderedDict[str, int] = OrderedDict()
+        self._in_flight: dict[int, _InFlight] = {}
+        self._draining = False
+        self._drain_scheduled = False
+
+    # ---- messages ---------------------------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        try:
+            self._dispatch(message)
+        except Exception as exc:
+            log.exception("router.handler_failed", message_type=type(message).__name__, error=repr(exc))
+
+    def _dispatch(self, message: Any) -> None:
+        if isinstance(message, FollowerDecision):
+            self._on_decision(message)
+        elif isinstance(message, RouteSignal):
+            self._enqueue(message)
+        elif isinstance(message, _Drain):
+            self._drain_scheduled = False
+            self._drain()
+        elif isinstance(message, SetFollowers):
+            self._set_followers(message)
+        elif isinstance(message, UpdateFollower):
+            self._update_follower(message)
+        elif isinstance(message, SetDraining):
+            self._draining = message.draining
+        else:
+            log.warning("router.unknown_message", message_type=type(message).__name__)
+
+    # ---- ask-able ----------------------------------------------------------------------------------------
+
+    def in_flight(self) -> int:
+        return len(self._in_flight) + len(self._queue)
+
+    def follower_ref(self, user_id: int) -> Any:
+        return self._refs.get(user_id)
+
+    def follower_refs(self) -> dict[int, Any]:
+        return dict(self._refs)
+
+    def followers_of(self, whale_id: int) -> list[int]:
+        return [uid for uid, whales in self._follows.items() if whale_id in whales]
+
+    def known_whales(self) -> frozenset[int]:
+        return self._known_whales
+
+    def counts(self) -> dict[str, int]:
+        return {"followers": len(self._refs), "whales": len(self._known_whales), "in_flight": self.in_flight()}
+
+    # ---- index -------------------------------------------------------------------------------------------
+
+    def _set_followers(self, message: SetFollowers) -> None:
+        self._refs = dict(message.refs)
+        self._follows = dict(message.follows)
+        self._known_whales = message.known_whales
+        self._rebuild_index()
+
+    def _update_follower(self, message: UpdateFollower) -> None:
+        self._refs[message.user_id] = message.ref
+        self._follows[message.user_id] = message.whale_ids
+        self._known_whales = self._known_whales | frozenset(message.whale_ids)
+        self._rebuild_index()
+
+    def _rebuild_index(self) -> None:
+        by_whale: dict[int, list[Any]] = {}
+        for user_id, whale_ids in self._follows.items():
+            ref = self._refs.get(user_id)
+            if ref is None:
+                continue
+            for whale_id in whale_ids:
+                by_whale.setdefault(whale_id, []).append(ref)
+        self._by_whale = by_whale
+
+    # ---- intake ------------------------------------------------------------------------------------------
+
+    def _enqueue(self, message: RouteSignal) -> None:
+        signal = message.signal
+        if self._is_duplicate(signal):
+            metrics.incr("signals.duplicate")
+            log.info("signal.duplicate", signal_id=signal.signal_id, external_id=signal.external_id)
+            return
+        metrics.incr("signals.received")
+        if message.received_at_ns == 0:
+            message = RouteSignal(signal=signal, received_at_ns=time.monotonic_ns())
+        key = (signal.priority.rank, signal.detected_at.timestamp(), signal.signal_id, message)
+        heapq.heappush(self._queue, key)
+        if not self._drain_scheduled:
+            # Drain after the mailbox's current burst so a later high-priority signal can overtake.
+            self._drain_scheduled = True
+            self.actor_ref.tell(_Drain())
+
+    def _is_duplicate(self, signal: Signal) -> bool:
+        if signal.external_id in self._seen or signal.signal_id in self._in_flight:
+            return True
+        self._seen[signal.external_id] = signal.signal_id
+        if len(self._seen) > _DEDUPE_MEMORY:
+            self._seen.popitem(last=False)
+        return False
+
+    def _drain(self) -> None:
+        while self._queue:
+            _, _, _, message = heapq.heappop(self._queue)
+            self._fan_out(message)
+
+    def _fan_out(self, message: RouteSignal) -> None:
+        signal = message.signal
+        now = datetime.now(UTC)
+        if self._draining:
+            self._finish_without_fanout(signal, SignalStatus.FAILED, "draining")
+            return
+        if signal.expires_at is not None and signal.expires_at <= now:
+            metrics.incr("signals.expired")
+            self._finish_without_fanout(signal, SignalStatus.EXPIRED, "expired")
+            self._publish(SignalExpired(signal_id=signal.signal_id, occurred_at=now, detail="expired before routing"))
+            return
+        if signal.whale_id not in self._known_whales:
+            metrics.incr("signals.failed")
+            self._finish_without_fanout(signal, SignalStatus.FAILED, "unknown_whale")
+            return
+        refs = self._by_whale.get(signal.whale_id, [])
+        mark: Decimal | None = self._mark_price(signal.symbol, signal.trade_type)
+        copy = CopySignal(signal=signal, received_at_ns=message.received_at_ns, mark_price=mark)
+        state = _InFlight(signal=signal, expected=len(refs), started_ns=message.received_at_ns)
+        self._in_flight[signal.signal_id] = state
+        log.info(
+            "signal.routed",
+            signal_id=signal.signal_id,
+            whale_id=signal.whale_id,
+            symbol=signal.symbol,
+            action=signal.action,
+            followers=len(refs),
+        )
+        for ref in refs:
+            try:
+                ref.tell(copy)
+            except pykka.ActorDeadError:
+                # The supervisor is restarting that follower; it will not see this signal.
+                state.failed += 1
+                state.reasons["follower_unavailable"] += 1
+        self._maybe_done(state)
+
+    def _finish_without_fanout(self, signal: Signal, status: SignalStatus, error: str) -> None:
+        log.info("signal." + status.value, signal_id=signal.signal_id, whale_id=signal.whale_id, reason=error)
+        self._persistence.tell(
+            PersistRows(rows=(SignalStatusRow(signal_id=signal.signal_id, status=status, error=error),))
+        )
+
+    # ---- answers -----------------------------------------------------------------------------------------
+
+    def _on_decision(self, decision: FollowerDecision) -> None:
+        state = self._in_flight.get(decision.signal_id)
+        if state is None:
+            return
+        if decision.outcome == "copied":
+            state.copied += 1
+        elif decision.outcome == "skipped":
+            state.skipped += 1
+            state.reasons[str(decision.reason or "unspecified")] += 1
+        else:
+            state.failed += 1
+            state.reasons[str(decision.reason or "failed")] += 1
+        self._maybe_done(state)
+
+    def _maybe_done(self, state: _InFlight) -> None:
+        if state.answered < state.expected:
+            return
+        signal = state.signal
+        del self._in_flight[signal.signal_id]
+        metrics.incr("signals.processed")
+        elapsed_ms = (time.monotonic_ns() - state.started_ns) / 1e6 if state.started_ns else None
+        reasons = dict(state.reasons)
+        log.info(
+            "signal.processed",
+            signal_id=signal.signal_id,
+            whale_id=signal.whale_id,
+            copied=state.copied,
+            skipped=state.skipped,
+            failed=state.failed,
+            reasons=reasons,
+            elapsed_ms=elapsed_ms,
+        )
+        row = SignalStatusRow(
+            signal_id=signal.signal_id,
+            status=SignalStatus.PROCESSED,
+            copied=state.copied,
+            skipped=state.skipped,
+            failed=state.failed,
+            skip_reasons=reasons,
+        )
+        self._persistence.tell(PersistRows(rows=(row,)))
+        self._publish(
+            SignalProcessed(
+                signal_id=signal.signal_id,
+                copied=state.copied,
+                skipped=state.skipped,
+                failed=state.failed,
+                skip_reasons=reasons,
+                occurred_at=datetime.now(UTC),
+            )
+        )

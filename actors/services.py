@@ -1,0 +1,176 @@
+"""The engine's services on the I/O loop (signal intake, follow watcher, price feeds, admin socket, demo feed)
+and its periodic jobs (stats line, venue health, reconciliation, snapshots).
+
+Kept apart from ``actors/system.py`` so the composition root stays a readable start/stop sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from actors.persistence_writes import run_write
+from actors.price_feed import PriceFeed
+from actors.router import RouteSignal
+from adapters.signal_intake import CLAIM_SQL, SignalIntake
+from engine.logs import get_logger
+from engine.messages import PersistRows, Signal, SignalStatusRow
+
+if TYPE_CHECKING:
+    from actors.system import EngineSystem
+
+log = get_logger(__name__)
+
+
+class FollowsWatcher:
+    """Picks up users / follows written by another application: NOTIFY ``follows_changed`` (debounced) plus a
+    poll on ``updated_at`` in case a notification was missed."""
+
+    def __init__(self, system: EngineSystem) -> None:
+        self._system = system
+        self._pending: set[int] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._conn: asyncpg.Connection | None = None
+        self._since: datetime = datetime.now(UTC)
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="follows-watcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._conn is not None and not self._conn.is_closed():
+            await self._conn.close(timeout=2)
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        with contextlib.suppress(ValueError):
+            self._pending.add(int(payload))
+        self._wake.set()
+
+    async def _run(self) -> None:
+        interval_s = self._system.config.signals.follows_poll_interval_ms / 1000
+        while True:
+            try:
+                if self._conn is None or self._conn.is_closed():
+                    self._conn = await asyncpg.connect(self._system.dsn, timeout=10)
+                    await self._conn.add_listener("follows_changed", self._on_notify)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), interval_s)
+                self._wake.clear()
+                await asyncio.sleep(0.05)  # debounce a burst of row changes into one reload
+                changed = set(self._pending) | await self._changed_since()
+                self._pending.clear()
+                if changed and self._system.supervisor is not None:
+                    await self._system.supervisor.reload(sorted(changed))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep watching; the next round retries
+                log.warning("follows.watch_error", error=f"{type(exc).__name__}: {exc}")
+                self._conn = None
+                await asyncio.sleep(1.0)
+
+    async def _changed_since(self) -> set[int]:
+        since, self._since = self._since, datetime.now(UTC)
+        rows = await self._system.pool.fetch(
+            """SELECT id AS user_id FROM users WHERE updated_at >= $1
+               UNION SELECT user_id FROM user_whale_follows WHERE updated_at >= $1""",
+            since,
+        )
+        return {r["user_id"] for r in rows}
+
+
+def route_signal(system: EngineSystem, signal: Signal) -> None:
+    system.router.tell(RouteSignal(signal=signal))
+
+
+def start_services(system: EngineSystem) -> None:
+    cfg = system.config
+    services: list[Any] = [PriceFeed(system, venue) for venue in system.venues.values()]
+    if cfg.signals.listen:
+
+        async def claim(limit: int) -> list[Any]:
+            rows: list[Any] = await run_write(system, lambda conn: conn.fetch(CLAIM_SQL, limit))
+            return rows
+
+        def reject(row: SignalStatusRow) -> None:
+            system.persistence.tell(PersistRows(rows=(row,)))
+
+        services.append(
+            SignalIntake(
+                dsn=system.dsn,
+                claim=claim,
+                route=lambda s: route_signal(system, s),
+                reject=reject,
+                poll_interval_ms=cfg.signals.poll_interval_ms,
+                batch_size=cfg.signals.claim_batch_size,
+                max_age_s=cfg.signals.max_signal_age_s,
+            )
+        )
+    services.append(FollowsWatcher(system))
+    if cfg.admin.enabled:
+        from actors.admin_handler import EngineAdminHandler
+        from adapters.admin_socket import AdminServer
+
+        services.append(
+            AdminServer(
+                system.io,
+                cfg.admin_socket_path,
+                EngineAdminHandler(system),
+                max_connections=cfg.admin.max_connections,
+                idle_timeout_s=cfg.admin.idle_timeout_s,
+                allow_mutating_uids=cfg.admin.allow_mutating_uids,
+            )
+        )
+    if system.demo:
+        from adapters.demo import DemoFeed
+
+        services.append(DemoFeed(system))
+    for service in services:
+        system.io.run(service.start(), 30)
+        system.services.append(service)
+
+
+def stop_services(system: EngineSystem) -> None:
+    for service in reversed(system.services):
+        try:
+            system.io.run(service.stop(), 15)
+        except Exception as exc:  # noqa: BLE001 - stop the rest regardless
+            log.warning("engine.service_stop_failed", service=type(service).__name__, error=repr(exc))
+    system.services.clear()
+
+
+def periodic_jobs(system: EngineSystem) -> list[tuple[str, float, Callable[[], None]]]:
+    from actors.stats import report_stats, take_snapshots
+
+    cfg = system.config
+
+    def health() -> None:
+        for venue in system.venues.values():
+            venue.refresh_health()
+
+    def reconcile() -> None:
+        system.reconcile()
+
+    return [
+        ("timer-stats", cfg.stats_interval_s, lambda: report_stats(system)),
+        ("timer-venue-health", 1.0, health),
+        ("timer-reconcile", 10.0, reconcile),
+        ("timer-snapshots", cfg.snapshot_interval_s, lambda: _discard(take_snapshots(system))),
+    ]
+
+
+def await_result(system: EngineSystem, make: Callable[[], Awaitable[Any]], timeout_s: float = 30) -> Any:
+    """Run a coroutine on the I/O loop from a plain thread (admin helpers, tests)."""
+    return system.io.run(make(), timeout_s)  # type: ignore[arg-type]
+
+
+def _discard(_value: object) -> None:
+    """Timer jobs return nothing; this drops a job's informative return value."""

@@ -1,0 +1,374 @@
+"""EngineSystem: the composition root. Starts and stops everything in order.
+
+Start: I/O loop -> PostgreSQL (embedded unless a URL is configured) -> schema -> persistence actor -> venues and
+their exchange actors -> followers rebuilt from the database (start-up recovery of open orders) -> router ->
+signal intake and admin socket -> timers. ``engine.ready`` is logged when signals are accepted.
+
+Stop (SIGINT/SIGTERM, admin ``shutdown``): stop taking signals, let in-flight orders settle (bounded by
+``shutdown_grace_s``), flush persistence, stop actors, close venues, stop the embedded server if we started it.
+
+``start``/``stop`` run on the main thread and may block on futures; nothing here runs inside an actor handler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pykka
+
+from actors.follower import ReconcileNow
+from actors.follower_base import FollowerContext, FollowerState
+from actors.persistence import PersistenceActor
+from actors.router import SetDraining, SetFollowers, SignalRouterActor
+from actors.supervisor import Supervisor
+from actors.venues import Venue, build_venues
+from adapters.database import apply_schema, connect_pool
+from adapters.embedded_pg import EmbeddedPostgres
+from adapters.ioloop import IoLoop
+from adapters.state_loader import load_followers, load_whale_ids
+from engine import metrics, runtime
+from engine.config import EngineConfig, effective_config
+from engine.events import DomainEvent
+from engine.logs import get_logger
+from engine.messages import BalanceRow, PersistRows
+
+log = get_logger(__name__)
+
+
+class EngineSystem:
+    """Owns every long-lived piece of one engine process. ``venue_adapters`` lets tests and benchmarks bring
+    a venue that outlives the engine (a real venue does: restart tests need that)."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        demo: bool = False,
+        venue_adapters: dict[str, Any] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.config = config
+        self.demo = demo
+        self.clock = clock
+        self._venue_adapters = venue_adapters or {}
+        self.io = IoLoop()
+        self.embedded: EmbeddedPostgres | None = None
+        self.dsn = ""
+        self.pool: Any = None
+        self.persistence: Any = None
+        self.router: Any = None
+        self.venues: dict[str, Venue] = {}
+        self.supervisor: Supervisor | None = None
+        self.services: list[Any] = []  # things with async start()/stop() on the I/O loop (intake, admin, feeds)
+        self.draining = False
+        self.shutdown_requested = False
+        self.started_at = time.monotonic()
+        self._needs_reconcile: set[int] = set()
+        self._needs_lock = threading.Lock()
+        self._timers: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self._subscribers: list[Callable[[DomainEvent], None]] = [self._persist_event, log_event]
+        self._stopped = False
+
+    # ---- start -------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        t0 = time.monotonic()
+        cfg = self.config
+        log.info("engine.config", config=effective_config(cfg))
+        cfg.data_path.mkdir(parents=True, exist_ok=True)
+        self.io.start()
+        self._start_database()
+        # Already running in this process (tests start several engines): keep the pool.
+        with contextlib.suppress(RuntimeError):
+            runtime.configure_pool(workers=cfg.runtime.workers, max_messages_per_turn=cfg.runtime.max_messages_per_turn)
+        p = cfg.persistence
+        self.persistence = PersistenceActor.start(
+            io_loop=self.io,
+            dsn=self.dsn,
+            durable_window_ms=p.durable_window_ms,
+            durable_max_rows=p.durable_max_rows,
+            flush_interval_ms=p.flush_interval_ms,
+            flush_max_rows=p.flush_max_rows,
+            queue_max_rows=p.queue_max_rows,
+            high_water_rows=p.high_water_rows,
+            pool_max_size=cfg.database.pool_max_size,
+        )
+        self.venues = build_venues(self, self._venue_adapters)
+        if self.demo:
+            from adapters.demo import seed_demo
+
+            self.io.run(seed_demo(self.pool, cfg.demo), 120)
+        states = self._load_states()
+        whales = self.io.run(load_whale_ids(self.pool), 60)
+        self.router = SignalRouterActor.start(
+            persistence=self.persistence, mark_price=self.mark_price, publish=self.publish
+        )
+        self.supervisor = Supervisor(self)
+        refs = self.supervisor.start_followers(states)
+        follows = {s.user.user_id: tuple(f.whale_id for f in s.follows) for s in states}
+        self.router.tell(SetFollowers(refs=refs, follows=follows, known_whales=whales))
+        recovering = sum(1 for s in states if s.open_trades)
+        log.info(
+            "recovery.started",
+            followers_with_open_orders=recovering,
+            open_orders=sum(len(s.open_trades) for s in states),
+        )
+        from actors.services import start_services
+
+        start_services(self)
+        self._start_timers()
+        log.info(
+            "engine.ready",
+            followers=len(refs),
+            whales=len(whales),
+            venues=sorted(self.venues),
+            startup_ms=round((time.monotonic() - t0) * 1000, 1),
+            demo=self.demo,
+        )
+
+    def _start_database(self) -> None:
+        cfg = self.config
+        if cfg.database.url:
+            self.dsn = cfg.database.url
+        else:
+            self.embedded = EmbeddedPostgres(cfg.data_path / "pgdata")
+            self.dsn = self.embedded.start()
+            log.info("database.embedded_started", data_dir=str(self.embedded.pgdata))
+        self.pool = self.io.run(
+            connect_pool(
+                self.dsn,
+                min_size=1,
+                max_size=cfg.database.pool_max_size,
+                connect_timeout_s=cfg.database.connect_timeout_s,
+            ),
+            cfg.database.connect_timeout_s * 3,
+        )
+        applied = self.io.run(apply_schema(self.pool), 60)
+        log.info("database.ready", schema_steps_applied=applied, embedded=self.embedded is not None)
+
+    def _load_states(self) -> list[FollowerState]:
+        states = self.io.run(load_followers(self.pool), 300)
+        return [self._with_paper_balance(s) for s in states]
+
+    def _with_paper_balance(self, state: FollowerState) -> FollowerState:
+        """A paper account starts funded; the paper venue (in memory) gets what our books say the user has."""
+        venue = self.venues.get(state.user.preferred_exchange)
+        if venue is None or venue.kind != "paper":
+            return state
+        usdt = [b for b in state.balances if b.venue == venue.name and b.asset == "USDT"]
+        if not usdt:
+            start = Decimal(str(venue.config.paper_starting_usdt))
+            row = BalanceRow(
+                user_id=state.user.user_id, venue=venue.name, asset="USDT", free=start, reserved=Decimal(0)
+            )
+            self.persistence.tell(PersistRows(rows=(row,)))
+            usdt = [row]
+            state = FollowerState(**{**_fields(state), "balances": (*state.balances, row)})
+        venue.paper_fund(state.user.user_id, usdt[0].free + usdt[0].reserved, state.positions)
+        return state
+
+    # ---- shared views handed to actors -----------------------------------------------------------------
+
+    def follower_context(self) -> FollowerContext:
+        return FollowerContext(
+            persistence=self.persistence,
+            router=self.router,
+            exchanges={name: v.exchange for name, v in self.venues.items()},
+            markets={name: v.markets for name, v in self.venues.items()},
+            clock=self.clock,
+            publish=self.publish,
+            draining=lambda: self.draining,
+            venue_available=self.venue_available,
+            needs_reconcile=self.needs_reconcile,
+            on_failure=self.on_follower_failure,
+            unknown_grace_s=min((v.config.unknown_grace_s for v in self.venues.values()), default=60.0),
+        )
+
+    def mark_price(self, symbol: str, trade_type: Any) -> Decimal | None:
+        for venue in self.venues.values():
+            mark = venue.mark(symbol)
+            if mark is not None:
+                return mark
+        return None
+
+    def venue_available(self, name: str) -> bool:
+        venue = self.venues.get(name)
+        return venue is not None and venue.entries_open
+
+    def subscribe(self, subscriber: Callable[[DomainEvent], None]) -> None:
+        """Add an in-process domain-event subscriber (before start, or from tests). Must be thread-safe."""
+        self._subscribers = [*self._subscribers, subscriber]
+
+    def _persist_event(self, event: DomainEvent) -> None:
+        self.persistence.tell(PersistRows(rows=(event.to_row(),)))
+
+    def publish(self, event: DomainEvent) -> None:
+        for subscriber in self._subscribers:
+            try:
+                subscriber(event)
+            except Exception as exc:  # noqa: BLE001 - one broken subscriber must not break a follower
+                log.error("events.subscriber_failed", event_type=event.event_type, error=repr(exc))
+
+    def needs_reconcile(self, user_id: int) -> None:
+        with self._needs_lock:
+            self._needs_reconcile.add(user_id)
+        log.warning("reconciliation.needed", user_id=user_id)
+
+    def on_follower_failure(self, user_id: int, message: str, error: str) -> None:
+        if self.supervisor is not None:
+            self.supervisor.on_failure(user_id, message, error)
+
+    # ---- operations ----------------------------------------------------------------------------------------
+
+    def reconcile(self, *, all_followers: bool = False) -> int:
+        """Tell followers with unknown outcomes (or all) to ask their venues again. Returns how many."""
+        refs = self.router.proxy().follower_refs().get(timeout=30)
+        with self._needs_lock:
+            targets = set(refs) if all_followers else set(self._needs_reconcile)
+            self._needs_reconcile.clear()
+        for user_id in targets:
+            ref = refs.get(user_id)
+            if ref is not None:
+                with contextlib.suppress(pykka.ActorDeadError):
+                    ref.tell(ReconcileNow())
+        return len(targets)
+
+    def set_draining(self, draining: bool = True) -> None:
+        """Stop (or resume) taking signals; in-flight orders finish."""
+        self.draining = draining
+        self.router.tell(SetDraining(draining=draining))
+        for service in self.services:
+            pause = getattr(service, "pause", None)
+            if pause is not None:
+                pause(draining)
+        log.info("engine.draining" if draining else "engine.resumed")
+
+    def in_flight(self) -> dict[str, int]:
+        exchanges = sum(v.exchange.proxy().status().get(timeout=10).get("in_flight", 0) for v in self.venues.values())
+        persistence = self.persistence.proxy().stats().get(timeout=10)
+        return {
+            "router": self.router.proxy().in_flight().get(timeout=10),
+            "exchange": exchanges,
+            "durable_pending": int(persistence.get("durable_pending", 0)),
+        }
+
+    # ---- timers --------------------------------------------------------------------------------------------
+
+    def _start_timers(self) -> None:
+        from actors.services import periodic_jobs
+
+        for name, interval_s, job in periodic_jobs(self):
+            thread = threading.Thread(target=self._every, args=(interval_s, job, name), name=name, daemon=True)
+            thread.start()
+            self._timers.append(thread)
+
+    def _every(self, interval_s: float, job: Callable[[], None], name: str) -> None:
+        while not self._stopping.wait(interval_s):
+            try:
+                job()
+            except Exception as exc:  # noqa: BLE001 - a timer job failing must not stop the timer
+                log.error("engine.timer_failed", timer=name, error=f"{type(exc).__name__}: {exc}")
+
+    # ---- stop ----------------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ordered shutdown. Every step runs even if an earlier one failed: the embedded server must stop."""
+        if self._stopped:
+            return
+        self._stopped = True
+        t0 = time.monotonic()
+        log.info("engine.stopping")
+        self._stopping.set()
+        from actors.services import stop_services
+
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("drain", self._drain_and_settle),
+            ("services", lambda: stop_services(self)),
+            ("followers", lambda: runtime.stop_all_pooled(timeout_s=60)),
+            ("router", lambda: self.router.stop() if self.router is not None else None),
+            ("venues", self._stop_venues),
+            ("persistence", self._stop_persistence),
+            ("pool", lambda: self.io.run(self.pool.close(), 10) if self.pool is not None else None),
+            ("io_loop", self.io.stop),
+            ("database", lambda: self.embedded.stop() if self.embedded is not None else None),
+        ]
+        for name, step in steps:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the rest
+                log.error("engine.stop_step_failed", step=name, error=f"{type(exc).__name__}: {exc}")
+        log.info(
+            "engine.stopped",
+            shutdown_ms=round((time.monotonic() - t0) * 1000, 1),
+            counters=metrics.counters(),
+        )
+
+    def _drain_and_settle(self) -> None:
+        if self.router is not None and self.router.is_alive():
+            self.set_draining(True)
+            self._settle(self.config.shutdown_grace_s)
+
+    def _stop_venues(self) -> None:
+        for venue in self.venues.values():
+            venue.stop(self.io)
+
+    def _stop_persistence(self) -> None:
+        if self.persistence is None:
+            return
+        flushed = self.persistence.proxy().flush(30).get(timeout=40)
+        self.persistence.stop()
+        log.info("persistence.flushed", complete=flushed)
+
+    def _settle(self, grace_s: float) -> None:
+        deadline = time.monotonic() + grace_s
+        left: dict[str, int] = {}
+        while time.monotonic() < deadline:
+            try:
+                left = self.in_flight()
+            except Exception:  # noqa: BLE001 - an actor already gone has nothing in flight
+                return
+            if not any(left.values()):
+                return
+            time.sleep(0.05)
+        log.warning("engine.settle_timeout", grace_s=grace_s, in_flight=left)
+
+
+_LOG_NAMES = {
+    "trade_executed": "trade.executed",
+    "trade_failed": "trade.failed",
+    "trade_needs_reconciliation": "trade.needs_reconciliation",
+    "position_opened": "position.opened",
+    "position_increased": "position.increased",
+    "position_reduced": "position.reduced",
+    "position_closed": "position.closed",
+    "position_liquidated": "position.liquidated",
+}
+
+
+def log_event(event: DomainEvent) -> None:
+    """The log subscriber: position and trade facts as their own log lines (signal and skip events already
+    have theirs, written where they happen, with more context)."""
+    name = _LOG_NAMES.get(event.event_type)
+    if name is None:
+        return
+    fields = msgspec.to_builtins(event)
+    fields.pop("event_type", None)
+    fields.pop("occurred_at", None)
+    log.info(name, **fields)
+
+
+def _fields(state: FollowerState) -> dict[str, Any]:
+    return {name: getattr(state, name) for name in state.__struct_fields__}
+
+
+def data_path(config: EngineConfig) -> Path:
+    return config.data_path
