@@ -247,6 +247,7 @@ class FollowerActor(FollowerRisk):
         if not changed and trade.status not in (TradeStatus.UNKNOWN, TradeStatus.SUBMITTED):
             return
         status = trade.status
+        position = self._portfolio.positions.get(trade.position_id or "")
         if status in (TradeStatus.FILLED, TradeStatus.PARTIALLY_FILLED):
             metrics.incr("orders.filled")
             if order.kind in ("open", "increase"):
@@ -255,13 +256,13 @@ class FollowerActor(FollowerRisk):
                 events = settle_entry(self._portfolio, order, market=market, follow=follow, now=now)
             else:
                 events = settle_exit(self._portfolio, order, now=now)
-            self._finish(order, events)
+            self._finish(order, events, position)
         elif status in (TradeStatus.REJECTED, TradeStatus.FAILED, TradeStatus.CANCELLED):
             metrics.incr("orders.rejected" if status is TradeStatus.REJECTED else "orders.failed")
             if order.kind == "close" and trade.position_id is not None:
                 # That close id is spent at the venue; the next attempt needs a new one.
                 self._close_attempts[trade.position_id] = self._close_attempts.get(trade.position_id, 0) + 1
-            self._finish(order, undo_order(self._portfolio, order, now=now))
+            self._finish(order, undo_order(self._portfolio, order, now=now), position)
         elif status is TradeStatus.UNKNOWN and changed:
             metrics.incr("orders.unknown")
             self._publish(

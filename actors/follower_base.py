@@ -124,14 +124,17 @@ class FollowerBase(PooledActor):
         self._orders[order.trade.client_order_id] = order
         self._busy.add((order.trade.venue, order.trade.symbol))
 
-    def _finish(self, order: OrderContext, events: list[DomainEvent]) -> None:
-        """The order reached a final state: stop tracking it, persist the books, publish the events."""
+    def _finish(self, order: OrderContext, events: list[DomainEvent], position: Position | None = None) -> None:
+        """The order reached a final state: stop tracking it, persist the books, publish the events.
+
+        ``position`` is the one the order touched, looked up before the ledger ran (a closed position has
+        left the portfolio by now, and its final row must still be written)."""
         trade = order.trade
         self._orders.pop(trade.client_order_id, None)
         self._busy.discard((trade.venue, trade.symbol))
         self._recovered.discard(trade.client_order_id)
         rows: list[Any] = [self._trade_row(order)]
-        position = self._portfolio.positions.get(trade.position_id or "")
+        position = position or self._portfolio.positions.get(trade.position_id or "")
         if position is not None:
             rows.append(position.to_row())
         rows.extend(self._portfolio.balance_rows())
