@@ -33,14 +33,14 @@ from typing import Any
 import asyncpg
 import msgspec
 import pykka
-import structlog
 
 from actors.persistence_writes import RunWrite
 from adapters import database as db
 from adapters.ioloop import IoLoop
+from engine.logs import get_logger
 from engine.messages import IntentAck, PersistIntent, PersistRows
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 # Messages this actor sends itself (from the loop thread); they never leave this module.

@@ -33,7 +33,6 @@ from typing import Any, Protocol
 
 import msgspec
 import orjson
-import structlog
 
 from adapters.ioloop import IoLoop
 from engine.admin_commands import (
@@ -45,10 +44,11 @@ from engine.admin_commands import (
     decode_command,
     is_mutating,
 )
+from engine.logs import get_logger
 
 __all__ = ["AdminHandler", "AdminServer", "AdminSocketError", "Peer", "encode_reply"]
 
-_log = structlog.get_logger(__name__)
+_log = get_logger(__name__)
 
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux

@@ -5,14 +5,13 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-import structlog
-
 from adapters.ccxt_profiles import VenueProfile
+from engine.logs import get_logger
 from engine.messages import MarketInfo, TradeStatus, TradeType, VenueOrder
 
 __all__ = ["is_duplicate", "market_info", "to_venue_order"]
 
-_log = structlog.get_logger("adapters.ccxt_orders")
+_log = get_logger("adapters.ccxt_orders")
 _ZERO = Decimal(0)
 
 

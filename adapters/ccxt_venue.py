@@ -16,18 +16,18 @@ from decimal import Decimal
 from typing import Any
 
 import ccxt.async_support as ccxt
-import structlog
 
 from adapters.ccxt_errors import CredentialRejected, classify
 from adapters.ccxt_orders import is_duplicate, market_info, to_venue_order
 from adapters.ccxt_profiles import PROFILES, VenueProfile, rewrite_api_urls
 from adapters.credentials import Credential, CredentialError, CredentialStore
+from engine.logs import get_logger
 from engine.messages import MarketInfo, OrderRequest, Side, TradeType, VenueOrder
 from engine.venue import OrderRejected, OutcomeUnknown, VenueError
 
 __all__ = ["CcxtVenue"]
 
-_log = structlog.get_logger("adapters.ccxt_venue")
+_log = get_logger("adapters.ccxt_venue")
 
 _DEFAULT_TIMEOUT_MS = 10_000
 

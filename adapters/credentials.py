@@ -20,14 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import structlog
 from cryptography.fernet import Fernet, InvalidToken
+
+from engine.logs import get_logger
 
 __all__ = ["Credential", "CredentialError", "CredentialStore", "encrypt_credential"]
 
 ENCRYPTION_KEY_ENV = "ENGINE_CREDENTIALS_KEY"
 
-_log = structlog.get_logger("adapters.credentials")
+_log = get_logger("adapters.credentials")
 
 
 class CredentialError(Exception):

@@ -19,11 +19,11 @@ from typing import Any, NamedTuple
 import asyncpg
 import msgspec
 import orjson
-import structlog
 
+from engine.logs import get_logger
 from engine.messages import BalanceRow, DomainEventRow, PositionRow, SignalStatusRow, SnapshotRow, TradeRow
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
 

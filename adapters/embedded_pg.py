@@ -35,9 +35,10 @@ from pathlib import Path
 from types import TracebackType
 
 import psutil
-import structlog
 
-log = structlog.get_logger(__name__)
+from engine.logs import get_logger
+
+log = get_logger(__name__)
 
 SYSTEM_USER = "embedded_postgres"
 _POLL_S = 0.01
