@@ -58,6 +58,10 @@ class SetPaused(msgspec.Struct, frozen=True, kw_only=True):
     paused: bool
 
 
+class TakeSnapshot(msgspec.Struct, frozen=True):
+    """Persist a portfolio snapshot at the follower's latest marks."""
+
+
 class FollowerActor(FollowerRisk):
     """See the module docstring. Constructed from its persisted ``FollowerState``."""
 
@@ -82,6 +86,8 @@ class FollowerActor(FollowerRisk):
             self._apply_state_settings(message.state)
         elif isinstance(message, SetPaused):
             self._paused_override = message.paused
+        elif isinstance(message, TakeSnapshot):
+            self.snapshot()
         else:
             log.warning("follower.unknown_message", user_id=self._user_id, message_type=type(message).__name__)
         self._current = None

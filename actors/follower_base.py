@@ -46,6 +46,8 @@ class FollowerState(msgspec.Struct, frozen=True, kw_only=True):
     trade_created_at: dict[str, datetime] = {}
     close_attempts: dict[str, int] = {}  # position id -> engine closes that failed definitively
     realized_total_usdt: Decimal = Decimal(0)
+    trades_today: int = 0  # so a restart keeps the daily limits (max trades, realised loss) where they were
+    realized_today_usdt: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,8 @@ class FollowerBase(PooledActor):
         self._user_id = state.user.user_id
         now = ctx.clock()
         self._portfolio = Portfolio(self._user_id, now=now, realized_total_usdt=state.realized_total_usdt)
+        self._portfolio.trades_today = state.trades_today
+        self._portfolio.realized_today_usdt = state.realized_today_usdt
         self._orders: dict[str, OrderContext] = {}
         self._busy: set[tuple[str, str]] = set()
         self._marks: dict[str, Decimal] = {}

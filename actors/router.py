@@ -69,6 +69,13 @@ class _Drain(msgspec.Struct, frozen=True):
     pass
 
 
+class SweepStale(msgspec.Struct, frozen=True, kw_only=True):
+    """Finish signals whose followers did not all answer within ``answer_timeout_s`` (a follower that failed
+    mid-signal never answers): the missing answers count as failed with reason ``no_answer``."""
+
+    answer_timeout_s: float = 60.0
+
+
 @dataclass
 class _InFlight:
     signal: Signal
@@ -125,6 +132,8 @@ class SignalRouterActor(pykka.ThreadingActor):
             self._update_follower(message)
         elif isinstance(message, SetDraining):
             self._draining = message.draining
+        elif isinstance(message, SweepStale):
+            self._sweep(message.answer_timeout_s)
         else:
             log.warning("router.unknown_message", message_type=type(message).__name__)
 
@@ -261,6 +270,15 @@ class SignalRouterActor(pykka.ThreadingActor):
             state.failed += 1
             state.reasons[str(decision.reason or "failed")] += 1
         self._maybe_done(state)
+
+    def _sweep(self, answer_timeout_s: float) -> None:
+        cutoff = time.monotonic_ns() - int(answer_timeout_s * 1e9)
+        for state in [s for s in self._in_flight.values() if s.started_ns and s.started_ns < cutoff]:
+            missing = state.expected - state.answered
+            log.warning("signal.answers_missing", signal_id=state.signal.signal_id, missing=missing)
+            state.failed += missing
+            state.reasons["no_answer"] += missing
+            self._maybe_done(state)
 
     def _maybe_done(self, state: _InFlight) -> None:
         if state.answered < state.expected:

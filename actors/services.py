@@ -16,7 +16,7 @@ import asyncpg
 
 from actors.persistence_writes import run_write
 from actors.price_feed import PriceFeed
-from actors.router import RouteSignal
+from actors.router import RouteSignal, SweepStale
 from adapters.signal_intake import CLAIM_SQL, SignalIntake
 from engine.logs import get_logger
 from engine.messages import PersistRows, Signal, SignalStatusRow
@@ -158,11 +158,21 @@ def periodic_jobs(system: EngineSystem) -> list[tuple[str, float, Callable[[], N
 
     def reconcile() -> None:
         system.reconcile()
+        system.router.tell(SweepStale())
+
+    day = [datetime.now(UTC).date()]
+
+    def day_roll() -> None:
+        today = datetime.now(UTC).date()
+        if today != day[0]:
+            day[0] = today
+            take_snapshots(system)
 
     return [
         ("timer-stats", cfg.stats_interval_s, lambda: report_stats(system)),
         ("timer-venue-health", 1.0, health),
         ("timer-reconcile", 10.0, reconcile),
+        ("timer-day-roll", 30.0, day_roll),
         ("timer-snapshots", cfg.snapshot_interval_s, lambda: _discard(take_snapshots(system))),
     ]
 

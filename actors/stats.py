@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
+from actors.follower import TakeSnapshot
 from engine import metrics, runtime
 from engine.logs import get_logger
 
@@ -82,9 +83,10 @@ def take_snapshots(system: EngineSystem) -> int:
     if system.supervisor is None:
         return 0
     count = 0
+    message = TakeSnapshot()
     for ref in system.supervisor.refs().values():
         with contextlib.suppress(pykka.ActorDeadError):
-            ref.proxy().snapshot()
+            ref.tell(message)
             count += 1
     log.info("portfolio.snapshots", followers=count)
     return count

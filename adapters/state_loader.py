@@ -64,6 +64,29 @@ async def load_followers(
             GROUP BY position_id""",  # noqa: S608
         *args,
     )
+    # Today (UTC) so far: filled trades, and realised PnL = the total now minus the total at the last snapshot
+    # taken before midnight; without such a snapshot, the realised PnL of positions opened or closed today.
+    today = await conn.fetch(
+        f"""SELECT user_id, count(*) AS n FROM trades
+            WHERE status IN ('filled', 'partially_filled')
+              AND updated_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' {and_uid}
+            GROUP BY user_id""",  # noqa: S608
+        *args,
+    )
+    realized_today = await conn.fetch(
+        f"""WITH midnight AS (SELECT date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS t),
+                 before AS (
+                    SELECT DISTINCT ON (user_id) user_id, realized_pnl_usdt FROM portfolio_snapshots, midnight
+                    WHERE taken_at < midnight.t ORDER BY user_id, taken_at DESC),
+                 total AS (SELECT user_id, sum(realized_pnl_usdt) AS s FROM positions GROUP BY user_id),
+                 touched AS (
+                    SELECT user_id, sum(realized_pnl_usdt) AS s FROM positions, midnight
+                    WHERE opened_at >= midnight.t OR closed_at >= midnight.t GROUP BY user_id)
+            SELECT t.user_id, CASE WHEN b.user_id IS NULL THEN coalesce(x.s, 0) ELSE t.s - b.realized_pnl_usdt END AS s
+            FROM total t LEFT JOIN before b USING (user_id) LEFT JOIN touched x USING (user_id)
+            WHERE true {and_uid.replace("user_id", "t.user_id")}""",  # noqa: S608
+        *args,
+    )
     realized = await conn.fetch(
         f"""SELECT user_id, coalesce(sum(realized_pnl_usdt), 0) AS total FROM positions
             {where_uid} GROUP BY user_id""",  # noqa: S608
@@ -88,6 +111,8 @@ async def load_followers(
         created[r["user_id"]][r["client_order_id"]] = r["created_at"]
     attempts: dict[str, int] = {r["position_id"]: int(r["n"]) for r in failed_closes}
     totals: dict[int, Decimal] = {r["user_id"]: r["total"] for r in realized}
+    trades_today: dict[int, int] = {r["user_id"]: int(r["n"]) for r in today}
+    pnl_today: dict[int, Decimal] = {r["user_id"]: r["s"] for r in realized_today}
 
     states = []
     for r in users:
@@ -105,6 +130,8 @@ async def load_followers(
                     p.position_id: attempts[p.position_id] for p in positions_of if p.position_id in attempts
                 },
                 realized_total_usdt=totals.get(uid, Decimal(0)),
+                trades_today=trades_today.get(uid, 0),
+                realized_today_usdt=pnl_today.get(uid, Decimal(0)),
             )
         )
     return states

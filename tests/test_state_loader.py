@@ -1,0 +1,98 @@
+"""Start-up state: users, follows, balances, open positions, open trades and today's counters from PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from adapters.database import connect
+from adapters.state_loader import load_followers, load_whale_ids
+from engine.messages import PositionStatus, TradeStatus
+from tests.pg import execute
+
+
+def _load(dsn: str, user_ids: list[int] | None = None):  # type: ignore[no-untyped-def]
+    async def run():  # type: ignore[no-untyped-def]
+        conn = await connect(dsn)
+        try:
+            return await load_followers(conn, user_ids), await load_whale_ids(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def test_loads_everything_a_follower_is_rebuilt_from(pg_dsn: str) -> None:
+    now = datetime.now(UTC)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    execute(pg_dsn, "INSERT INTO whales (id, name) VALUES (501, 'w'), (502, 'off')")
+    execute(pg_dsn, "UPDATE whales SET enabled = false WHERE id = 502")
+    execute(
+        pg_dsn, "INSERT INTO users (id, name, max_leverage, paused) VALUES (601, 'a', 7, true), (602, 'b', 3, false)"
+    )
+    execute(
+        pg_dsn,
+        "INSERT INTO user_whale_follows (user_id, whale_id, sizing_mode, fixed_usdt, stop_loss_pct)"
+        " VALUES (601, 501, 'fixed_usdt', 42, 3)",
+    )
+    execute(
+        pg_dsn, "INSERT INTO balances (user_id, venue, asset, free, reserved) VALUES (601, 'paper', 'USDT', 900, 100)"
+    )
+    position = (
+        "INSERT INTO positions (position_id, user_id, venue, symbol, trade_type, side, qty, entry_price, leverage,"
+        " margin_usdt, status, realized_pnl_usdt, opened_at, closed_at)"
+        " VALUES ($1, 601, 'paper', $2, 'futures', 'long', 1, 100, 5, 20, $3, $4, $5, $6)"
+    )
+    execute(pg_dsn, position, "p-open", "BTC/USDT:USDT", "open", Decimal("-0.5"), now, None)
+    execute(
+        pg_dsn,
+        position,
+        "p-old",
+        "ETH/USDT:USDT",
+        "closed",
+        Decimal(7),
+        midnight - timedelta(days=2),
+        midnight - timedelta(days=1),
+    )
+    execute(pg_dsn, position, "p-today", "SOL/USDT:USDT", "closed", Decimal(-3), midnight - timedelta(days=1), now)
+    trade = (
+        "INSERT INTO trades (client_order_id, user_id, venue, symbol, trade_type, side, qty, price, status,"
+        " reserved_usdt, position_id, reduce_only, created_at, updated_at)"
+        " VALUES ($1, 601, 'paper', 'BTC/USDT:USDT', 'futures', 'buy', 1, 100, $2, $3, $4, $5, $6, $6)"
+    )
+    execute(pg_dsn, trade, "c-unknown", "unknown", Decimal(21), "p-new", False, now)
+    execute(pg_dsn, trade, "c-filled-today", "filled", Decimal(0), "p-open", False, now)
+    execute(pg_dsn, trade, "c-filled-old", "filled", Decimal(0), "p-old", False, midnight - timedelta(days=1))
+    execute(pg_dsn, trade, "x-close-rejected", "rejected", Decimal(0), "p-open", True, now)
+
+    states, whales = _load(pg_dsn, [601, 602])
+    assert whales >= {501} and 502 not in whales
+    by_id = {s.user.user_id: s for s in states}
+    a = by_id[601]
+    assert a.user.max_leverage == 7 and a.user.paused is True
+    assert [(f.whale_id, f.fixed_usdt, f.stop_loss_pct) for f in a.follows] == [(501, Decimal(42), Decimal(3))]
+    assert [(b.free, b.reserved) for b in a.balances] == [(Decimal(900), Decimal(100))]
+    assert [p.position_id for p in a.positions] == ["p-open"]
+    assert a.positions[0].status is PositionStatus.OPEN
+    assert [(t.client_order_id, t.status, t.reserved_usdt) for t in a.open_trades] == [
+        ("c-unknown", TradeStatus.UNKNOWN, Decimal(21))
+    ]
+    assert "c-unknown" in a.trade_created_at
+    assert a.close_attempts == {"p-open": 1}  # the rejected engine close spent its id
+    assert a.realized_total_usdt == Decimal("3.5")  # -0.5 + 7 - 3
+    assert a.trades_today == 1
+    # No snapshot before midnight: today's realised PnL is that of positions opened or closed today.
+    assert a.realized_today_usdt == Decimal("-3.5")
+    assert by_id[602].follows == () and by_id[602].positions == ()
+
+    # With a snapshot from before midnight, today's realised PnL is the difference of totals.
+    execute(
+        pg_dsn,
+        "INSERT INTO portfolio_snapshots (user_id, taken_at, equity_usdt, free_usdt, reserved_usdt,"
+        " unrealized_pnl_usdt, realized_pnl_usdt, open_positions, trades_today)"
+        " VALUES (601, $1, 1000, 1000, 0, 0, 6, 0, 0)",
+        midnight - timedelta(minutes=5),
+    )
+    (a,), _ = _load(pg_dsn, [601])
+    assert a.realized_today_usdt == Decimal("-2.5")  # 3.5 now - 6 at midnight
