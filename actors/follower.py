@@ -55,7 +55,9 @@ class UpdateSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SetPaused(msgspec.Struct, frozen=True, kw_only=True):
-    paused: bool
+    """Operator override of ``users.paused`` (admin ``pause``); ``None`` clears it."""
+
+    paused: bool | None
 
 
 class TakeSnapshot(msgspec.Struct, frozen=True):

@@ -65,6 +65,19 @@ class SetDraining(msgspec.Struct, frozen=True, kw_only=True):
     draining: bool = True
 
 
+class SetWhalePaused(msgspec.Struct, frozen=True, kw_only=True):
+    """Operator pause (admin ``pause whale ID``): every follower skips this whale's signals (``paused``)."""
+
+    whale_id: int
+    paused: bool
+
+
+class SetKnownWhales(msgspec.Struct, frozen=True, kw_only=True):
+    """The enabled whales, after a reload: signals from any other whale fail with ``unknown_whale``."""
+
+    whale_ids: frozenset[int]
+
+
 class _Drain(msgspec.Struct, frozen=True):
     pass
 
@@ -109,6 +122,7 @@ class SignalRouterActor(pykka.ThreadingActor):
         self._in_flight: dict[int, _InFlight] = {}
         self._draining = False
         self._drain_scheduled = False
+        self._paused_whales: set[int] = set()
 
     # ---- messages ---------------------------------------------------------------------------------------
 
@@ -132,6 +146,10 @@ class SignalRouterActor(pykka.ThreadingActor):
             self._update_follower(message)
         elif isinstance(message, SetDraining):
             self._draining = message.draining
+        elif isinstance(message, SetWhalePaused):
+            (self._paused_whales.add if message.paused else self._paused_whales.discard)(message.whale_id)
+        elif isinstance(message, SetKnownWhales):
+            self._known_whales = message.whale_ids
         elif isinstance(message, SweepStale):
             self._sweep(message.answer_timeout_s)
         else:
@@ -153,6 +171,9 @@ class SignalRouterActor(pykka.ThreadingActor):
 
     def known_whales(self) -> frozenset[int]:
         return self._known_whales
+
+    def paused_whales(self) -> list[int]:
+        return sorted(self._paused_whales)
 
     def counts(self) -> dict[str, int]:
         return {"followers": len(self._refs), "whales": len(self._known_whales), "in_flight": self.in_flight()}
@@ -240,6 +261,12 @@ class SignalRouterActor(pykka.ThreadingActor):
             action=signal.action,
             followers=len(refs),
         )
+        if signal.whale_id in self._paused_whales:
+            # Operator pause: answered here for every follower; nothing is sent to them.
+            state.skipped = state.reasons["paused"] = len(refs)
+            metrics.incr("skips.paused", len(refs))
+            self._maybe_done(state)
+            return
         for ref in refs:
             try:
                 ref.tell(copy)

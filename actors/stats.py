@@ -24,13 +24,15 @@ log = get_logger(__name__)
 _last_counters: dict[str, int] = {}
 
 
-def collect_stats(system: EngineSystem) -> dict[str, Any]:
-    """The figures of the stats line (also the admin ``stats`` reply)."""
+def collect_stats(system: EngineSystem, *, consume: bool = True) -> dict[str, Any]:
+    """The figures of the stats line. ``consume=False`` (admin ``stats``) reads the current interval without
+    ending it, so the periodic ``engine.stats`` line still covers its whole interval."""
     global _last_counters
     counters = metrics.counters()
     interval = {k: v - _last_counters.get(k, 0) for k, v in counters.items() if v != _last_counters.get(k, 0)}
-    _last_counters = counters
-    samples = metrics.drain_samples().get("signal_to_order_ms", [])
+    if consume:
+        _last_counters = counters
+    samples = (metrics.drain_samples() if consume else metrics.peek_samples()).get("signal_to_order_ms", [])
     pool = runtime.pool_stats()
     persistence: dict[str, Any] = {}
     with contextlib.suppress(Exception):

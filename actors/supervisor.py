@@ -23,8 +23,8 @@ import pykka
 
 from actors.follower import FollowerActor, UpdateSettings
 from actors.follower_base import FollowerState
-from actors.router import UpdateFollower
-from adapters.state_loader import load_followers
+from actors.router import SetKnownWhales, UpdateFollower
+from adapters.state_loader import load_followers, load_whale_ids
 from engine import metrics
 from engine.logs import get_logger
 
@@ -129,5 +129,6 @@ class Supervisor:
                     with contextlib.suppress(pykka.ActorDeadError):
                         gone.stop(block=False)
                     removed += 1
+        self._system.router.tell(SetKnownWhales(whale_ids=await load_whale_ids(self._system.pool)))
         log.info("follows.reloaded", added=added, updated=updated, removed=removed)
         return {"added": added, "updated": updated, "removed": removed}

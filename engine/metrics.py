@@ -35,6 +35,12 @@ def counters() -> dict[str, int]:
         return dict(_counters)
 
 
+def peek_samples() -> dict[str, list[float]]:
+    """The samples of the current interval, left in place (admin ``stats`` must not steal the stats line's)."""
+    with _lock:
+        return {name: list(values) for name, values in _samples.items()}
+
+
 def drain_samples() -> dict[str, list[float]]:
     """The samples since the last drain, and start a new interval."""
     global _samples
