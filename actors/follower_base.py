@@ -170,8 +170,8 @@ class FollowerBase(PooledActor):
             "paused": self._paused_override if self._paused_override is not None else self._user.paused,
             "preferred_exchange": self._user.preferred_exchange,
             "follows": sorted(self._follows),
-            "balances": [msgspec.to_builtins(b) for b in self._portfolio.balance_rows()],
-            "open_positions": [msgspec.to_builtins(p.to_row()) for p in self._portfolio.positions.values()],
+            "balances": [msgspec.to_builtins(b, builtin_types=(Decimal,)) for b in self._portfolio.balance_rows()],
+            "open_positions": [msgspec.to_builtins(p.to_row(), builtin_types=(Decimal,)) for p in self._portfolio.positions.values()],
             "orders_in_flight": [
                 {"client_order_id": cid, "status": o.trade.status.value, "kind": o.kind}
                 for cid, o in self._orders.items()

@@ -10,6 +10,7 @@ decode); 2 the engine could not be reached (no socket, nobody listening, no repl
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import sys
 from pathlib import Path
@@ -69,13 +70,18 @@ def main(
     if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
         print(f"error: the engine sent a reply that is not a JSON object with 'ok': {raw[:200]!r}", file=err)
         return EXIT_ERROR
-    if as_json:
-        print(raw.decode(errors="replace").rstrip("\n"), file=out)
-    elif reply["ok"]:
-        text = render({k: v for k, v in reply.items() if k != "ok"})
-        print(text or "ok", file=out)
-    else:
-        print(f"error: {reply.get('error', 'unknown error')}", file=err)
+    try:
+        if as_json:
+            print(raw.decode(errors="replace").rstrip("\n"), file=out)
+        elif reply["ok"]:
+            text = render({k: v for k, v in reply.items() if k != "ok"})
+            print(text or "ok", file=out)
+        else:
+            print(f"error: {reply.get('error', 'unknown error')}", file=err)
+    except BrokenPipeError:
+        # The reader went away (`... | head`): nothing left to say, and no traceback for it.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_OK if reply["ok"] else EXIT_ERROR
 
 

@@ -306,9 +306,9 @@ def encode_reply(reply: dict[str, Any], *, cmd: str | None = None) -> bytes:
 
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, Decimal):
-        return str(obj)
+        return format(obj, "f")  # fixed point: "0.00000000", never "0E-8"
     if isinstance(obj, msgspec.Struct):
-        return msgspec.to_builtins(obj)  # Decimal -> str, datetime -> ISO 8601
+        return msgspec.to_builtins(obj, builtin_types=(Decimal,))  # Decimals come back here
     if isinstance(obj, set | frozenset):
         return sorted(obj, key=str)
     return str(obj)

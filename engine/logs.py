@@ -30,7 +30,7 @@ _level = "info"
 
 def _default(value: Any) -> Any:
     if isinstance(value, Decimal):
-        return str(value)
+        return format(value, "f")  # fixed point: "0.00000000", never "0E-8"
     if isinstance(value, set | frozenset):
         return sorted(value)
     if isinstance(value, BaseException):

@@ -75,6 +75,17 @@ def protection_prices(
     return sl, tp
 
 
+_STORED = Decimal("1e-8")
+
+
+def _stored(value: Decimal) -> Decimal:
+    return value.quantize(_STORED)
+
+
+def _stored_or_none(value: Decimal | None) -> Decimal | None:
+    return None if value is None else value.quantize(_STORED)
+
+
 def _positive(name: str, value: Decimal) -> None:
     if not value.is_finite() or value <= 0:
         raise PositionError(f"{name} must be positive, got {value}")
@@ -242,7 +253,8 @@ class Position:
         )
 
     def to_row(self) -> PositionRow:
-        """The immutable row to persist or send."""
+        """The immutable row to persist or send. Money and prices are stored to 1e-8 (the arithmetic here keeps
+        full precision; a division such as margin = value / leverage would otherwise store 28 digits)."""
         return PositionRow(
             position_id=self.position_id,
             user_id=self.user_id,
@@ -251,16 +263,16 @@ class Position:
             trade_type=self.trade_type,
             side=self.side,
             qty=self.qty,
-            entry_price=self.entry_price,
+            entry_price=_stored(self.entry_price),
             leverage=self.leverage,
-            margin_usdt=self.margin_usdt,
+            margin_usdt=_stored(self.margin_usdt),
             status=self.status,
             whale_id=self.whale_id,
             stop_loss_price=self.stop_loss_price,
             take_profit_price=self.take_profit_price,
-            liquidation_price=self.liquidation_price,
-            realized_pnl_usdt=self.realized_pnl_usdt,
-            unrealized_pnl_usdt=self.unrealized_pnl_usdt,
+            liquidation_price=_stored_or_none(self.liquidation_price),
+            realized_pnl_usdt=_stored(self.realized_pnl_usdt),
+            unrealized_pnl_usdt=_stored(self.unrealized_pnl_usdt),
             opened_at=self.opened_at,
             closed_at=self.closed_at,
             close_reason=self.close_reason,
