@@ -333,7 +333,12 @@ class PersistenceActor(pykka.ThreadingActor):
         self._check_high_water()
         if self._batch is None and len(self._queue) >= self._flush_max_rows:
             self._start_batch()
-        elif not self._flush_armed and self._queue:
+        self._arm_flush()
+
+    def _arm_flush(self) -> None:
+        """Whatever is queued gets written within the flush interval. Called after every change of the lane: a
+        size-triggered batch leaves a remainder behind, and nothing else would come back for it."""
+        if self._queue and not self._flush_armed:
             self._flush_armed = True
             self._after(self._flush_interval_s, _FlushDue())
 
@@ -382,6 +387,7 @@ class PersistenceActor(pykka.ThreadingActor):
         self._check_high_water()
         if self._queue and (self._flush_due or len(self._queue) >= self._flush_max_rows):
             self._start_batch()
+        self._arm_flush()
 
     # -- shared ----------------------------------------------------------------------------------------------
 

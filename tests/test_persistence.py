@@ -468,3 +468,19 @@ def test_stats_shape(pg_dsn: str, start_actor: Callable[..., Any]) -> None:
         "dead_letters",
         "db_reachable",
     } <= set(stats)
+
+
+def test_remainder_after_a_size_triggered_batch_is_flushed(
+    pg_dsn: str, start_actor: Callable[..., Any]
+) -> None:
+    # One message larger than flush_max_rows starts a batch at once; the remainder must still be written within
+    # the flush interval even though no further rows ever arrive (it used to wait forever: a fan-out's tail of
+    # fills stayed SUBMITTED in the table while the engine sat idle).
+    actor = start_actor(dsn=pg_dsn, flush_max_rows=100, flush_interval_ms=20)
+    tag = f"r{uid()}"
+    actor.actor_ref.tell(PersistRows(rows=tuple(trade(f"{tag}-{i}") for i in range(250))))
+    wait_until(
+        lambda: fetchval(pg_dsn, "SELECT count(*) FROM trades WHERE client_order_id LIKE $1", tag + "-%") == 250,
+        timeout_s=30,
+    )
+    assert actor.stats().get()["queue_depth"] == 0
