@@ -171,13 +171,15 @@ class ExchangeActor(pykka.ThreadingActor):
         call_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        venue: str | None = None,
     ) -> None:
         """``weight_per_minute`` is enforced over a sliding ``weight_window_s`` (the venue's own window, 60 s
-        everywhere we trade; shorter in tests). ``retry_max_attempts`` counts the first attempt."""
+        everywhere we trade; shorter in tests). ``retry_max_attempts`` counts the first attempt. ``venue`` is the
+        configured venue name when it differs from the adapter's (``binance-futures`` on ``binance``)."""
         super().__init__()
         self._io = io_loop
         self._adapter = adapter
-        self._venue = adapter.name
+        self._venue = venue or adapter.name  # the configured name ("binance-futures"), which orders carry
         self._settings = {
             "weight_per_minute": weight_per_minute,
             "weight_window_s": weight_window_s,
@@ -299,8 +301,12 @@ class ExchangeActor(pykka.ThreadingActor):
 
     def _enqueue(self, message: PlaceOrder | ResolveOrder, lane: int) -> None:
         operation = "create_order" if isinstance(message, PlaceOrder) else "fetch_order"
+        weight = self._adapter.request_weight(operation)
+        order_weight = getattr(self._adapter, "order_weight", None)  # a first futures order also sets leverage
+        if order_weight is not None and isinstance(message, PlaceOrder):
+            weight = order_weight(message.request)
         # A call heavier than the whole budget could never go; let it use the whole budget instead.
-        weight = min(self._adapter.request_weight(operation), self._bucket.capacity)
+        weight = min(weight, self._bucket.capacity)
         self._lanes[lane].append(_Job(next(self._job_ids), message, lane, weight))
         self._schedule_drain()
 

@@ -94,10 +94,17 @@ class PriceFeed:
         symbols = sorted(self._holders)
         now = time.monotonic()
         marks: dict[str, Decimal] = {}
-        if symbols:
-            marks = await self._venue.adapter.fetch_marks(symbols)
-            for symbol in marks:
-                self._fresh_at[symbol] = now
+        try:
+            if self._venue.kind != "paper":
+                # A ccxt venue answers every symbol's mark with the one call it makes for a few: take them all, so
+                # the router has a fresh mark for a signal on a symbol nobody holds yet.
+                marks = await self._venue.adapter.fetch_marks([])
+            elif symbols:
+                marks = await self._venue.adapter.fetch_marks(symbols)
+        except Exception as exc:  # noqa: BLE001 - no new marks: the old ones age, and followers are told they are stale
+            log.warning("prices.tick_failed", venue=self._venue.name, error=f"{type(exc).__name__}: {exc}")
+        for symbol in marks:
+            self._fresh_at[symbol] = now
         self._venue.marks = {**self._venue.marks, **marks}
         stale = frozenset(s for s in symbols if now - self._fresh_at.get(s, 0.0) > self._stale_s)
         self._log_stale(stale)

@@ -38,7 +38,7 @@ from engine import metrics, runtime
 from engine.config import EngineConfig, effective_config
 from engine.events import DomainEvent
 from engine.logs import get_logger
-from engine.messages import BalanceRow, PersistRows
+from engine.messages import PersistRows
 
 log = get_logger(__name__)
 
@@ -96,6 +96,7 @@ class EngineSystem:
             dsn=self.dsn,
             durable_window_ms=p.durable_window_ms,
             durable_max_rows=p.durable_max_rows,
+            durable_timeout_ms=p.durable_timeout_ms,
             flush_interval_ms=p.flush_interval_ms,
             flush_max_rows=p.flush_max_rows,
             queue_max_rows=p.queue_max_rows,
@@ -156,25 +157,17 @@ class EngineSystem:
         log.info("database.ready", schema_steps_applied=applied, embedded=self.embedded is not None)
 
     def _load_states(self) -> list[FollowerState]:
+        from actors.venue_accounts import prepare_accounts
+
         states = self.io.run(load_followers(self.pool), 300)
-        return [self._with_paper_balance(s) for s in states]
+        return prepare_accounts(self, states)  # paper funding; real venues: credentials and balances
 
     def _with_paper_balance(self, state: FollowerState) -> FollowerState:
-        """A paper account starts funded; the paper venue (in memory) gets what our books say the user has."""
-        venue = self.venues.get(state.user.preferred_exchange)
-        if venue is None or venue.kind != "paper":
-            return state
-        usdt = [b for b in state.balances if b.venue == venue.name and b.asset == "USDT"]
-        if not usdt:
-            start = Decimal(str(venue.config.paper_starting_usdt))
-            row = BalanceRow(
-                user_id=state.user.user_id, venue=venue.name, asset="USDT", free=start, reserved=Decimal(0)
-            )
-            self.persistence.tell(PersistRows(rows=(row,)))
-            usdt = [row]
-            state = FollowerState(**{**_fields(state), "balances": (*state.balances, row)})
-        venue.paper_fund(state.user.user_id, usdt[0].free + usdt[0].reserved, state.positions)
-        return state
+        """A follower started later (supervisor): paper funding, or its credential registered with its venue.
+        No I/O: this runs on the I/O loop."""
+        from actors.venue_accounts import prepare_account
+
+        return prepare_account(self, state)
 
     # ---- shared views handed to actors -----------------------------------------------------------------
 

@@ -7,6 +7,7 @@ with ``venue_unavailable`` instead of queueing orders the exchange actor would r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from actors.exchange import ExchangeActor
 from engine.config import VenueConfig
 from engine.logs import get_logger
-from engine.messages import MarketInfo, PositionRow, TradeType
+from engine.messages import MarketInfo, PositionRow, PositionSide, TradeType
 
 if TYPE_CHECKING:
     from actors.system import EngineSystem
@@ -34,6 +35,7 @@ class Venue:
         self.exchange = exchange
         self.markets = markets
         self.entries_open = True
+        self.entries_paused = False  # operator pause (admin ``pause exchange NAME``): no new entries
         self.marks: dict[str, Decimal] = {}  # replaced wholesale by the price feed (readers see one version)
 
     def mark(self, symbol: str) -> Decimal | None:
@@ -46,14 +48,20 @@ class Venue:
         """The paper venue lives in memory: give it the balances and spot holdings our books say exist."""
         self.adapter.deposit(user_id, "USDT", usdt)
         for row in positions:
-            if row.trade_type is TradeType.SPOT and row.venue == self.name:
-                base = row.symbol.split("/")[0]
-                self.adapter.deposit(user_id, base, row.qty)
+            if row.venue != self.name:
+                continue
+            if row.trade_type is TradeType.SPOT:
+                self.adapter.deposit(user_id, row.symbol.split("/")[0], row.qty)
+            else:
+                signed = row.qty if row.side is PositionSide.LONG else -row.qty
+                self.adapter.restore_position(
+                    user_id, row.symbol, qty=signed, entry_price=row.entry_price, margin=row.margin_usdt
+                )
 
     def refresh_health(self) -> dict[str, Any]:
         status: dict[str, Any] = self.exchange.proxy().status().get(timeout=10)
         state = str(status.get("breaker", "closed"))
-        self.entries_open = state != "open" and not status.get("banned_until")
+        self.entries_open = state != "open" and not status.get("banned_until") and not self.entries_paused
         return status
 
     def stop(self, io: IoLoop) -> None:
@@ -75,14 +83,36 @@ def _make_adapter(system: EngineSystem, cfg: VenueConfig) -> Any:
     from adapters.ccxt_venue import CcxtVenue
     from adapters.credentials import CredentialStore
 
-    trade_type = TradeType.FUTURES if "futures" in cfg.trade_types else TradeType.SPOT
+    # Accounts (users.credential_ref) are registered by ``actors.venue_accounts.prepare_accounts``.
     return CcxtVenue(
         cfg.kind,
-        trade_type=trade_type,
+        trade_type=venue_trade_type(cfg),
         api_base_url=cfg.api_base_url,
         credentials=CredentialStore(),
         margin_mode=cfg.margin_mode,
     )
+
+
+def venue_trade_type(cfg: VenueConfig) -> TradeType:
+    """A ccxt venue trades one type: futures if the config lists it, else spot (configure two venues for both)."""
+    return TradeType.FUTURES if "futures" in cfg.trade_types else TradeType.SPOT
+
+
+def order_weight_per_minute(cfg: VenueConfig, adapter: Any) -> int:
+    """What is left of the venue's weight budget for orders once the price feed (which calls the adapter
+    directly, not through the exchange actor) has taken its share: one ``fetch_marks`` per poll interval."""
+    if cfg.kind == "paper":
+        return cfg.weight_per_minute
+    feed = math.ceil(int(adapter.request_weight("fetch_marks")) * 60_000 / cfg.price_poll_interval_ms)
+    if feed > cfg.weight_per_minute // 2:
+        log.warning(
+            "venue.price_feed_weight_high",
+            venue=cfg.name,
+            feed_weight_per_minute=feed,
+            weight_per_minute=cfg.weight_per_minute,
+            hint="raise price_poll_interval_ms",
+        )
+    return max(1, cfg.weight_per_minute - feed)
 
 
 def build_venues(system: EngineSystem, adapters: dict[str, Any]) -> dict[str, Venue]:
@@ -94,7 +124,8 @@ def build_venues(system: EngineSystem, adapters: dict[str, Any]) -> dict[str, Ve
         exchange = ExchangeActor.start(
             system.io,
             adapter,
-            weight_per_minute=cfg.weight_per_minute,
+            weight_per_minute=order_weight_per_minute(cfg, adapter),
+            weight_window_s=cfg.weight_window_s,
             orders_per_second_per_account=cfg.orders_per_second_per_account,
             max_in_flight=cfg.max_in_flight,
             retry_max_attempts=cfg.retry_max_attempts,
@@ -105,7 +136,19 @@ def build_venues(system: EngineSystem, adapters: dict[str, Any]) -> dict[str, Ve
             breaker_window_s=cfg.breaker_window_s,
             breaker_cooldown_s=cfg.breaker_cooldown_s,
             unknown_grace_s=cfg.unknown_grace_s,
+            venue=cfg.name,
         )
-        venues[cfg.name] = Venue(cfg, adapter, exchange, markets)
-        log.info("venue.ready", venue=cfg.name, kind=cfg.kind, markets=len(markets))
+        venue = Venue(cfg, adapter, exchange, markets)
+        if cfg.kind != "paper":
+            _seed_marks(system, venue)
+        venues[cfg.name] = venue
+        log.info("venue.ready", venue=cfg.name, kind=cfg.kind, markets=len(markets), api_base_url=cfg.api_base_url)
     return venues
+
+
+def _seed_marks(system: EngineSystem, venue: Venue) -> None:
+    """Marks for every symbol before the first signal (the price feed keeps them fresh from then on)."""
+    try:
+        venue.marks = system.io.run(venue.adapter.fetch_marks([]), 60)
+    except Exception as exc:  # noqa: BLE001 - the price feed retries; until then entries skip with no_price
+        log.warning("venue.marks_unavailable", venue=venue.name, error=f"{type(exc).__name__}: {exc}")

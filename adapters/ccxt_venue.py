@@ -342,6 +342,17 @@ class CcxtVenue:
     def request_weight(self, operation: str) -> int:
         return self._profile.weights[self.trade_type].get(operation, 1)
 
+    def order_weight(self, request: OrderRequest) -> int:
+        """The weight ``create_order(request)`` costs: a futures order whose leverage is not on the venue yet
+        also sets margin mode and leverage first (read on the exchange actor's thread; a stale read can only
+        over-count)."""
+        weight = self.request_weight("create_order")
+        if request.trade_type is TradeType.FUTURES and (
+            self._leverage_set.get((request.user_id, request.symbol)) != request.leverage
+        ):
+            weight += self.request_weight("set_leverage")
+        return weight
+
     async def close(self) -> None:
         clients = [client for client, _ in self._clients.values()] + self._retired
         self._retired = []

@@ -174,6 +174,15 @@ class PaperVenue:
         with self._lock:
             return dict(self._marks)
 
+    def restore_position(
+        self, user_id: int, symbol: str, *, qty: Decimal, entry_price: Decimal, margin: Decimal
+    ) -> None:
+        """Put back a futures position the engine's books hold (``qty`` signed: > 0 long, < 0 short). The paper
+        venue lives in memory, so after a restart this is how it learns what it "had"; margin is not re-debited
+        (the engine's books already count it as committed)."""
+        with self._lock:
+            self._positions[(user_id, symbol)] = _Position(qty, entry_price, margin)
+
     def deposit(self, user_id: int, asset: str, amount: Decimal) -> None:
         """Credit a wallet. One wallet per user serves spot and futures margin."""
         with self._lock:

@@ -38,6 +38,10 @@ class DatabaseConfig(_Config, frozen=True, kw_only=True, forbid_unknown_fields=T
 class PersistenceConfig(_Config, frozen=True, kw_only=True, forbid_unknown_fields=True):
     durable_window_ms: PositiveFloat = 2.0
     durable_max_rows: PositiveInt = 2000
+    # How long a group commit may take before its intents are answered "not durable" (no order is sent). Long
+    # enough for a few thousand intents on a busy 2-core box with fsync on; short enough that a follower
+    # does not act on a stale signal.
+    durable_timeout_ms: PositiveFloat = 5000.0
     flush_interval_ms: PositiveFloat = 50.0
     flush_max_rows: PositiveInt = 5000
     queue_max_rows: PositiveInt = 500_000
@@ -69,6 +73,7 @@ class VenueConfig(_Config, frozen=True, kw_only=True, forbid_unknown_fields=True
     api_base_url: str | None = None  # testnets and the local emulator
     margin_mode: Literal["isolated", "cross"] = "isolated"
     weight_per_minute: PositiveInt = 6000
+    weight_window_s: PositiveFloat = 60.0  # the venue's counting window (Bybit: 5 s); the budget is pro rata
     orders_per_second_per_account: PositiveInt = 10
     max_in_flight: PositiveInt = 512
     retry_max_attempts: PositiveInt = 5

@@ -153,6 +153,7 @@ class UserSettings(msgspec.Struct, frozen=True, kw_only=True):
     preferred_exchange: str = "paper"
     max_leverage: int = 10
     paused: bool = False
+    credential_ref: str | None = None  # a secret-store reference (adapters/credentials.py), never a secret
 
 
 class FollowSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -282,6 +283,8 @@ class IntentAck(msgspec.Struct, frozen=True, kw_only=True):
     client_order_id: str
     durable: bool
     error: str | None = None
+    # The row existed before: a replay of an order already decided (its trade row is left untouched).
+    duplicate: bool = False
 
 
 # Rows for the batched lane. The persistence actor upserts each kind by its natural key.
