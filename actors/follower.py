@@ -155,16 +155,16 @@ class FollowerActor(FollowerRisk):
             kind = "increase" if decision.is_increase else "open"
         else:
             kind = "exit"
-        self._track(
-            OrderContext(
-                trade=trade,
-                kind=kind,
-                reserved_usdt=reserved,
-                received_at_ns=message.received_at_ns,
-                created_at=self._ctx.clock(),
-            )
+        order = OrderContext(
+            trade=trade,
+            kind=kind,
+            reserved_usdt=reserved,
+            received_at_ns=message.received_at_ns,
+            created_at=self._ctx.clock(),
         )
-        self._ctx.persistence.tell(PersistIntent(row=trade.to_row(), reply_to=self.actor_ref))
+        self._track(order)
+        # The row carries the reservation: after a crash it is what start-up recovery releases or settles.
+        self._ctx.persistence.tell(PersistIntent(row=self._trade_row(order), reply_to=self.actor_ref))
 
     def _skip(self, signal: Signal, reason: SkipReason, detail: str) -> None:
         metrics.incr(f"skips.{reason.value}")
@@ -198,6 +198,17 @@ class FollowerActor(FollowerRisk):
         if order is None or order.trade.status is not TradeStatus.PENDING:
             return
         trade = order.trade
+        if ack.duplicate:
+            # The same order (same client order id) was decided before, e.g. the signal was routed again after a
+            # restart: its trade row is the truth. Drop this copy without writing over that row.
+            self._orders.pop(trade.client_order_id, None)
+            self._busy.discard((trade.venue, trade.symbol))
+            if order.reserved_usdt > 0:
+                self._portfolio.release(trade.venue, order.reserved_usdt)
+            metrics.incr("copies.duplicate")
+            log.info("copy.duplicate", user_id=self._user_id, client_order_id=trade.client_order_id)
+            self._answer_router(order, "copied", "already_copied")
+            return
         if not ack.durable:
             # No durable intent, no order: this is the rule that keeps the books and the venue in agreement.
             trade.transition(TradeStatus.FAILED, error=f"intent not durable: {ack.error}")
@@ -223,7 +234,7 @@ class FollowerActor(FollowerRisk):
         metrics.incr("orders.sent")
         if order.received_at_ns:
             metrics.observe("signal_to_order_ms", (time.monotonic_ns() - order.received_at_ns) / 1e6)
-        self._persist(trade.to_row())
+        self._persist(self._trade_row(order))
 
     def _answer_router(self, order: OrderContext, outcome: str, reason: str | None) -> None:
         if order.trade.signal_id is not None and order.kind in ("open", "increase", "exit"):
@@ -240,7 +251,9 @@ class FollowerActor(FollowerRisk):
         trade = order.trade
         now = self._ctx.clock()
         if outcome.status is TradeStatus.FAILED and outcome.error == "not_found" and not self._grace_over(order, now):
-            return  # the venue may not have it *yet*; keep it unknown and ask again later
+            # The venue may not have it *yet*; keep it unknown and ask again at the next reconciliation.
+            self._ctx.needs_reconcile(self._user_id)
+            return
         try:
             changed = trade.apply_outcome(outcome)
         except ValueError as exc:  # IllegalTransition is a ValueError subclass too
@@ -282,7 +295,11 @@ class FollowerActor(FollowerRisk):
                     error=outcome.error,
                 )
             )
-            self._persist(trade.to_row())
+            self._persist(self._trade_row(order))
+            self._ctx.needs_reconcile(self._user_id)
+        elif status is TradeStatus.UNKNOWN:
+            # Resolution answered "not yet" (not found within the grace, look-up failed, resting on the book):
+            # still unknown, so it must be asked about again; reconcile() clears the set it was taken from.
             self._ctx.needs_reconcile(self._user_id)
 
     def _grace_over(self, order: OrderContext, now: datetime) -> bool:

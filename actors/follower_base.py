@@ -94,6 +94,23 @@ class FollowerBase(PooledActor):
                 self._portfolio.add_position(self._restore_position(position_row))
         for trade_row in state.open_trades:
             self._recover_trade(trade_row, state.trade_created_at.get(trade_row.client_order_id, now))
+        self._restore_reservations()
+
+    def _restore_reservations(self) -> None:
+        """Re-derive each USDT balance's reserved part from the open trades' ``reserved_usdt``, keeping its total.
+
+        The balance row and the trade rows are written by different lanes at different times, so a crash can
+        leave a reservation in one and not the other; the open trades are what will be released or settled."""
+        held: dict[str, Decimal] = {}
+        for order in self._orders.values():
+            held[order.trade.venue] = held.get(order.trade.venue, Decimal(0)) + order.reserved_usdt
+        for venue in {*held, *(b.venue for b in self._portfolio.balance_rows() if b.asset == "USDT")}:
+            balance = self._portfolio.balance(venue)
+            total = balance.free + balance.reserved
+            reserved = min(held.get(venue, Decimal(0)), total)
+            if (balance.free, balance.reserved) != (total - reserved, reserved):
+                balance.free, balance.reserved = total - reserved, reserved
+                balance.version += 1
 
     def _apply_state_settings(self, state: FollowerState) -> None:
         self._user = state.user
@@ -170,8 +187,8 @@ class FollowerBase(PooledActor):
             "paused": self._paused_override if self._paused_override is not None else self._user.paused,
             "preferred_exchange": self._user.preferred_exchange,
             "follows": sorted(self._follows),
-            "balances": [msgspec.to_builtins(b, builtin_types=(Decimal,)) for b in self._portfolio.balance_rows()],
-            "open_positions": [msgspec.to_builtins(p.to_row(), builtin_types=(Decimal,)) for p in self._portfolio.positions.values()],
+            "balances": [_plain(b) for b in self._portfolio.balance_rows()],
+            "open_positions": [_plain(p.to_row()) for p in self._portfolio.positions.values()],
             "orders_in_flight": [
                 {"client_order_id": cid, "status": o.trade.status.value, "kind": o.kind}
                 for cid, o in self._orders.items()
@@ -188,3 +205,8 @@ class FollowerBase(PooledActor):
 
     def positions_by_symbol(self) -> dict[tuple[str, str], str]:
         return {(p.venue, p.symbol): p.position_id for p in self._portfolio.positions.values()}
+
+
+def _plain(row: Any) -> Any:
+    """A row as builtins, Decimals kept (the admin encoder prints them in fixed point)."""
+    return msgspec.to_builtins(row, builtin_types=(Decimal,))

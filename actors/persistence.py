@@ -67,6 +67,7 @@ class _BatchDone(msgspec.Struct, frozen=True):
 class _IntentsDone(msgspec.Struct, frozen=True):
     seq: int
     poison: tuple[tuple[Any, str], ...] = ()
+    existing: frozenset[str] = frozenset()  # client order ids that had a row before this commit (replays)
     error: BaseException | None = None
     elapsed_ms: float = 0.0
 
@@ -283,12 +284,23 @@ class PersistenceActor(pykka.ThreadingActor):
             async with asyncio.timeout(self._durable_timeout_s):
                 pool = await self._get_pool()
                 async with pool.acquire() as conn:
+                    # An intent whose row already exists is a replay (a signal routed again after a restart):
+                    # the order it stands for was already decided, so it must not be acted on twice.
+                    existing = await conn.fetch(
+                        "SELECT client_order_id FROM trades WHERE client_order_id = ANY($1::text[])",
+                        [row.client_order_id for row in rows],
+                    )
                     poison = await db.write_with_bisect(conn, rows, use_copy=self._use_copy, intents=True)
                     if poison:
                         await db.write_dead_letters(conn, poison)
         except Exception as exc:  # noqa: BLE001 - every failure becomes durable=False
             return _IntentsDone(seq, error=exc)
-        return _IntentsDone(seq, poison=tuple(poison), elapsed_ms=(time.perf_counter() - started) * 1000)
+        return _IntentsDone(
+            seq,
+            poison=tuple(poison),
+            existing=frozenset(r["client_order_id"] for r in existing),
+            elapsed_ms=(time.perf_counter() - started) * 1000,
+        )
 
     def _on_intents_done(self, done: _IntentsDone) -> None:
         if done.seq != self._intents_seq or self._intents_inflight is None:
@@ -305,15 +317,20 @@ class PersistenceActor(pykka.ThreadingActor):
             self._dead_lettered(done.poison)
             for intent in group:
                 cid = intent.row.client_order_id
-                self._ack(intent, durable=cid not in rejected, error=rejected.get(cid))
+                if cid in done.existing:
+                    self._ack(intent, durable=False, error="intent already exists", duplicate=True)
+                else:
+                    self._ack(intent, durable=cid not in rejected, error=rejected.get(cid))
             self._stats["durable_commits"] += 1
             self._stats["intents_written"] += len(group) - len(rejected)
         if self._intents:
             self._start_durable()  # they waited at least one commit already: no window
 
-    def _ack(self, intent: PersistIntent, *, durable: bool, error: str | None = None) -> None:
+    def _ack(self, intent: PersistIntent, *, durable: bool, error: str | None = None, duplicate: bool = False) -> None:
         if intent.reply_to is not None:
-            ack = IntentAck(client_order_id=intent.row.client_order_id, durable=durable, error=error)
+            ack = IntentAck(
+                client_order_id=intent.row.client_order_id, durable=durable, error=error, duplicate=duplicate
+            )
             _tell(intent.reply_to, ack)
 
     # -- batched lane ----------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import asyncpg
 from actors.persistence_writes import run_write
 from actors.price_feed import PriceFeed
 from actors.router import RouteSignal, SweepStale
-from adapters.signal_intake import CLAIM_SQL, SignalIntake
+from adapters.signal_intake import CLAIM_SQL, REQUEUE_SQL, SignalIntake
 from engine.logs import get_logger
 from engine.messages import PersistRows, Signal, SignalStatusRow
 
@@ -95,6 +95,9 @@ def start_services(system: EngineSystem) -> None:
     cfg = system.config
     services: list[Any] = [PriceFeed(system, venue) for venue in system.venues.values()]
     if cfg.signals.listen:
+        requeued = system.io.run(run_write(system, lambda conn: conn.fetch(REQUEUE_SQL)), 60)
+        if requeued:
+            log.warning("intake.requeued", signals=len(requeued), signal_ids=[r["id"] for r in requeued][:50])
 
         async def claim(limit: int) -> list[Any]:
             rows: list[Any] = await run_write(system, lambda conn: conn.fetch(CLAIM_SQL, limit))

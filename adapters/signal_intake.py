@@ -50,6 +50,16 @@ RETURNING id
 """
 
 
+# Rows a previous run claimed and never finished (it crashed between claim and PROCESSED). Routing them again is
+# safe: every order they caused has a durable intent with a deterministic client order id, and a replayed
+# intent is recognised as a duplicate (the persistence actor's ``IntentAck.duplicate``), never sent twice.
+REQUEUE_SQL = """
+UPDATE whale_signals SET status = 'pending', claimed_at = NULL, updated_at = now(), version = version + 1
+WHERE status = 'processing'
+RETURNING id
+"""
+
+
 def row_to_signal(row: asyncpg.Record | dict[str, Any], *, now: datetime, max_age_s: float) -> Signal:
     """A claimed ``whale_signals`` row as a ``Signal``; raises ``SignalRejected``."""
     data = dict(row)

@@ -4,6 +4,7 @@
 
     PENDING ──> SUBMITTED ──> FILLED | PARTIALLY_FILLED | REJECTED | FAILED | CANCELLED
        │            └──────> UNKNOWN ──> FILLED | PARTIALLY_FILLED | REJECTED | FAILED | CANCELLED
+       ├──> UNKNOWN  (recovered at start-up: the intent was durable, the send may or may not have happened)
        └──> FAILED   (the intent was not durable, or the order was never sent)
 
 FILLED, PARTIALLY_FILLED (the venue filled part and cancelled the rest), REJECTED, FAILED and CANCELLED are
@@ -27,7 +28,7 @@ _S = TradeStatus
 _OUTCOMES = frozenset({_S.FILLED, _S.PARTIALLY_FILLED, _S.REJECTED, _S.FAILED, _S.CANCELLED})
 
 TRANSITIONS: dict[TradeStatus, frozenset[TradeStatus]] = {
-    _S.PENDING: frozenset({_S.SUBMITTED, _S.FAILED}),
+    _S.PENDING: frozenset({_S.SUBMITTED, _S.FAILED, _S.UNKNOWN}),
     _S.SUBMITTED: _OUTCOMES | {_S.UNKNOWN},
     _S.UNKNOWN: _OUTCOMES,
     _S.FILLED: frozenset(),

@@ -1,0 +1,167 @@
+"""Venue faults during the copy flow, injected into the paper venue per client order id (``PaperVenue.inject``).
+
+The outcome policy of ``docs/architecture.md``: a definitive reject releases the reservation; 429 and 5xx are
+retried with the SAME client order id; a timeout after the venue accepted the order leaves the trade UNKNOWN
+until it is reconciled by its client order id, and is never re-sent; a partial fill books what filled.
+
+Each test reserves its signal id first, so it knows its client order ids before the signal exists and can aim
+each fault at exactly one order. Real actors, the embedded PostgreSQL, no mocks.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+from adapters.paper import PaperVenue
+from engine.ids import client_order_id, position_id_for
+from tests.harness import running_engine, settle, wait_for, wait_signal_done
+from tests.pg import fetchval
+from tests.test_copy_flow import (
+    START_USDT,
+    event_count,
+    insert_signal_with_id,
+    next_signal_id,
+    position,
+    seed_simple,
+    trade,
+    usdt,
+    wait_trades_final,
+)
+
+D = Decimal
+
+
+def _prepare(pg_dsn: str, whale_id: int, users: range) -> tuple[int, dict[int, str]]:
+    """Followers (fixed 100 USDT, leverage 10) and a reserved signal id with each follower's client order id."""
+    seed_simple(pg_dsn, whale_id, users)
+    signal_id = next_signal_id(pg_dsn)
+    return signal_id, {uid: client_order_id(signal_id, uid) for uid in users}
+
+
+def test_reject_releases_the_reservation(pg_dsn: str, tmp_path: Path) -> None:
+    whale, users, symbol = 2001, range(20_001, 20_004), "BTC/USDT:USDT"
+    signal_id, cids = _prepare(pg_dsn, whale, users)
+    venue = PaperVenue(initial_marks={symbol: D(60_000)})
+    rejected = users[:2]
+    for uid in rejected:
+        venue.inject("reject", client_order_id=cids[uid])
+    with running_engine(pg_dsn, tmp_path, venue=venue) as system:
+        insert_signal_with_id(pg_dsn, signal_id, whale_id=whale, symbol=symbol, price=60_000, leverage=10)
+        assert wait_signal_done(pg_dsn, signal_id)["status"] == "processed"
+        settle(system)
+        wait_trades_final(pg_dsn, [cids[u] for u in rejected], ("rejected",))
+        settle(system)
+        for uid in rejected:
+            t = trade(pg_dsn, cids[uid])
+            assert t["status"] == "rejected" and "rejected" in t["error"]
+            assert t["executed_qty"] == 0
+            assert venue.order_count(cids[uid]) == 0 and venue.create_calls(cids[uid]) == 1
+            assert position(pg_dsn, position_id_for(signal_id, uid)) == {}
+            assert usdt(pg_dsn, uid) == (START_USDT, 0)
+            assert event_count(pg_dsn, "trade_failed", signal_id=signal_id, user_id=uid) == 1
+            desc = system.supervisor.ref(uid).proxy().describe().get(timeout=30)
+            assert desc["open_positions"] == [] and desc["orders_in_flight"] == []
+        # The follower the fault was not aimed at copied normally: 0.016 BTC (1000 USDT at 60,000, lot 0.001).
+        other = users[2]
+        assert trade(pg_dsn, cids[other])["status"] == "filled"
+        assert position(pg_dsn, position_id_for(signal_id, other))["qty"] == D("0.016")
+        assert usdt(pg_dsn, other) == (START_USDT - D(96) - D("0.48"), 0)
+
+
+def test_rate_limit_is_retried_with_the_same_client_order_id(pg_dsn: str, tmp_path: Path) -> None:
+    whale, users, symbol = 2002, range(20_101, 20_103), "BNB/USDT:USDT"  # lot 0.01, taker 0.05 %
+    signal_id, cids = _prepare(pg_dsn, whale, users)
+    venue = PaperVenue(initial_marks={symbol: D(580)})
+    for cid in cids.values():
+        venue.inject("rate_limit", client_order_id=cid, retry_after_s=0.2)
+    with running_engine(pg_dsn, tmp_path, venue=venue) as system:
+        insert_signal_with_id(pg_dsn, signal_id, whale_id=whale, symbol=symbol, price=580, leverage=10)
+        wait_signal_done(pg_dsn, signal_id)
+        wait_trades_final(pg_dsn, cids.values())
+        settle(system)
+    for uid, cid in cids.items():
+        assert venue.create_calls(cid) == 2  # the 429, then the retry
+        assert venue.order_count(cid) == 1
+        orders = venue.orders_for(cid)
+        assert orders[0].client_order_id == cid
+        # 1000 USDT at 580: 1.72 BNB, notional 997.6, margin 99.76, fee 0.4988.
+        t = trade(pg_dsn, cid)
+        assert (t["status"], t["executed_qty"], t["exchange_order_id"]) == (
+            "filled",
+            D("1.72"),
+            orders[0].exchange_order_id,
+        )
+        assert position(pg_dsn, position_id_for(signal_id, uid))["qty"] == D("1.72")
+        assert usdt(pg_dsn, uid) == (START_USDT - D("99.76") - D("0.4988"), 0)
+
+
+def test_server_errors_are_retried(pg_dsn: str, tmp_path: Path) -> None:
+    whale, users, symbol = 2003, range(20_201, 20_203), "ADA/USDT:USDT"  # lot 1, taker 0.05 %
+    signal_id, cids = _prepare(pg_dsn, whale, users)
+    venue = PaperVenue(initial_marks={symbol: D("0.45")})
+    for cid in cids.values():
+        venue.inject("server_error", client_order_id=cid, count=2)
+    with running_engine(pg_dsn, tmp_path, venue=venue) as system:
+        insert_signal_with_id(pg_dsn, signal_id, whale_id=whale, symbol=symbol, price="0.45", leverage=10)
+        wait_signal_done(pg_dsn, signal_id)
+        wait_trades_final(pg_dsn, cids.values())
+        settle(system)
+    for uid, cid in cids.items():
+        assert venue.create_calls(cid) == 3 and venue.order_count(cid) == 1
+        # 1000 USDT at 0.45: 2222 ADA (lot 1), notional 999.9, margin 99.99, fee 0.49995.
+        assert trade(pg_dsn, cid)["executed_qty"] == 2222
+        assert position(pg_dsn, position_id_for(signal_id, uid))["qty"] == 2222
+        assert usdt(pg_dsn, uid) == (START_USDT - D("99.99") - D("0.49995"), 0)
+
+
+def test_timeout_after_accept_is_unknown_then_reconciled_never_resent(pg_dsn: str, tmp_path: Path) -> None:
+    whale, users, symbol = 2004, range(20_301, 20_303), "DOGE/USDT:USDT"  # lot 1, taker 0.05 %
+    signal_id, cids = _prepare(pg_dsn, whale, users)
+    venue = PaperVenue(initial_marks={symbol: D("0.15")})
+    for cid in cids.values():
+        venue.inject("timeout_after_accept", client_order_id=cid)
+    with running_engine(pg_dsn, tmp_path, venue=venue) as system:
+        insert_signal_with_id(pg_dsn, signal_id, whale_id=whale, symbol=symbol, price="0.15", leverage=10)
+        wait_signal_done(pg_dsn, signal_id)
+        # The venue filled the orders but the engine never heard: each trade went UNKNOWN (a stored fact).
+        for uid, cid in cids.items():
+            wait_for(lambda cid=cid, uid=uid: event_count(pg_dsn, "trade_needs_reconciliation", user_id=uid) == 1)
+            assert venue.order_count(cid) == 1
+            assert trade(pg_dsn, cid)["status"] in ("unknown", "filled")  # filled if the reconcile timer ran
+        system.reconcile(all_followers=True)
+        wait_trades_final(pg_dsn, cids.values())
+        settle(system)
+    for uid, cid in cids.items():
+        assert venue.create_calls(cid) == 1 and venue.order_count(cid) == 1  # never re-sent
+        # 1000 USDT at 0.15: 6666 DOGE, notional 999.9, margin 99.99, fee 0.49995.
+        t = trade(pg_dsn, cid)
+        assert (t["status"], t["executed_qty"], t["reserved_usdt"]) == ("filled", 6666, D("99.99") + D("0.49995"))
+        p = position(pg_dsn, position_id_for(signal_id, uid))
+        assert (p["status"], p["qty"], p["margin_usdt"]) == ("open", 6666, D("99.99"))
+        assert usdt(pg_dsn, uid) == (START_USDT - D("99.99") - D("0.49995"), 0)
+        assert event_count(pg_dsn, "position_opened", signal_id=signal_id, user_id=uid) == 1
+
+
+def test_partial_fill_books_the_filled_quantity(pg_dsn: str, tmp_path: Path) -> None:
+    whale, users, symbol = 2005, range(20_401, 20_403), "LINK/USDT:USDT"  # lot 0.01, taker 0.05 %
+    signal_id, cids = _prepare(pg_dsn, whale, users)
+    venue = PaperVenue(initial_marks={symbol: D(14)})
+    for cid in cids.values():
+        venue.inject("partial_fill", client_order_id=cid, fill_fraction=D("0.5"))
+    with running_engine(pg_dsn, tmp_path, venue=venue) as system:
+        insert_signal_with_id(pg_dsn, signal_id, whale_id=whale, symbol=symbol, price=14, leverage=10)
+        wait_signal_done(pg_dsn, signal_id)
+        wait_trades_final(pg_dsn, cids.values(), ("partially_filled",))
+        settle(system)
+    for uid, cid in cids.items():
+        # Ordered 1000 USDT at 14: 71.42 LINK; half filled, rounded down to the lot: 35.71.
+        t = trade(pg_dsn, cid)
+        assert (t["qty"], t["executed_qty"], t["executed_price"]) == (D("71.42"), D("35.71"), 14)
+        p = position(pg_dsn, position_id_for(signal_id, uid))
+        # margin 35.71 × 14 / 10 = 49.994, fee 35.71 × 14 × 0.0005 = 0.24997; what did not fill is not spent.
+        assert (p["status"], p["qty"], p["margin_usdt"]) == ("open", D("35.71"), D("49.994"))
+        assert usdt(pg_dsn, uid) == (START_USDT - D("49.994") - D("0.24997"), 0)
+        assert venue.position_qty(uid, symbol) == D("35.71")
+        assert venue.order_count(cid) == 1
+    assert fetchval(pg_dsn, "SELECT count(*) FROM trades WHERE signal_id = $1", signal_id) == len(users)

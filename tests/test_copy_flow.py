@@ -1,0 +1,539 @@
+"""The copy flow end to end: one signal fanned out to followers, against the embedded PostgreSQL and the paper venue.
+
+Real actors, no mocks. Every expectation is computed by hand in the test (see the comments next to the numbers),
+from the rules in ``engine/sizing.py``'s docstring and the money model of ``engine/positions.py``; nothing reuses
+the engine's own arithmetic. The paper venue has no slippage, so a fill happens exactly at the mark.
+
+Tests of this module share one database: each uses its own whale, user and symbol ids.
+
+The helpers at the top are shared with the other end-to-end modules (faults, recovery, bad signals).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+import pytest
+
+from actors.router import RouteSignal
+from adapters.database import connect
+from adapters.paper import PaperVenue, default_markets
+from adapters.signal_intake import row_to_signal
+from engine.ids import client_order_id, parse_client_order_id, position_id_for
+from tests.harness import insert_signal, running_engine, seed_whale, settle, signal_row, wait_for, wait_signal_done
+from tests.pg import execute, fetch, fetchval
+
+D = Decimal
+START_USDT = D(10_000)  # paper_starting_usdt: the balance of a follower without a balances row
+CID_RE = re.compile(r"c[0-9a-z]{13}u[0-9a-z]+e")
+
+
+# ---- shared helpers ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Group:
+    """Followers with the same settings: ``user`` columns of ``users``, ``follow`` of ``user_whale_follows``."""
+
+    name: str
+    user_ids: range
+    user: dict[str, Any] = field(default_factory=dict)
+    follow: dict[str, Any] = field(default_factory=dict)
+    usdt: Decimal | None = None  # a balances row with this free USDT (else the paper default)
+
+
+def seed_groups(dsn: str, whale_id: int, groups: Iterable[Group]) -> None:
+    """Users, follows and balances for every group, in one connection (a thousand followers in a second)."""
+
+    async def run() -> None:
+        conn = await connect(dsn)
+        try:
+            async with conn.transaction():
+                for group in groups:
+                    await _insert_many(
+                        conn, "users", [{"id": uid, "name": f"u{uid}", **group.user} for uid in group.user_ids]
+                    )
+                    await _insert_many(
+                        conn,
+                        "user_whale_follows",
+                        [{"user_id": uid, "whale_id": whale_id, **group.follow} for uid in group.user_ids],
+                    )
+                    if group.usdt is not None:
+                        await _insert_many(
+                            conn,
+                            "balances",
+                            [
+                                {
+                                    "user_id": uid,
+                                    "venue": "paper",
+                                    "asset": "USDT",
+                                    "free": group.usdt,
+                                    "reserved": D(0),
+                                }
+                                for uid in group.user_ids
+                            ],
+                        )
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+async def _insert_many(conn: asyncpg.Connection, table: str, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    names = list(rows[0])
+    params = ", ".join(f"${i + 1}" for i in range(len(names)))
+    await conn.executemany(
+        f"INSERT INTO {table} ({', '.join(names)}) VALUES ({params})", [tuple(r[n] for n in names) for r in rows]
+    )
+
+
+def seed_simple(dsn: str, whale_id: int, user_ids: range, **follow: Any) -> None:
+    """A whale and followers with default user settings and the given follow settings."""
+    seed_whale(dsn, whale_id)
+    seed_groups(dsn, whale_id, [Group("all", user_ids, follow=follow)])
+
+
+def next_signal_id(dsn: str) -> int:
+    """Reserve a ``whale_signals`` id, so a test knows its client order ids before the signal exists."""
+    value: int = fetchval(dsn, "SELECT nextval(pg_get_serial_sequence('whale_signals', 'id'))")
+    return value
+
+
+def insert_signal_with_id(
+    dsn: str,
+    signal_id: int,
+    *,
+    whale_id: int,
+    symbol: str,
+    side: str = "buy",
+    action: str = "open",
+    price: Decimal | str | int,
+    size_usdt: Decimal | str | int = 10_000,
+    leverage: int = 1,
+    fraction: Decimal | str | None = None,
+    detected_at: datetime | None = None,
+) -> int:
+    """INSERT a pending ``whale_signals`` row with a reserved id (see ``next_signal_id``)."""
+    now = datetime.now(UTC)
+    execute(
+        dsn,
+        """INSERT INTO whale_signals (id, external_id, whale_id, symbol, side, action, trade_type, price, size_usdt,
+               leverage, detected_at, expires_at, fraction)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)""",
+        signal_id,
+        f"test-id-{signal_id}",
+        whale_id,
+        symbol,
+        side,
+        action,
+        "futures" if symbol.endswith(":USDT") else "spot",
+        D(str(price)),
+        D(str(size_usdt)),
+        leverage,
+        detected_at or now,
+        now + timedelta(minutes=5),
+        D(str(fraction)) if fraction is not None else None,
+    )
+    return signal_id
+
+
+def trades_by_user(dsn: str, signal_id: int) -> dict[int, dict[str, Any]]:
+    rows = fetch(dsn, "SELECT * FROM trades WHERE signal_id = $1", signal_id)
+    return {r["user_id"]: dict(r) for r in rows}
+
+
+def trade(dsn: str, cid: str) -> dict[str, Any]:
+    rows = fetch(dsn, "SELECT * FROM trades WHERE client_order_id = $1", cid)
+    return dict(rows[0]) if rows else {}
+
+
+def position(dsn: str, position_id: str) -> dict[str, Any]:
+    rows = fetch(dsn, "SELECT * FROM positions WHERE position_id = $1", position_id)
+    return dict(rows[0]) if rows else {}
+
+
+def usdt(dsn: str, user_id: int) -> tuple[Decimal, Decimal]:
+    """``(free, reserved)`` of the user's paper USDT balance row."""
+    rows = fetch(
+        dsn, "SELECT free, reserved FROM balances WHERE user_id = $1 AND venue = 'paper' AND asset = 'USDT'", user_id
+    )
+    assert rows, f"no balance row for user {user_id}"
+    return rows[0]["free"], rows[0]["reserved"]
+
+
+def event_count(dsn: str, event_type: str, *, signal_id: int | None = None, user_id: int | None = None) -> int:
+    value: int = fetchval(
+        dsn,
+        """SELECT count(*) FROM domain_events WHERE event_type = $1
+           AND ($2::bigint IS NULL OR signal_id = $2) AND ($3::bigint IS NULL OR user_id = $3)""",
+        event_type,
+        signal_id,
+        user_id,
+    )
+    return value
+
+
+def wait_trades_final(
+    dsn: str, cids: Iterable[str], statuses: tuple[str, ...] = ("filled",), timeout_s: float = 60
+) -> None:
+    """Wait until every trade in ``cids`` has one of ``statuses`` in the database."""
+    wanted = list(cids)
+
+    def done() -> bool:
+        rows = fetch(dsn, "SELECT status FROM trades WHERE client_order_id = ANY($1::text[])", wanted)
+        return len(rows) == len(wanted) and all(r["status"] in statuses for r in rows)
+
+    wait_for(done, timeout_s)
+
+
+@pytest.fixture
+def engine_dir(tmp_path: Path) -> Path:
+    return tmp_path / "engine"
+
+
+# ---- 1. one signal, a thousand followers with mixed settings -------------------------------------------------
+
+WHALE_MIXED = 1001
+SYMBOL_MIXED = "ETH/USDT:USDT"  # step 0.001, tick 0.01, min notional 20, taker 0.05 %
+MARKET_MAX_LEVERAGE = 15  # lowered from 100 for this test, so the market's cap can bind
+MARK = D(3000)
+WHALE_PRICE = D(3003)  # 0.1 % away from the mark
+SIGNAL_LEVERAGE = 20
+WHALE_SIZE = D(50_000)
+
+
+def _markets_with_low_eth_leverage() -> list[Any]:
+    return [
+        msgspec.structs.replace(m, max_leverage=MARKET_MAX_LEVERAGE) if m.symbol == SYMBOL_MIXED else m
+        for m in default_markets()
+    ]
+
+
+def _ids(start: int, n: int) -> range:
+    return range(start, start + n)
+
+
+MIXED_GROUPS = [
+    # --- copied -------------------------------------------------------------------------------------------
+    # fixed 100 USDT margin, leverage min(signal 20, user 10, follow 10, market 15) = 10 (user/follow cap):
+    # notional 1000 / 3000 = 0.3333.. -> 0.333 ETH, notional 999, margin 99.9, fee 999 × 0.0005 = 0.4995.
+    # SL 5 % / TP 10 % of the entry 3000: 2850 / 3300.
+    Group(
+        "fixed",
+        _ids(10_001, 150),
+        follow={"sizing_mode": "fixed_usdt", "fixed_usdt": D(100), "stop_loss_pct": D(5), "take_profit_pct": D(10)},
+    ),
+    # 10 % of the 10,000 free = 1000 margin, leverage capped by the USER (5): notional 5000 -> 1.666 ETH,
+    # notional 4998, margin 999.6, fee 2.499. SL 2 %: 2940, no TP.
+    Group(
+        "percent",
+        _ids(10_151, 100),
+        user={"max_leverage": 5},
+        follow={
+            "sizing_mode": "percent_of_balance",
+            "percent_of_balance": D(10),
+            "max_leverage": 20,
+            "stop_loss_pct": D(2),
+        },
+    ),
+    # whale margin 50,000 / 20 = 2500 × 0.02 = 50, leverage capped by the FOLLOW (3): notional 150 -> 0.05 ETH,
+    # margin 50, fee 0.075.
+    Group(
+        "multiplier",
+        _ids(10_251, 100),
+        follow={"sizing_mode": "multiplier_of_whale", "whale_multiplier": D("0.02"), "max_leverage": 3},
+    ),
+    # fixed 100, leverage capped by the MARKET (15 < signal 20, user 50, follow 50): notional 1500 -> 0.5 ETH,
+    # margin 100, fee 0.75.
+    Group(
+        "market_cap", _ids(10_351, 100), user={"max_leverage": 50}, follow={"fixed_usdt": D(100), "max_leverage": 50}
+    ),
+    # fixed 500 capped at max_usdt_per_trade 200, leverage 10: notional 2000 -> 0.666 ETH, notional 1998,
+    # margin 199.8, fee 0.999.
+    Group("per_trade_cap", _ids(10_451, 50), follow={"fixed_usdt": D(500), "max_usdt_per_trade": D(200)}),
+    # --- skipped ------------------------------------------------------------------------------------------
+    Group("user_paused", _ids(10_501, 50), user={"paused": True}),
+    Group("copy_disabled", _ids(10_551, 50), user={"copy_trading_enabled": False}),
+    Group("auto_copy_off", _ids(10_601, 50), follow={"auto_copy_enabled": False}),
+    Group("follow_paused", _ids(10_651, 50), follow={"paused": True}),
+    Group("min_notional", _ids(10_701, 50), follow={"min_notional_usdt": D(10_000)}),  # 999 < 10,000
+    Group("too_old", _ids(10_751, 50), follow={"max_signal_age_s": 10}),  # the signal is 30 s old
+    Group("slippage", _ids(10_801, 50), follow={"max_slippage_pct": D("0.05")}),  # gap 0.0999 % > 0.05 %
+    Group("poor", _ids(10_851, 50), usdt=D(50)),  # needs 99.9 + 0.4995
+    Group("max_positions", _ids(10_901, 50), follow={"max_open_positions": 0}),
+    Group("max_trades", _ids(10_951, 50), follow={"max_trades_per_day": 0}),
+]
+
+# group -> (qty, leverage, margin, fee, stop loss, take profit)
+EXPECTED_COPIES: dict[str, tuple[Decimal, int, Decimal, Decimal, Decimal | None, Decimal | None]] = {
+    "fixed": (D("0.333"), 10, D("99.9"), D("0.4995"), D(2850), D(3300)),
+    "percent": (D("1.666"), 5, D("999.6"), D("2.499"), D(2940), None),
+    "multiplier": (D("0.05"), 3, D(50), D("0.075"), None, None),
+    "market_cap": (D("0.5"), 15, D(100), D("0.75"), None, None),
+    "per_trade_cap": (D("0.666"), 10, D("199.8"), D("0.999"), None, None),
+}
+EXPECTED_SKIPS = {
+    "user_paused": "paused",
+    "copy_disabled": "copy_disabled",
+    "auto_copy_off": "auto_copy_disabled",
+    "follow_paused": "paused",
+    "min_notional": "below_min_notional",
+    "too_old": "signal_too_old",
+    "slippage": "slippage_too_high",
+    "poor": "insufficient_balance",
+    "max_positions": "max_open_positions",
+    "max_trades": "max_trades_per_day",
+}
+
+
+def test_one_signal_thousand_mixed_followers_then_the_same_signal_again(pg_dsn: str, engine_dir: Path) -> None:
+    """1. One signal to 1,000 followers: the exact trades, positions, balances, skips and events.
+    2. The same signal again (a second INSERT, the same ``Signal`` routed twice more): no second order.
+
+    One test, because two engines must not run on one database at once (each would claim the other's signals).
+    """
+    assert sum(len(g.user_ids) for g in MIXED_GROUPS) == 1000
+    seed_whale(pg_dsn, WHALE_MIXED)
+    seed_groups(pg_dsn, WHALE_MIXED, MIXED_GROUPS)
+    venue = PaperVenue(markets=_markets_with_low_eth_leverage(), initial_marks={SYMBOL_MIXED: MARK}, slippage_bps=0)
+    with running_engine(pg_dsn, engine_dir, venue=venue) as system:
+        signal_id = insert_signal(
+            pg_dsn,
+            whale_id=WHALE_MIXED,
+            symbol=SYMBOL_MIXED,
+            side="buy",
+            price=WHALE_PRICE,
+            size_usdt=WHALE_SIZE,
+            leverage=SIGNAL_LEVERAGE,
+            detected_at=datetime.now(UTC) - timedelta(seconds=30),
+            external_id="mixed-1000",
+        )
+        wait_signal_done(pg_dsn, signal_id, timeout_s=120)
+        settle(system, timeout_s=120)
+        _assert_mixed_outcome(pg_dsn, venue, signal_id)
+        _assert_same_signal_places_no_second_order(pg_dsn, system, venue, signal_id)
+
+
+def _assert_mixed_outcome(pg_dsn: str, venue: PaperVenue, signal_id: int) -> None:
+    row = signal_row(pg_dsn, signal_id)
+    copied_users = sum(len(g.user_ids) for g in MIXED_GROUPS if g.name in EXPECTED_COPIES)
+    reasons: dict[str, int] = {}
+    for g in MIXED_GROUPS:
+        if g.name in EXPECTED_SKIPS:
+            reasons[EXPECTED_SKIPS[g.name]] = reasons.get(EXPECTED_SKIPS[g.name], 0) + len(g.user_ids)
+    assert row["status"] == "processed"
+    assert (row["copied"], row["skipped"], row["failed"]) == (copied_users, 1000 - copied_users, 0)
+    assert row["skip_reasons"] == reasons
+    assert row["error"] is None
+
+    trades = trades_by_user(pg_dsn, signal_id)
+    assert len(trades) == copied_users
+    # One query each for the 1,000 followers' positions and balances.
+    user_ids = [uid for g in MIXED_GROUPS for uid in g.user_ids]
+    positions = {
+        r["user_id"]: dict(r)
+        for r in fetch(pg_dsn, "SELECT * FROM positions WHERE user_id = ANY($1::bigint[])", user_ids)
+    }
+    balances = {
+        r["user_id"]: (r["free"], r["reserved"])
+        for r in fetch(
+            pg_dsn,
+            "SELECT * FROM balances WHERE user_id = ANY($1::bigint[]) AND venue = 'paper' AND asset = 'USDT'",
+            user_ids,
+        )
+    }
+    assert len(positions) == copied_users and len(balances) == 1000
+    for g in MIXED_GROUPS:
+        for uid in g.user_ids:
+            if g.name not in EXPECTED_COPIES:
+                assert uid not in trades and uid not in positions, (g.name, uid)
+                assert balances[uid] == (g.usdt if g.usdt is not None else START_USDT, 0), g.name
+                continue
+            qty, leverage, margin, fee, sl, tp = EXPECTED_COPIES[g.name]
+            t = trades[uid]
+            cid = client_order_id(signal_id, uid)
+            assert t["client_order_id"] == cid and CID_RE.fullmatch(cid) and len(cid) <= 32
+            assert parse_client_order_id(cid) == (signal_id, uid, "e")
+            assert (t["status"], t["side"], t["reduce_only"]) == ("filled", "buy", False), g.name
+            assert (t["qty"], t["executed_qty"], t["executed_price"], t["leverage"]) == (qty, qty, MARK, leverage), (
+                g.name
+            )
+            assert t["fee_usdt"] == fee and t["whale_id"] == WHALE_MIXED and t["symbol"] == SYMBOL_MIXED
+            assert venue.order_count(cid) == 1
+
+            p = positions[uid]
+            assert t["position_id"] == p["position_id"] == position_id_for(signal_id, uid)
+            assert (p["status"], p["side"], p["qty"], p["entry_price"], p["leverage"]) == (
+                "open",
+                "long",
+                qty,
+                MARK,
+                leverage,
+            ), g.name
+            assert p["margin_usdt"] == margin, g.name
+            assert (p["stop_loss_price"], p["take_profit_price"]) == (sl, tp), g.name
+            assert p["realized_pnl_usdt"] == -fee  # the entry fee is a realised cost
+            assert p["whale_id"] == WHALE_MIXED
+            assert balances[uid] == (START_USDT - margin - fee, 0), g.name
+
+    assert event_count(pg_dsn, "trade_executed", signal_id=signal_id) == copied_users
+    assert event_count(pg_dsn, "position_opened", signal_id=signal_id) == copied_users
+    assert event_count(pg_dsn, "follower_skipped", signal_id=signal_id) == 1000 - copied_users
+    assert event_count(pg_dsn, "signal_processed", signal_id=signal_id) == 1
+    skipped = fetch(
+        pg_dsn,
+        """SELECT user_id, payload->>'reason' AS reason FROM domain_events
+           WHERE event_type = 'follower_skipped' AND signal_id = $1""",
+        signal_id,
+    )
+    by_user = {r["user_id"]: r["reason"] for r in skipped}
+    for g in MIXED_GROUPS:
+        if g.name in EXPECTED_SKIPS:
+            assert {by_user.get(uid) for uid in g.user_ids} == {EXPECTED_SKIPS[g.name]}, g.name
+    processed = fetch(
+        pg_dsn, "SELECT payload FROM domain_events WHERE event_type = 'signal_processed' AND signal_id = $1", signal_id
+    )
+    assert processed[0]["payload"]["skip_reasons"] == reasons
+
+
+# ---- 2. the same signal again --------------------------------------------------------------------------------
+
+
+def _assert_same_signal_places_no_second_order(pg_dsn: str, system: Any, venue: PaperVenue, signal_id: int) -> None:
+    trades_before = fetchval(pg_dsn, "SELECT count(*) FROM trades")
+    # The detector sends the same external id again: the table refuses it.
+    with pytest.raises(asyncpg.UniqueViolationError):
+        insert_signal(pg_dsn, whale_id=WHALE_MIXED, symbol=SYMBOL_MIXED, price=WHALE_PRICE, external_id="mixed-1000")
+    # The same Signal reaches the router twice more (a second intake, an admin re-send).
+    signal = row_to_signal(signal_row(pg_dsn, signal_id), now=datetime.now(UTC), max_age_s=3600)
+    system.router.tell(RouteSignal(signal=signal))
+    system.router.tell(RouteSignal(signal=signal))
+    settle(system)
+    assert fetchval(pg_dsn, "SELECT count(*) FROM trades") == trades_before
+    for uid, t in trades_by_user(pg_dsn, signal_id).items():
+        cid = t["client_order_id"]
+        assert venue.order_count(cid) == 1 and venue.create_calls(cid) == 1, uid
+        assert t["status"] == "filled"
+    assert signal_row(pg_dsn, signal_id)["status"] == "processed"
+    assert event_count(pg_dsn, "signal_processed", signal_id=signal_id) == 1
+
+
+# ---- 3. whale close and reduce: realised PnL and balances ----------------------------------------------------
+
+
+def signal_and_wait(dsn: str, system: Any, **kwargs: Any) -> int:
+    """Insert a signal (``insert_signal`` arguments), wait until it is processed and everything settled."""
+    signal_id = insert_signal(dsn, **kwargs)
+    assert wait_signal_done(dsn, signal_id)["status"] == "processed"
+    settle(system)
+    return signal_id
+
+
+def test_whale_close_realises_pnl_long_and_short(pg_dsn: str, engine_dir: Path) -> None:
+    long_whale, long_users, long_sym = 1003, range(12_001, 12_003), "SOL/USDT:USDT"  # lot 1, taker 0.05 %
+    short_whale, short_users, short_sym = 1004, range(12_011, 12_013), "AVAX/USDT:USDT"  # lot 1, taker 0.05 %
+    seed_simple(pg_dsn, long_whale, long_users)  # fixed 100 USDT, user and follow max leverage 10
+    seed_simple(pg_dsn, short_whale, short_users)
+    venue = PaperVenue(initial_marks={long_sym: D(150), short_sym: D(30)}, slippage_bps=0)
+    with running_engine(pg_dsn, engine_dir, venue=venue) as system:
+        # Signal leverage 5 is the cap (user 10, follow 10, market 100).
+        long_open = signal_and_wait(
+            pg_dsn, system, whale_id=long_whale, symbol=long_sym, side="buy", price=150, leverage=5
+        )
+        short_open = signal_and_wait(
+            pg_dsn, system, whale_id=short_whale, symbol=short_sym, side="sell", price=30, leverage=5
+        )
+        for uid in long_users:
+            # 100 × 5 = 500 USDT at 150: 3 SOL (lot 1), notional 450, margin 90, fee 0.225.
+            p = position(pg_dsn, position_id_for(long_open, uid))
+            assert (p["side"], p["qty"], p["leverage"], p["margin_usdt"], p["entry_price"]) == ("long", 3, 5, 90, 150)
+            assert trade(pg_dsn, client_order_id(long_open, uid))["leverage"] == 5
+            assert usdt(pg_dsn, uid) == (START_USDT - D(90) - D("0.225"), 0)
+        for uid in short_users:
+            # 100 × 5 = 500 USDT at 30: 16 AVAX, notional 480, margin 96, fee 0.24.
+            p = position(pg_dsn, position_id_for(short_open, uid))
+            assert (p["side"], p["qty"], p["leverage"], p["margin_usdt"], p["entry_price"]) == ("short", 16, 5, 96, 30)
+            assert trade(pg_dsn, client_order_id(short_open, uid))["side"] == "sell"
+            assert usdt(pg_dsn, uid) == (START_USDT - D(96) - D("0.24"), 0)
+
+        venue.set_mark(long_sym, D(160))  # a gain for the long
+        venue.set_mark(short_sym, D(33))  # a loss for the short
+        long_close = signal_and_wait(
+            pg_dsn, system, whale_id=long_whale, symbol=long_sym, side="sell", action="close", price=160
+        )
+        short_close = signal_and_wait(
+            pg_dsn, system, whale_id=short_whale, symbol=short_sym, side="buy", action="close", price=33
+        )
+
+    # Long: sell 3 at 160, gross (160 - 150) × 3 = 30, exit fee 3 × 160 × 0.0005 = 0.24;
+    # realised = -0.225 (entry fee) + 30 - 0.24 = 29.535.
+    # Short: buy 16 at 33, gross (30 - 33) × 16 = -48, exit fee 16 × 33 × 0.0005 = 0.264;
+    # realised = -0.24 - 48 - 0.264 = -48.504.
+    cases = [
+        (long_users, long_open, long_close, long_sym, "sell", D(3), D(160), D("0.24"), D("29.535")),
+        (short_users, short_open, short_close, short_sym, "buy", D(16), D(33), D("0.264"), D("-48.504")),
+    ]
+    for users, opened, closed, symbol, exit_side, qty, price, exit_fee, pnl in cases:
+        for uid in users:
+            p = position(pg_dsn, position_id_for(opened, uid))
+            assert (p["status"], p["qty"], p["margin_usdt"], p["close_reason"]) == ("closed", 0, 0, "signal")
+            assert p["realized_pnl_usdt"] == pnl
+            assert p["closed_at"] is not None
+            t = trade(pg_dsn, client_order_id(closed, uid))
+            assert (t["status"], t["side"], t["reduce_only"], t["executed_qty"], t["executed_price"]) == (
+                "filled",
+                exit_side,
+                True,
+                qty,
+                price,
+            )
+            assert t["fee_usdt"] == exit_fee and t["position_id"] == p["position_id"]
+            assert usdt(pg_dsn, uid) == (START_USDT + pnl, 0)
+            assert venue.position_qty(uid, symbol) == 0
+            assert venue.order_count(t["client_order_id"]) == 1
+            assert event_count(pg_dsn, "position_closed", signal_id=closed, user_id=uid) == 1
+
+
+def test_whale_reduce_half_closes_half(pg_dsn: str, engine_dir: Path) -> None:
+    whale, users, symbol = 1005, range(12_101, 12_103), "LTC/USDT:USDT"  # lot 0.001, taker 0.05 %
+    seed_simple(pg_dsn, whale, users)
+    venue = PaperVenue(initial_marks={symbol: D(80)}, slippage_bps=0)
+    with running_engine(pg_dsn, engine_dir, venue=venue) as system:
+        # 100 × 10 = 1000 USDT at 80: 12.5 LTC, margin 100, fee 0.5.
+        opened = signal_and_wait(pg_dsn, system, whale_id=whale, symbol=symbol, side="buy", price=80, leverage=10)
+        venue.set_mark(symbol, D(90))
+        reduced = signal_and_wait(
+            pg_dsn, system, whale_id=whale, symbol=symbol, side="sell", action="reduce", fraction="0.5", price=90
+        )
+        for uid in users:
+            desc = system.supervisor.ref(uid).proxy().describe().get(timeout=30)
+            assert [D(p["qty"]) for p in desc["open_positions"]] == [D("6.25")]
+    # Sell 6.25 at 90: gross 10 × 6.25 = 62.5, fee 6.25 × 90 × 0.0005 = 0.28125, half the margin (50) released.
+    for uid in users:
+        p = position(pg_dsn, position_id_for(opened, uid))
+        assert (p["status"], p["qty"], p["margin_usdt"], p["entry_price"]) == ("open", D("6.25"), 50, 80)
+        assert p["realized_pnl_usdt"] == D("-0.5") + D("62.5") - D("0.28125")
+        t = trade(pg_dsn, client_order_id(reduced, uid))
+        assert (t["status"], t["side"], t["reduce_only"], t["qty"], t["executed_price"]) == (
+            "filled",
+            "sell",
+            True,
+            D("6.25"),
+            90,
+        )
+        # 10,000 - 100.5 at the entry, + 50 margin + 62.5 - 0.28125 back at the reduce.
+        assert usdt(pg_dsn, uid) == (D("10011.71875"), 0)
+        assert venue.position_qty(uid, symbol) == D("6.25")
+        assert event_count(pg_dsn, "position_reduced", signal_id=reduced, user_id=uid) == 1
+        assert event_count(pg_dsn, "position_closed", user_id=uid) == 0
