@@ -55,7 +55,9 @@ class FollowerRisk(FollowerBase):
             if trigger is None:
                 continue
             if trigger == "liquidation":
-                if position.trade_type is TradeType.FUTURES:
+                # With a close in flight the venue's answer decides: writing the margin off here and then
+                # applying the close's fill would count the same money twice.
+                if position.trade_type is TradeType.FUTURES and position.status is not PositionStatus.CLOSING:
                     event = liquidate(self._portfolio, position, mark, now=now)
                     metrics.incr("positions.liquidated")
                     self._persist(position.to_row(), *self._portfolio.balance_rows())
