@@ -82,6 +82,16 @@ def get_logger(name: str | None = None) -> Any:
     return proxy
 
 
+def reset_for_tests() -> None:
+    """Back to structlog's defaults (uncached), so ``structlog.testing.capture_logs`` sees every logger again."""
+    global _output, _level
+    structlog.reset_defaults()
+    _output, _level = None, "info"
+    _reset_caches()
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not isinstance(h, _StdlibBridge)]
+
+
 def _reset_caches() -> None:
     # A cached BoundLoggerLazyProxy pins ``bind`` as an instance attribute; dropping it makes the next call
     # build a logger with the current configuration.

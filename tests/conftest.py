@@ -41,10 +41,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from adapters.database import apply_schema, connect, create_database
 from adapters.embedded_pg import EmbeddedPostgres
 from adapters.ioloop import IoLoop
+from engine import logs
 
 
 @contextlib.contextmanager
@@ -100,3 +102,12 @@ def io_loop() -> Iterator[IoLoop]:
         yield loop
     finally:
         loop.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_config() -> Iterator[None]:
+    """A test that configures the engine's (cached) JSON logging must not leave it behind: later tests use
+    ``structlog.testing.capture_logs``, which only sees loggers built under its own configuration."""
+    yield
+    if logs.current_level() != "info" or structlog.get_config().get("cache_logger_on_first_use"):
+        logs.reset_for_tests()

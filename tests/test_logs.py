@@ -18,7 +18,7 @@ def output() -> Iterator[io.BytesIO]:
     buffer = io.BytesIO()
     logs.configure("info", buffer)
     yield buffer
-    logs.configure("warning", io.BytesIO())
+    logs.reset_for_tests()
 
 
 def lines(buffer: io.BytesIO) -> list[dict[str, object]]:

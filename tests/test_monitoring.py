@@ -37,7 +37,7 @@ def test_stats_line_matches_what_happened(pg_dsn: str, tmp_path: Path) -> None:
                 lambda: next((e for e in reversed(_events(buffer, "engine.stats")) if e["fills"] == 4), None), 30
             )
     finally:
-        logs.configure("warning", io.BytesIO())
+        logs.reset_for_tests()
     assert line["signals_received"] == 1
     assert line["signals_processed"] == 1
     assert line["copies"] == 4 and line["orders_sent"] == 4 and line["fills"] == 4

@@ -186,7 +186,9 @@ class Follower(pykka.ThreadingActor):
         return len(self.acks)
 
 
-def test_acks_reach_actor_refs_and_conflict_is_durable(pg_dsn: str, start_actor: Callable[..., Any]) -> None:
+def test_acks_reach_actor_refs_and_a_replayed_intent_is_a_duplicate(
+    pg_dsn: str, start_actor: Callable[..., Any]
+) -> None:
     actor = start_actor(dsn=pg_dsn)
     prefix = f"fa{uid()}"
     followers = [Follower.start(actor.actor_ref, f"{prefix}{n}").proxy() for n in range(10)]
@@ -194,10 +196,13 @@ def test_acks_reach_actor_refs_and_conflict_is_durable(pg_dsn: str, start_actor:
         for f in followers:
             f.send(20)
         wait_until(lambda: all(f.ack_count().get() == 20 for f in followers))
-        # The same intents again (a retried request): already there, still durable, row untouched.
+        # The same intents again (a replay: the durable lane never retries and followers never resend, so an
+        # existing row means this order was decided before): answered duplicate, not durable, row untouched.
         followers[0].send(20)
         wait_until(lambda: followers[0].ack_count().get() == 40)
-        assert all(a.durable for a in followers[0].acks.get())
+        first, again = followers[0].acks.get()[:20], followers[0].acks.get()[20:]
+        assert all(a.durable and not a.duplicate for a in first)
+        assert all(a.duplicate and not a.durable for a in again)
     finally:
         for f in followers:
             f.actor_ref.stop()
@@ -211,7 +216,8 @@ def test_intent_does_not_overwrite_newer_state(pg_dsn: str, start_actor: Callabl
     assert actor.flush().get()
     replies = Replies()
     actor.actor_ref.tell(PersistIntent(row=trade(cid), reply_to=replies))
-    assert replies.wait(1)[0].durable
+    ack = replies.wait(1)[0]
+    assert ack.duplicate and not ack.durable  # acting on it again could send a second order
     row = fetch(pg_dsn, "SELECT status, version FROM trades WHERE client_order_id = $1", cid)[0]
     assert (row["status"], row["version"]) == ("filled", 2)
 
