@@ -660,4 +660,5 @@ def _outcome(order: VenueOrder) -> OrderOutcome:
         filled_qty=order.filled_qty,
         avg_price=order.avg_price,
         fee_usdt=order.fee_usdt,
+        fee_base=order.fee_base,
     )

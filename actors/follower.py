@@ -276,7 +276,8 @@ class FollowerActor(FollowerRisk):
                 follow = self._follows.get(trade.whale_id or -1)
                 events = settle_entry(self._portfolio, order, market=market, follow=follow, now=now)
             else:
-                events = settle_exit(self._portfolio, order, now=now)
+                market = self._ctx.markets.get(trade.venue, {}).get(trade.symbol)
+                events = settle_exit(self._portfolio, order, now=now, market=market)
             self._finish(order, events, position)
         elif status in (TradeStatus.REJECTED, TradeStatus.FAILED, TradeStatus.CANCELLED):
             metrics.incr("orders.rejected" if status is TradeStatus.REJECTED else "orders.failed")

@@ -80,6 +80,15 @@ def _fee_usdt(raw: dict[str, Any], market: MarketInfo, filled: Decimal, avg: Dec
     return total
 
 
+def _fee_base(raw: dict[str, Any], market: MarketInfo) -> Decimal:
+    """The fee taken in the base asset: what a spot buy holds is the filled quantity less this."""
+    fees = raw.get("fees") or ([raw["fee"]] if raw.get("fee") else [])
+    return sum(
+        (cost for fee in fees if fee.get("currency") == market.base and (cost := _dec(fee.get("cost")))),
+        _ZERO,
+    )
+
+
 def to_venue_order(raw: Any, market: MarketInfo, client_order_id: str) -> VenueOrder | None:
     """The ``VenueOrder`` of a ccxt order, or ``None`` when the answer is only an acknowledgement."""
     if not isinstance(raw, dict) or not isinstance(raw.get("info"), dict) or raw.get("id") is None:
@@ -110,6 +119,7 @@ def to_venue_order(raw: Any, market: MarketInfo, client_order_id: str) -> VenueO
         filled_qty=filled,
         avg_price=avg,
         fee_usdt=_fee_usdt(raw, market, filled, avg),
+        fee_base=_fee_base(raw, market),
     )
 
 

@@ -61,7 +61,9 @@ def settle_entry(
 ) -> list[DomainEvent]:
     """Apply a FILLED / PARTIALLY_FILLED entry (open or increase) to the position and the balance."""
     trade = order.trade
-    qty, price, fee = trade.executed_qty, _price(trade), trade.fee_usdt
+    price, fee = _price(trade), trade.fee_usdt
+    # A fee taken in the base asset never reaches the account: the position holds what the venue credited.
+    qty = trade.executed_qty - (trade.fee_base if trade.side is Side.BUY else _ZERO)
     venue = trade.venue
     events: list[DomainEvent] = [_executed(trade, now)]
     position = portfolio.positions.get(trade.position_id or "")
@@ -128,8 +130,14 @@ def settle_entry(
     return events
 
 
-def settle_exit(portfolio: Portfolio, order: OrderContext, *, now: datetime) -> list[DomainEvent]:
-    """Apply a FILLED / PARTIALLY_FILLED exit (whale reduce/close, SL/TP, manual) to the position."""
+def settle_exit(
+    portfolio: Portfolio, order: OrderContext, *, now: datetime, market: MarketInfo | None = None
+) -> list[DomainEvent]:
+    """Apply a FILLED / PARTIALLY_FILLED exit (whale reduce/close, SL/TP, manual) to the position.
+
+    A remainder smaller than one lot cannot be sold (a spot holding after a base-asset fee, e.g. 0.0665334 with a
+    0.0001 lot): it is closed in the books at the fill price as dust, so the position does not stay open forever.
+    """
     trade = order.trade
     events: list[DomainEvent] = [_executed(trade, now)]
     position = portfolio.positions.get(trade.position_id or "")
@@ -144,6 +152,10 @@ def settle_exit(portfolio: Portfolio, order: OrderContext, *, now: datetime) -> 
     portfolio.credit(trade.venue, max(realized.cash_returned_usdt, _ZERO))
     portfolio.record_trade(now)
     portfolio.record_realized(realized.pnl_usdt, now)
+    if position.is_active and market is not None and position.qty < market.qty_step:
+        dust = position.reduce(position.qty, _price(trade), _ZERO, now=now)
+        portfolio.credit(trade.venue, max(dust.cash_returned_usdt, _ZERO))
+        portfolio.record_realized(dust.pnl_usdt, now)
     if position.is_active:
         if order.kind == "close":
             position.abort_closing()  # partly filled: the rest stays open and protected

@@ -227,6 +227,9 @@ class VenueOrder(msgspec.Struct, frozen=True, kw_only=True):
     filled_qty: Decimal = Decimal(0)
     avg_price: Decimal | None = None
     fee_usdt: Decimal = Decimal(0)
+    # The part of the fee the venue took in the base asset (Binance spot buys): the account then holds
+    # filled_qty - fee_base of the base asset. Also counted, priced at the fill, in fee_usdt.
+    fee_base: Decimal = Decimal(0)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -266,6 +269,7 @@ class OrderOutcome(msgspec.Struct, frozen=True, kw_only=True):
     avg_price: Decimal | None = None
     fee_usdt: Decimal = Decimal(0)
     error: str | None = None
+    fee_base: Decimal = Decimal(0)  # see VenueOrder.fee_base
 
 
 class PriceUpdate(msgspec.Struct, frozen=True, kw_only=True):

@@ -341,12 +341,15 @@ def _decide_exit(
     note = ""
     if fraction is None:
         fraction, note = Decimal(1), "reduce without fraction: closing all; "
-    qty = held.qty if fraction >= 1 else round_qty_down(held.qty * fraction, market.qty_step)
+    # Orders are whole lots: a close sells all whole lots held (a spot holding can carry a sub-lot remainder
+    # after a fee taken in the base asset; the ledger books that dust as closed with the fill).
+    sellable = round_qty_down(held.qty, market.qty_step)
+    qty = sellable if fraction >= 1 else round_qty_down(held.qty * fraction, market.qty_step)
     remainder = held.qty - qty
-    if remainder > 0 and (
+    if remainder >= market.qty_step and (
         remainder < market.min_qty or notional(remainder, price, market) < market.min_notional
     ):
-        qty, note = held.qty, note + f"remainder {remainder} below venue minimum: closing all; "
+        qty, note = sellable, note + f"remainder {remainder} below venue minimum: closing all; "
     if qty <= 0 or (qty < held.qty and qty < market.min_qty):
         return Skip(
             reason=SkipReason.BELOW_MIN_QTY,
@@ -363,7 +366,7 @@ def _decide_exit(
         price=price,
         notional_usdt=value,
         est_fee_usdt=money_up(value * market.taker_fee_rate),
-        closes_position=qty == held.qty,
+        closes_position=held.qty - qty < market.qty_step,
         leverage=held.leverage,
         note=note.rstrip("; "),
     )

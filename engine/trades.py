@@ -61,6 +61,7 @@ class Trade:
         "exchange_order_id",
         "executed_price",
         "executed_qty",
+        "fee_base",
         "fee_usdt",
         "leverage",
         "position_id",
@@ -123,6 +124,7 @@ class Trade:
         self.fee_usdt = fee_usdt
         self.error = error
         self.version = version
+        self.fee_base = Decimal(0)  # not persisted: it only shapes the position the fill opens (see ledger)
 
     @classmethod
     def for_plan(cls, plan: EntryPlan | ExitPlan, *, signal: Signal, user_id: int, venue: str) -> Trade:
@@ -191,6 +193,7 @@ class Trade:
         """
         if outcome.status is TradeStatus.SUBMITTED and self.status is TradeStatus.UNKNOWN:
             return False
+        self.fee_base = outcome.fee_base
         return self.transition(
             outcome.status,
             exchange_order_id=outcome.exchange_order_id,
