@@ -9,7 +9,6 @@ per batch instead of two per order. Timers (backoff, bans, budget refill) are ``
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import functools
@@ -26,12 +25,13 @@ from typing import Any
 import msgspec
 import pykka
 
+from actors.exchange_loop import CallResult, LoopSide
 from adapters.ioloop import IoLoop
 from engine.breaker import BreakerState, CircuitBreaker, Transition
 from engine.logs import get_logger
 from engine.messages import OrderOutcome, OrderRequest, PlaceOrder, ResolveOrder, TradeStatus, VenueOrder
 from engine.ratelimit import AccountOrderLimiter, TokenBucket
-from engine.venue import OrderRejected, OutcomeUnknown, RetryableError, VenueAdapter, VenueBanned
+from engine.venue import VenueAdapter
 
 log = get_logger(__name__)
 
@@ -51,17 +51,8 @@ class _Wake(msgspec.Struct, frozen=True):
     at: float
 
 
-class _Result(msgspec.Struct, frozen=True, kw_only=True):
-    job_id: int
-    order: VenueOrder | None = None
-    error: str | None = None  # None | "rejected" | "retryable" | "banned" | "unknown" | "not_sent"
-    message: str = ""
-    retry_after_s: float | None = None
-    ban_s: float | None = None
-
-
 class _Completed(msgspec.Struct, frozen=True):
-    results: tuple[_Result, ...]
+    results: tuple[CallResult, ...]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -94,51 +85,6 @@ class _Job:
 def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
     with contextlib.suppress(pykka.ActorDeadError):  # shutting down: nobody is left to act on it
         ref.tell(message)
-
-
-class _LoopSide:
-    """The actor's half on the I/O loop thread: runs the calls, keeps the tasks alive and delivers results
-    in batches. Touched only on the loop thread."""
-
-    def __init__(self, deliver: Callable[[tuple[_Result, ...]], None], call_timeout_s: float) -> None:
-        self._deliver = deliver
-        self._call_timeout_s = call_timeout_s
-        self._pending: list[_Result] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self, calls: list[tuple[int, Callable[[], Awaitable[Any]]]]) -> None:
-        loop = asyncio.get_running_loop()
-        for job_id, call in calls:
-            task = loop.create_task(self._run(job_id, call))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _run(self, job_id: int, call: Callable[[], Awaitable[Any]]) -> None:
-        try:
-            async with asyncio.timeout(self._call_timeout_s):
-                value = await call()
-            result = _Result(job_id=job_id, order=value)
-        except OrderRejected as exc:
-            result = _Result(job_id=job_id, error="rejected", message=str(exc))
-        except RetryableError as exc:
-            result = _Result(
-                job_id=job_id, error="retryable", message=str(exc), retry_after_s=exc.retry_after_s
-            )
-        except VenueBanned as exc:
-            result = _Result(job_id=job_id, error="banned", message=str(exc), ban_s=exc.ban_s)
-        except OutcomeUnknown as exc:
-            result = _Result(job_id=job_id, error="unknown", message=str(exc))
-        except TimeoutError:
-            result = _Result(job_id=job_id, error="unknown", message=f"no answer in {self._call_timeout_s}s")
-        except Exception as exc:  # noqa: BLE001 - an adapter bug: the request may have gone out, so UNKNOWN
-            result = _Result(job_id=job_id, error="unknown", message=f"{type(exc).__name__}: {exc}")
-        if not self._pending:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._pending.append(result)
-
-    def _flush(self) -> None:
-        batch, self._pending = tuple(self._pending), []
-        self._deliver(batch)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -224,7 +170,7 @@ class ExchangeActor(pykka.ThreadingActor):
             ("sent", "filled", "rejected", "failed", "refused", "unknown", "retries", "resolved", "batches"),
             0,
         )
-        self._loop_side = _LoopSide(self._deliver, call_timeout_s)
+        self._loop_side = LoopSide(self._deliver, call_timeout_s)
 
     # ------------------------------------------------------------------------------------------------------
     # Hooks and public API (actor thread)
@@ -396,7 +342,7 @@ class ExchangeActor(pykka.ThreadingActor):
         try:
             self._io.submit(self._loop_side.start(calls), self._on_start_done)
         except RuntimeError as exc:  # the loop is closed: nothing was sent
-            results = tuple(_Result(job_id=job.job_id, error="not_sent", message=str(exc)) for job in batch)
+            results = tuple(CallResult(job_id=job.job_id, error="not_sent", message=str(exc)) for job in batch)
             self.on_receive(_Completed(results))
 
     def _on_start_done(self, future: concurrent.futures.Future[None]) -> None:
@@ -404,7 +350,7 @@ class ExchangeActor(pykka.ThreadingActor):
         if not future.cancelled() and future.exception() is not None:
             log.error("exchange.launch_failed", venue=self._venue, error=str(future.exception()))
 
-    def _deliver(self, results: tuple[_Result, ...]) -> None:
+    def _deliver(self, results: tuple[CallResult, ...]) -> None:
         _tell(self.actor_ref, _Completed(results))  # loop thread
 
     def _arm(self, at: float) -> None:
@@ -441,7 +387,7 @@ class ExchangeActor(pykka.ThreadingActor):
     # Results
     # ------------------------------------------------------------------------------------------------------
 
-    def _on_result(self, result: _Result, now: float) -> None:
+    def _on_result(self, result: CallResult, now: float) -> None:
         job = self._in_flight.pop(result.job_id, None)
         if job is None:
             return
@@ -461,7 +407,7 @@ class ExchangeActor(pykka.ThreadingActor):
         else:
             self._on_resolve_result(job, job.message, result, now)
 
-    def _on_order_result(self, job: _Job, message: PlaceOrder, result: _Result, now: float) -> None:
+    def _on_order_result(self, job: _Job, message: PlaceOrder, result: CallResult, now: float) -> None:
         request = message.request
         if result.error is None and result.order is not None:
             self._finish_with_order(message, result.order, attempts=job.attempts)
@@ -483,12 +429,10 @@ class ExchangeActor(pykka.ThreadingActor):
             log.warning("order.unknown", error=result.message, attempt=job.attempts, **_fields(request))
             self._reply(
                 message,
-                OrderOutcome(
-                    client_order_id=request.client_order_id, status=TradeStatus.UNKNOWN, error=result.message
-                ),
+                OrderOutcome(client_order_id=request.client_order_id, status=TradeStatus.UNKNOWN, error=result.message),
             )
 
-    def _on_resolve_result(self, job: _Job, message: ResolveOrder, result: _Result, now: float) -> None:
+    def _on_resolve_result(self, job: _Job, message: ResolveOrder, result: CallResult, now: float) -> None:
         cid = message.client_order_id
         fields = {"venue": self._venue, "user_id": message.user_id, "client_order_id": cid}
         if result.error is None:
@@ -508,9 +452,7 @@ class ExchangeActor(pykka.ThreadingActor):
                 return
             self._unknown_since.pop(cid, None)
             log.info("order.resolved", status="not_found", **fields)
-            self._reply(
-                message, OrderOutcome(client_order_id=cid, status=TradeStatus.FAILED, error="not_found")
-            )
+            self._reply(message, OrderOutcome(client_order_id=cid, status=TradeStatus.FAILED, error="not_found"))
         elif result.error == "retryable" and job.attempts < self._retry_max_attempts:
             self._schedule_retry(job, result, now)
         elif result.error == "banned":
@@ -518,11 +460,9 @@ class ExchangeActor(pykka.ThreadingActor):
             self._lanes[job.lane].appendleft(job)
         else:
             log.warning("order.resolve_failed", error=result.message, **fields)
-            self._reply(
-                message, OrderOutcome(client_order_id=cid, status=TradeStatus.UNKNOWN, error=result.message)
-            )
+            self._reply(message, OrderOutcome(client_order_id=cid, status=TradeStatus.UNKNOWN, error=result.message))
 
-    def _retry_or_fail(self, job: _Job, result: _Result, now: float) -> None:
+    def _retry_or_fail(self, job: _Job, result: CallResult, now: float) -> None:
         message = job.message
         assert isinstance(message, PlaceOrder)
         if job.attempts >= self._retry_max_attempts:
@@ -532,7 +472,7 @@ class ExchangeActor(pykka.ThreadingActor):
             return
         self._schedule_retry(job, result, now)
 
-    def _schedule_retry(self, job: _Job, result: _Result, now: float) -> None:
+    def _schedule_retry(self, job: _Job, result: CallResult, now: float) -> None:
         # Exponential backoff with "equal jitter": never less than half the step, so a crowd of retries
         # spreads out without hammering the venue early; the venue's Retry-After is a floor.
         step_s = min(self._retry_max_s, self._retry_base_s * 2 ** (job.attempts - 1))
@@ -548,9 +488,7 @@ class ExchangeActor(pykka.ThreadingActor):
                 "user_id": job.user_id,
             }
         )
-        log.info(
-            "order.retry", attempt=job.attempts, delay_s=round(delay_s, 3), error=result.message, **fields
-        )
+        log.info("order.retry", attempt=job.attempts, delay_s=round(delay_s, 3), error=result.message, **fields)
 
     def _on_ban(self, now: float, ban_s: float) -> None:
         until = now + ban_s
@@ -604,9 +542,7 @@ class ExchangeActor(pykka.ThreadingActor):
         self._counters["refused"] += 1
         log.info("order.refused", reason="venue_unavailable", **_fields(message.request))
         cid = message.request.client_order_id
-        self._reply(
-            message, OrderOutcome(client_order_id=cid, status=TradeStatus.FAILED, error="venue_unavailable")
-        )
+        self._reply(message, OrderOutcome(client_order_id=cid, status=TradeStatus.FAILED, error="venue_unavailable"))
 
     def _reply(self, message: PlaceOrder | ResolveOrder, outcome: OrderOutcome) -> None:
         if message.reply_to is not None:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal
 
+from adapters.paper_markets import DEFAULT_MARKS, default_markets
 from engine.logs import get_logger
 from engine.messages import MarketInfo, OrderRequest, Side, TradeStatus, TradeType, VenueOrder
 from engine.venue import OrderRejected, OutcomeUnknown, RetryableError, VenueBanned
@@ -34,50 +35,6 @@ FAULT_KINDS = frozenset(
 )
 _BPS = Decimal(10_000)
 _ZERO = Decimal(0)
-
-# Like Binance. base: spot (qty_step, price_tick),
-#                futures (qty_step, price_tick, min_notional, max_leverage, maintenance margin rate).
-_MARKET_RULES: dict[str, tuple[tuple[str, str], tuple[str, str, str, int, str]]] = {
-    "BTC": (("0.00001", "0.01"), ("0.001", "0.1", "100", 125, "0.004")),
-    "ETH": (("0.0001", "0.01"), ("0.001", "0.01", "20", 100, "0.005")),
-    "SOL": (("0.001", "0.01"), ("1", "0.01", "5", 100, "0.005")),
-    "XRP": (("0.1", "0.0001"), ("0.1", "0.0001", "5", 75, "0.005")),
-    "DOGE": (("1", "0.00001"), ("1", "0.00001", "5", 75, "0.005")),
-    "BNB": (("0.001", "0.01"), ("0.01", "0.01", "5", 75, "0.005")),
-    "ADA": (("0.1", "0.0001"), ("1", "0.0001", "5", 75, "0.005")),
-    "AVAX": (("0.01", "0.01"), ("1", "0.001", "5", 75, "0.01")),
-    "LINK": (("0.01", "0.01"), ("0.01", "0.001", "5", 75, "0.01")),
-    "LTC": (("0.001", "0.01"), ("0.001", "0.01", "5", 75, "0.01")),
-}
-DEFAULT_MARKS: dict[str, Decimal] = {
-    base: Decimal(price)
-    for base, price in {
-        "BTC": "60000", "ETH": "3000", "SOL": "150", "XRP": "0.6", "DOGE": "0.15",
-        "BNB": "580", "ADA": "0.45", "AVAX": "30", "LINK": "14", "LTC": "80",
-    }.items()
-}  # fmt: skip
-
-
-def default_markets() -> list[MarketInfo]:
-    """Spot ``BASE/USDT`` (taker 0.1 %) and USDT futures ``BASE/USDT:USDT`` (taker 0.05 %) for each base."""
-    markets: list[MarketInfo] = []
-    for base, ((spot_step, spot_tick), (step, tick, notional, leverage, mmr)) in _MARKET_RULES.items():
-        markets.append(
-            MarketInfo(
-                symbol=f"{base}/USDT", trade_type=TradeType.SPOT, base=base, quote="USDT",
-                qty_step=Decimal(spot_step), price_tick=Decimal(spot_tick), min_qty=Decimal(spot_step),
-                min_notional=Decimal(5), taker_fee_rate=Decimal("0.001"),
-            )
-        )  # fmt: skip
-        markets.append(
-            MarketInfo(
-                symbol=f"{base}/USDT:USDT", trade_type=TradeType.FUTURES, base=base, quote="USDT",
-                qty_step=Decimal(step), price_tick=Decimal(tick), min_qty=Decimal(step),
-                min_notional=Decimal(notional), max_leverage=leverage, maintenance_margin_rate=Decimal(mmr),
-                taker_fee_rate=Decimal("0.0005"),
-            )
-        )  # fmt: skip
-    return markets
 
 
 @dataclass(slots=True)
@@ -378,9 +335,7 @@ class PaperVenue:
                 self._banned_until = now + fault.ban_s
                 raise VenueBanned("paper: 418 IP banned (injected)", ban_s=fault.ban_s)
             if fault.kind == "rate_limit":
-                raise RetryableError(
-                    "paper: 429 too many requests (injected)", retry_after_s=fault.retry_after_s
-                )
+                raise RetryableError("paper: 429 too many requests (injected)", retry_after_s=fault.retry_after_s)
             if fault.kind == "server_error":
                 raise RetryableError("paper: 503 service unavailable (injected)")
             if fault.kind == "reject":
