@@ -58,13 +58,18 @@ def test_demo_run_and_clean_stop(pg_data_dir: Path) -> None:
             proc, lambda _e, seen: sum(1 for x in seen if x["event"] == "order.filled") >= 20, 120
         )
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
+        # Keep reading through the same buffered reader: communicate() reads the raw descriptor and would skip
+        # what readline() has already buffered, leaving half a line at the seam.
+        assert proc.stdout is not None and proc.stderr is not None
+        rest = proc.stdout.read()
+        proc.wait(timeout=120)
+        err = proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err.decode()[-3000:]
-    events += [orjson.loads(line) for line in out.splitlines()]
+    events += [orjson.loads(line) for line in rest.splitlines()]
     names = [e["event"] for e in events]
     assert names[-1] == "engine.stopped"
     assert "persistence.flushed" in names
