@@ -115,6 +115,7 @@ class Position:
         "unrealized_pnl_usdt",
         "user_id",
         "venue",
+        "venue_liquidation_price",
         "version",
         "whale_id",
     )
@@ -168,6 +169,8 @@ class Position:
         self.maintenance_margin_rate = maintenance_margin_rate
         self.contract_size = contract_size
         self.version = version
+        # What the venue says (``adopt_venue_liquidation_price``); it replaces our estimate until the size changes.
+        self.venue_liquidation_price: Decimal | None = None
 
     # -- construction ------------------------------------------------------------------------------------
 
@@ -293,9 +296,12 @@ class Position:
 
     @property
     def liquidation_price(self) -> Decimal | None:
-        """Isolated-margin liquidation price (see module docstring); ``None`` for spot or when flat."""
+        """Isolated-margin liquidation price (see module docstring), or the venue's own figure once adopted;
+        ``None`` for spot or when flat."""
         if self.trade_type is not TradeType.FUTURES or self.qty <= 0:
             return None
+        if self.venue_liquidation_price is not None:
+            return self.venue_liquidation_price
         inv = Decimal(1) / Decimal(self.leverage)
         if self.side is PositionSide.LONG:
             return max(_ZERO, self.entry_price * (1 - inv + self.maintenance_margin_rate))
@@ -324,6 +330,25 @@ class Position:
                 self.version += 1
         return self.unrealized_pnl_usdt
 
+    def near_liquidation(self, mark: Decimal, band: Decimal) -> bool:
+        """``mark`` is past the liquidation price or within ``band`` (a fraction of it) of it."""
+        level = self.liquidation_price
+        if level is None or not self.is_active:
+            return False
+        if self.side is PositionSide.LONG:
+            return mark <= level * (1 + band)
+        return mark >= level * (1 - band)
+
+    def adopt_venue_liquidation_price(self, price: Decimal | None) -> bool:
+        """Take the venue's liquidation price instead of our estimate (``None``: back to the estimate).
+        Returns whether the effective price changed (the version is bumped then)."""
+        before = self.liquidation_price
+        self.venue_liquidation_price = price if price is not None and price > 0 else None
+        if self.liquidation_price == before:
+            return False
+        self.version += 1
+        return True
+
     def set_protection(self, *, stop_loss_price: Decimal | None, take_profit_price: Decimal | None) -> None:
         """Replace the SL/TP prices (e.g. recomputed from the new average entry after an increase)."""
         self.stop_loss_price = stop_loss_price
@@ -338,6 +363,7 @@ class Position:
         total = self.qty + qty
         self.entry_price = (self.entry_price * self.qty + price * qty) / total
         self.qty = total
+        self.venue_liquidation_price = None  # the venue's figure was for the old entry: estimate until asked again
         added = qty * self.contract_size * price / self.leverage
         self.margin_usdt += added
         self.realized_pnl_usdt -= fee_usdt
@@ -405,11 +431,12 @@ class Position:
         self.version += 1
         return Realized(pnl_usdt=-released, margin_released_usdt=released)
 
-    def check_triggers(self, mark: Decimal) -> Trigger | None:
+    def check_triggers(self, mark: Decimal, *, liquidation: bool = True) -> Trigger | None:
         """Which exit ``mark`` triggers: liquidation beats stop loss beats take profit.
 
         Liquidation is checked while OPEN or CLOSING (an in-flight close does not protect from it);
-        SL/TP only while OPEN, because a close is already under way otherwise.
+        SL/TP only while OPEN, because a close is already under way otherwise. ``liquidation=False`` leaves
+        it out (a real venue says whether it liquidated; our estimate must not hide a stop loss).
         """
         if not self.is_active:
             return None
@@ -421,7 +448,7 @@ class Position:
             # Adverse levels (liq, SL) are crossed by moving against the position, TP by moving with it.
             return (mark <= level) if long == adverse else (mark >= level)
 
-        if crossed(self.liquidation_price, adverse=True):
+        if liquidation and crossed(self.liquidation_price, adverse=True):
             return "liquidation"
         if self.status is not PositionStatus.OPEN:
             return None

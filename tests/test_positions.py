@@ -178,3 +178,47 @@ def test_qty_equals_sum_of_fills(side: PositionSide, fills: list[tuple[bool, int
         assert pos.margin_usdt >= 0
     assert pos.realized_pnl_usdt == realized
     assert (pos.status is PositionStatus.CLOSED) == (expected == 0)
+
+
+# -- the venue's liquidation price (real venues) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("side", "mark", "near"),
+    [
+        (PositionSide.LONG, D(45_702), True),  # liq 45,250 × 1.01 = 45,702.5: within 1 %
+        (PositionSide.LONG, D(45_703), False),
+        (PositionSide.LONG, D(40_000), True),  # past it
+        (PositionSide.SHORT, D(54_203), True),  # liq 54,750 × 0.99 = 54,202.5
+        (PositionSide.SHORT, D(54_202), False),
+        (PositionSide.SHORT, D(60_000), True),
+    ],
+)
+def test_near_liquidation_band(side: PositionSide, mark: D, near: bool) -> None:
+    assert open_pos(side).near_liquidation(mark, D("0.01")) is near
+
+
+def test_spot_is_never_near_liquidation() -> None:
+    spot = open_pos(trade_type=TradeType.SPOT, leverage=1)
+    assert spot.near_liquidation(D(1), D("0.5")) is False
+
+
+def test_venue_liquidation_price_replaces_the_estimate_until_the_entry_changes() -> None:
+    pos = open_pos()
+    v = pos.version
+    assert pos.adopt_venue_liquidation_price(D(44_000)) is True
+    assert pos.liquidation_price == D(44_000) and pos.version == v + 1
+    assert pos.to_row().liquidation_price == D(44_000)
+    assert pos.check_triggers(D(45_000)) is None  # past our estimate, not past the venue's
+    assert pos.check_triggers(D(44_000)) == "liquidation"
+    assert pos.adopt_venue_liquidation_price(D(44_000)) is False  # unchanged: no new version
+    assert pos.version == v + 1
+    pos.increase(D("0.1"), D(52_000), D(0))
+    assert pos.liquidation_price == D(51_000) * (1 - D("0.1") + D("0.005"))  # estimate again, new entry
+    assert pos.adopt_venue_liquidation_price(None) is False
+
+
+def test_triggers_without_liquidation_still_see_the_stop_loss() -> None:
+    pos = open_pos(stop_loss_price=D(46_000))
+    assert pos.check_triggers(D(45_000)) == "liquidation"
+    assert pos.check_triggers(D(45_000), liquidation=False) == "stop_loss"
