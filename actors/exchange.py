@@ -29,7 +29,16 @@ from actors.exchange_loop import CallResult, LoopSide
 from adapters.ioloop import IoLoop
 from engine.breaker import BreakerState, CircuitBreaker, Transition
 from engine.logs import get_logger
-from engine.messages import OrderOutcome, OrderRequest, PlaceOrder, ResolveOrder, TradeStatus, VenueOrder
+from engine.messages import (
+    CheckPositions,
+    OrderOutcome,
+    OrderRequest,
+    PlaceOrder,
+    ResolveOrder,
+    TradeStatus,
+    VenueOrder,
+    VenuePositions,
+)
 from engine.ratelimit import AccountOrderLimiter, TokenBucket
 from engine.venue import VenueAdapter
 
@@ -65,7 +74,7 @@ _EXITS, _RESOLVES, _ENTRIES = 0, 1, 2
 @dataclass(slots=True, eq=False)
 class _Job:
     job_id: int
-    message: PlaceOrder | ResolveOrder
+    message: PlaceOrder | ResolveOrder | CheckPositions
     lane: int
     weight: int
     attempts: int = 0
@@ -74,6 +83,8 @@ class _Job:
     @property
     def client_order_id(self) -> str:
         msg = self.message
+        if isinstance(msg, CheckPositions):
+            return ""
         return msg.request.client_order_id if isinstance(msg, PlaceOrder) else msg.client_order_id
 
     @property
@@ -85,6 +96,11 @@ class _Job:
 def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
     with contextlib.suppress(pykka.ActorDeadError):  # shutting down: nobody is left to act on it
         ref.tell(message)
+
+
+def _tell_reply(ref: Any, message: Any) -> None:
+    if ref is not None:
+        _tell(ref, message)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -185,7 +201,7 @@ class ExchangeActor(pykka.ThreadingActor):
                 self._on_completed(message)
             elif isinstance(message, PlaceOrder):
                 self._on_place(message)
-            elif isinstance(message, ResolveOrder):
+            elif isinstance(message, ResolveOrder | CheckPositions):
                 self._enqueue(message, _RESOLVES)
             elif isinstance(message, _Drain):
                 self._drain_pending = False
@@ -245,8 +261,14 @@ class ExchangeActor(pykka.ThreadingActor):
                 return
         self._enqueue(message, _EXITS if request.is_exit else _ENTRIES)
 
-    def _enqueue(self, message: PlaceOrder | ResolveOrder, lane: int) -> None:
-        operation = "create_order" if isinstance(message, PlaceOrder) else "fetch_order"
+    def _enqueue(self, message: PlaceOrder | ResolveOrder | CheckPositions, lane: int) -> None:
+        operation = (
+            "create_order"
+            if isinstance(message, PlaceOrder)
+            else "fetch_positions"
+            if isinstance(message, CheckPositions)
+            else "fetch_order"
+        )
         weight = self._adapter.request_weight(operation)
         order_weight = getattr(self._adapter, "order_weight", None)  # a first futures order also sets leverage
         if order_weight is not None and isinstance(message, PlaceOrder):
@@ -329,6 +351,11 @@ class ExchangeActor(pykka.ThreadingActor):
                 calls.append((job.job_id, functools.partial(self._adapter.create_order, msg.request)))
                 self._counters["sent"] += 1
                 log.debug("order.submitted", attempt=job.attempts, **_fields(msg.request))
+            elif isinstance(msg, CheckPositions):
+                fetch_positions = functools.partial(
+                    self._adapter.fetch_positions, user_id=msg.user_id, symbols=list(msg.symbols)
+                )
+                calls.append((job.job_id, fetch_positions))
             else:
                 fetch = functools.partial(
                     self._adapter.fetch_order_by_client_id,
@@ -404,6 +431,8 @@ class ExchangeActor(pykka.ThreadingActor):
         job.probe = False
         if isinstance(job.message, PlaceOrder):
             self._on_order_result(job, job.message, result, now)
+        elif isinstance(job.message, CheckPositions):
+            self._on_positions_result(job, job.message, result, now)
         else:
             self._on_resolve_result(job, job.message, result, now)
 
@@ -461,6 +490,24 @@ class ExchangeActor(pykka.ThreadingActor):
         else:
             log.warning("order.resolve_failed", error=result.message, **fields)
             self._reply(message, OrderOutcome(client_order_id=cid, status=TradeStatus.UNKNOWN, error=result.message))
+
+    def _on_positions_result(self, job: _Job, message: CheckPositions, result: CallResult, now: float) -> None:
+        fields = {"venue": self._venue, "user_id": message.user_id}
+        if result.error is None:
+            asked = set(message.symbols)
+            held = tuple(p for p in result.positions or () if not asked or p.symbol in asked)
+            answer = VenuePositions(venue=self._venue, user_id=message.user_id, symbols=message.symbols, positions=held)
+            _tell_reply(message.reply_to, answer)
+        elif result.error == "retryable" and job.attempts < self._retry_max_attempts:
+            self._schedule_retry(job, result, now)
+        elif result.error == "banned":
+            job.attempts -= 1
+            self._lanes[job.lane].appendleft(job)
+        else:
+            log.warning("positions.check_failed", error=result.message, **fields)
+            error = result.message or "failed"
+            answer = VenuePositions(venue=self._venue, user_id=message.user_id, symbols=message.symbols, error=error)
+            _tell_reply(message.reply_to, answer)
 
     def _retry_or_fail(self, job: _Job, result: CallResult, now: float) -> None:
         message = job.message
@@ -537,7 +584,7 @@ class ExchangeActor(pykka.ThreadingActor):
         cid = message.request.client_order_id
         self._reply(message, OrderOutcome(client_order_id=cid, status=status, error=error))
 
-    def _refuse(self, message: PlaceOrder | ResolveOrder) -> None:
+    def _refuse(self, message: PlaceOrder | ResolveOrder | CheckPositions) -> None:
         assert isinstance(message, PlaceOrder)
         self._counters["refused"] += 1
         log.info("order.refused", reason="venue_unavailable", **_fields(message.request))

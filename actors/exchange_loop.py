@@ -9,13 +9,14 @@ from typing import Any
 
 import msgspec
 
-from engine.messages import VenueOrder
+from engine.messages import VenueOrder, VenuePosition
 from engine.venue import OrderRejected, OutcomeUnknown, RetryableError, VenueBanned
 
 
 class CallResult(msgspec.Struct, frozen=True, kw_only=True):
     job_id: int
     order: VenueOrder | None = None
+    positions: tuple[VenuePosition, ...] | None = None  # a fetch_positions answer
     error: str | None = None  # None | "rejected" | "retryable" | "banned" | "unknown" | "not_sent"
     message: str = ""
     retry_after_s: float | None = None
@@ -43,7 +44,10 @@ class LoopSide:
         try:
             async with asyncio.timeout(self._call_timeout_s):
                 value = await call()
-            result = CallResult(job_id=job_id, order=value)
+            if isinstance(value, list):
+                result = CallResult(job_id=job_id, positions=tuple(value))
+            else:
+                result = CallResult(job_id=job_id, order=value)
         except OrderRejected as exc:
             result = CallResult(job_id=job_id, error="rejected", message=str(exc))
         except RetryableError as exc:

@@ -35,6 +35,7 @@ from engine.messages import (
     Signal,
     SkipReason,
     TradeStatus,
+    VenuePositions,
 )
 from engine.sizing import EntryPlan, ExitPlan, Skip, decide
 from engine.trades import Trade
@@ -82,6 +83,8 @@ class FollowerActor(FollowerRisk):
             self._on_outcome(message)
         elif isinstance(message, PriceUpdate):
             self._on_prices(message)
+        elif isinstance(message, VenuePositions):
+            self._on_venue_positions(message)
         elif isinstance(message, ReconcileNow):
             self._reconcile()
         elif isinstance(message, UpdateSettings):

@@ -7,7 +7,7 @@ gives every follower: refs to the singletons and read-only views; nothing in it 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -51,6 +51,14 @@ class FollowerState(msgspec.Struct, frozen=True, kw_only=True):
 
 
 @dataclass(frozen=True, slots=True)
+class LiquidationCheck:
+    """How a venue that reports its positions is asked about liquidation (``VenueConfig.liquidation_check_*``)."""
+
+    band: Decimal  # ask when the mark is within this fraction of the liquidation price (0.01 = 1 %)
+    interval_s: float  # at most one question per position per interval
+
+
+@dataclass(frozen=True, slots=True)
 class FollowerContext:
     """Refs and read-only views shared by all followers (built once by the system)."""
 
@@ -65,6 +73,9 @@ class FollowerContext:
     needs_reconcile: Callable[[int], None]
     on_failure: Callable[[int, str, str], None]
     unknown_grace_s: float = 60.0
+    # Venues whose futures positions are reconciled against the venue's own (real venues): there the venue, not
+    # our estimate, says whether a position was liquidated. Paper venues are absent: the estimate is the rule.
+    liquidation_checks: Mapping[str, LiquidationCheck] = field(default_factory=dict)
 
 
 class FollowerBase(PooledActor):

@@ -7,10 +7,18 @@ close a position once. After a *definitive* failure of that close (rejected: the
 execute it) the next attempt gets the next attempt id (``close_attempt_id``).
 
 No decision is taken on a stale price: symbols in ``PriceUpdate.stale_symbols`` are ignored.
+
+Liquidation: on the paper venue our isolated-margin estimate is the rule (the mark crossing it liquidates). On a
+real venue (``FollowerContext.liquidation_checks``) the venue decides: when the mark comes within the band of the
+liquidation price, the follower asks the venue for its position (``CheckPositions`` through the exchange actor,
+so within the venue's rate budget, at most once per position per interval). Flat at the venue: liquidated, the
+margin is lost. Still open: the venue's liquidation price replaces our estimate, and SL/TP keep working.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -19,7 +27,15 @@ from engine import metrics
 from engine.ids import close_order_id
 from engine.ledger import OrderContext, liquidate
 from engine.logs import get_logger
-from engine.messages import PersistIntent, PositionStatus, PriceUpdate, TradeType
+from engine.messages import (
+    CheckPositions,
+    PersistIntent,
+    PositionStatus,
+    PriceUpdate,
+    TradeType,
+    VenuePositions,
+)
+from engine.positions import Position
 from engine.trades import Trade
 
 log = get_logger(__name__)
@@ -37,9 +53,13 @@ def close_attempt_id(position_id: str, attempt: int) -> str:
 class FollowerRisk(FollowerBase):
     """Price handling and engine closes."""
 
+    _liquidation_asked: dict[str, float] | None = None  # position id -> monotonic time of the last question
+
     def _on_prices(self, update: PriceUpdate) -> None:
         """Mark positions to market and act on the first trigger each one hits."""
         now = self._ctx.clock()
+        check = self._ctx.liquidation_checks.get(update.venue)
+        to_ask: list[Position] = []
         for position in list(self._portfolio.positions.values()):
             if position.venue != update.venue:
                 continue
@@ -51,7 +71,12 @@ class FollowerRisk(FollowerBase):
                 metrics.incr("prices.stale_skipped")
                 continue
             position.mark_to_market(mark)
-            trigger = position.check_triggers(mark)
+            if check is not None and position.trade_type is TradeType.FUTURES:
+                if position.near_liquidation(mark, check.band):
+                    to_ask.append(position)
+                trigger = position.check_triggers(mark, liquidation=False)
+            else:
+                trigger = position.check_triggers(mark)
             if trigger is None:
                 continue
             if trigger == "liquidation":
@@ -64,6 +89,89 @@ class FollowerRisk(FollowerBase):
                     self._ctx.publish(event)
                 continue
             self.start_close(position.position_id, trigger, mark=mark)
+        if to_ask and check is not None:
+            self._ask_venue(update.venue, to_ask, check.interval_s)
+
+    def _ask_venue(self, venue: str, positions: list[Position], interval_s: float) -> None:
+        """Ask the venue about positions near liquidation, at most once per position per interval."""
+        asked = self._liquidation_asked
+        if asked is None:
+            asked = self._liquidation_asked = {}
+        now = time.monotonic()
+        due = [p for p in positions if now - asked.get(p.position_id, -math.inf) >= interval_s]
+        exchange = self._ctx.exchanges.get(venue)
+        if not due or exchange is None:
+            return
+        for position in due:
+            asked[position.position_id] = now
+            log.info(
+                "position.liquidation_check",
+                user_id=self._user_id,
+                position_id=position.position_id,
+                symbol=position.symbol,
+                mark=self._marks.get(position.symbol),
+                liquidation_price=position.liquidation_price,
+            )
+        symbols = tuple(sorted({p.symbol for p in due}))
+        exchange.tell(CheckPositions(user_id=self._user_id, symbols=symbols, reply_to=self.actor_ref))
+        metrics.incr("positions.liquidation_checks")
+
+    def _on_venue_positions(self, answer: VenuePositions) -> None:
+        """The venue's word on positions we asked about (see the module docstring)."""
+        asked = self._liquidation_asked or {}
+        if answer.error is not None:
+            return  # logged by the exchange actor; the next tick past the interval asks again
+        held = {p.symbol: p for p in answer.positions}
+        for position in list(self._portfolio.positions.values()):
+            if (
+                position.venue != answer.venue
+                or position.symbol not in answer.symbols
+                or position.position_id not in asked
+                or position.trade_type is not TradeType.FUTURES
+            ):
+                continue
+            at_venue = held.get(position.symbol)
+            if at_venue is not None and at_venue.side is position.side:
+                self._adopt_venue_position(position, at_venue.qty, at_venue.liquidation_price)
+                continue
+            if any(o.trade.position_id == position.position_id for o in self._orders.values()):
+                continue  # an order on it is in flight (a close that filled?): its outcome decides first
+            mark = self._marks.get(position.symbol) or position.liquidation_price or position.entry_price
+            log.warning(
+                "position.flat_at_venue",
+                user_id=self._user_id,
+                position_id=position.position_id,
+                venue=position.venue,
+                symbol=position.symbol,
+                qty=position.qty,
+                mark=mark,
+            )
+            asked.pop(position.position_id, None)
+            event = liquidate(self._portfolio, position, mark, now=self._ctx.clock())
+            metrics.incr("positions.liquidated")
+            self._persist(position.to_row(), *self._portfolio.balance_rows())
+            self._ctx.publish(event)
+
+    def _adopt_venue_position(self, position: Position, venue_qty: Decimal, venue_liq: Decimal | None) -> None:
+        if venue_qty != position.qty:
+            log.warning(
+                "position.venue_mismatch",
+                user_id=self._user_id,
+                position_id=position.position_id,
+                symbol=position.symbol,
+                qty=position.qty,
+                venue_qty=venue_qty,
+            )
+        ours = position.liquidation_price
+        if position.adopt_venue_liquidation_price(venue_liq):
+            log.info(
+                "position.liquidation_price_adopted",
+                user_id=self._user_id,
+                position_id=position.position_id,
+                estimate=ours,
+                venue_liquidation_price=position.liquidation_price,
+            )
+            self._persist(position.to_row())
 
 
     def start_close(self, position_id: str, reason: str, *, mark: Decimal | None = None) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import msgspec
 import pykka
 
 from actors.follower import ReconcileNow
-from actors.follower_base import FollowerContext, FollowerState
+from actors.follower_base import FollowerContext, FollowerState, LiquidationCheck
 from actors.persistence import PersistenceActor
 from actors.router import SetDraining, SetFollowers, SignalRouterActor
 from actors.supervisor import Supervisor
@@ -185,6 +185,14 @@ class EngineSystem:
             needs_reconcile=self.needs_reconcile,
             on_failure=self.on_follower_failure,
             unknown_grace_s=min((v.config.unknown_grace_s for v in self.venues.values()), default=60.0),
+            liquidation_checks={
+                name: LiquidationCheck(
+                    band=Decimal(str(v.config.liquidation_check_band_pct)) / 100,
+                    interval_s=v.config.liquidation_check_interval_ms / 1000,
+                )
+                for name, v in self.venues.items()
+                if v.kind != "paper" and "futures" in v.config.trade_types
+            },
         )
 
     def mark_price(self, symbol: str, trade_type: Any) -> Decimal | None:

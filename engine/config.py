@@ -86,6 +86,10 @@ class VenueConfig(_Config, frozen=True, kw_only=True, forbid_unknown_fields=True
     unknown_grace_s: PositiveFloat = 60.0  # an order the venue never heard of after this long is FAILED
     price_poll_interval_ms: PositiveFloat = 1000.0
     price_stale_after_ms: PositiveFloat = 10_000.0
+    # Real venues, futures: near or past our estimated liquidation price the engine asks the venue for the position
+    # (fetch_positions) instead of guessing; at most once per position per interval.
+    liquidation_check_band_pct: Annotated[float, msgspec.Meta(ge=0, le=50)] = 1.0
+    liquidation_check_interval_ms: PositiveFloat = 5000.0
     # Paper venue only.
     paper_latency_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     paper_slippage_bps: Annotated[float, msgspec.Meta(ge=0)] = 2.0

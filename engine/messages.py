@@ -232,6 +232,17 @@ class VenueOrder(msgspec.Struct, frozen=True, kw_only=True):
     fee_base: Decimal = Decimal(0)
 
 
+class VenuePosition(msgspec.Struct, frozen=True, kw_only=True):
+    """What a venue says about one open futures position of an account (``fetch_positions``)."""
+
+    symbol: str
+    side: PositionSide
+    qty: Decimal  # in base units (contracts x contract size), always > 0
+    entry_price: Decimal | None = None
+    liquidation_price: Decimal | None = None  # None when the venue gives none (no liquidation risk, or unknown)
+    margin_usdt: Decimal | None = None
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Actor messages
 # --------------------------------------------------------------------------------------------------------------
@@ -420,3 +431,22 @@ class ResolveOrder(msgspec.Struct, frozen=True, kw_only=True):
     trade_type: TradeType
     client_order_id: str
     reply_to: Any = None
+
+
+class CheckPositions(msgspec.Struct, frozen=True, kw_only=True):
+    """Ask the venue for an account's open futures positions on ``symbols``. Answer: ``VenuePositions``."""
+
+    user_id: int
+    symbols: tuple[str, ...]
+    reply_to: Any = None
+
+
+class VenuePositions(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to ``CheckPositions``: ``positions`` lists what the venue holds on the asked symbols (a symbol
+    missing from it is flat at the venue); ``error`` is set, and ``positions`` empty, when the venue could not tell."""
+
+    venue: str
+    user_id: int
+    symbols: tuple[str, ...]
+    positions: tuple[VenuePosition, ...] = ()
+    error: str | None = None

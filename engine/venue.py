@@ -20,7 +20,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Protocol
 
-from engine.messages import MarketInfo, OrderRequest, TradeType, VenueOrder
+from engine.messages import MarketInfo, OrderRequest, TradeType, VenueOrder, VenuePosition
 
 
 class VenueError(Exception):
@@ -79,6 +79,11 @@ class VenueAdapter(Protocol):
 
     async def fetch_balance(self, *, user_id: int, trade_type: TradeType) -> dict[str, Decimal]:
         """Free balance by asset."""
+        ...
+
+    async def fetch_positions(self, *, user_id: int, symbols: list[str]) -> list[VenuePosition]:
+        """The account's open USDT-futures positions on ``symbols`` (all of them when empty). A symbol with no
+        position (zero size) is left out. Raises the ``VenueError`` classes like every other call."""
         ...
 
     async def fetch_marks(self, symbols: list[str]) -> dict[str, Decimal]:
