@@ -18,7 +18,8 @@ from typing import Any, TextIO
 
 import orjson
 
-from engine.admin_commands import COMMAND_NAMES, USAGE, CommandError, parse_cli_args
+from engine.admin_cli_args import parse_cli_args
+from engine.admin_commands import COMMAND_NAMES, USAGE, CommandError
 
 EXIT_OK = 0
 EXIT_ERROR = 1

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.admin_cli_args import parse_cli_args
 from engine.admin_commands import (
     COMMAND_NAMES,
     MUTATING_COMMANDS,
@@ -39,7 +40,6 @@ from engine.admin_commands import (
     convert_command,
     decode_command,
     is_mutating,
-    parse_cli_args,
 )
 from engine.messages import TradeStatus
 
