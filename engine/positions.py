@@ -28,13 +28,12 @@ from decimal import Decimal
 from typing import Literal
 
 from engine.messages import PositionRow, PositionSide, PositionStatus, Side, TradeType
-from engine.precision import round_price
+from engine.protection import isolated_liquidation_price, protection_prices
 
 __all__ = ["Position", "PositionError", "Realized", "Trigger", "protection_prices"]
 
 Trigger = Literal["stop_loss", "take_profit", "liquidation"]
 _ZERO = Decimal(0)
-_HUNDRED = Decimal(100)
 
 
 class PositionError(ValueError):
@@ -52,27 +51,6 @@ class Realized:
     def cash_returned_usdt(self) -> Decimal:
         """Margin coming back plus (or minus) the realised PnL; never negative."""
         return self.margin_released_usdt + self.pnl_usdt
-
-
-def protection_prices(
-    side: PositionSide,
-    entry_price: Decimal,
-    *,
-    stop_loss_pct: Decimal | None,
-    take_profit_pct: Decimal | None,
-    tick: Decimal,
-) -> tuple[Decimal | None, Decimal | None]:
-    """``(stop_loss, take_profit)`` as percent of the entry PRICE, rounded to ``tick``; ``None`` when unset.
-
-    Long: SL = entry × (1 - pct/100), TP = entry × (1 + pct/100); short mirrored.
-    """
-    sign = Decimal(1) if side is PositionSide.LONG else Decimal(-1)
-    sl = tp = None
-    if stop_loss_pct is not None and stop_loss_pct > 0:
-        sl = round_price(entry_price * (1 - sign * stop_loss_pct / _HUNDRED), tick)
-    if take_profit_pct is not None and take_profit_pct > 0:
-        tp = round_price(entry_price * (1 + sign * take_profit_pct / _HUNDRED), tick)
-    return sl, tp
 
 
 _STORED = Decimal("1e-8")
@@ -302,10 +280,7 @@ class Position:
             return None
         if self.venue_liquidation_price is not None:
             return self.venue_liquidation_price
-        inv = Decimal(1) / Decimal(self.leverage)
-        if self.side is PositionSide.LONG:
-            return max(_ZERO, self.entry_price * (1 - inv + self.maintenance_margin_rate))
-        return self.entry_price * (1 + inv - self.maintenance_margin_rate)
+        return isolated_liquidation_price(self.side, self.entry_price, self.leverage, self.maintenance_margin_rate)
 
     def unrealized_pnl(self, mark: Decimal) -> Decimal:
         """Gross PnL of the remaining quantity at ``mark`` (fees not included)."""
