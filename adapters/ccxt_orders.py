@@ -1,4 +1,5 @@
-"""ccxt's unified structures → the engine's ``MarketInfo`` and ``VenueOrder`` (Decimal throughout)."""
+"""ccxt's unified structures → the engine's ``MarketInfo``, ``VenueOrder`` and ``VenuePosition`` (Decimal
+throughout)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from typing import Any
 
 from adapters.ccxt_profiles import VenueProfile
 from engine.logs import get_logger
-from engine.messages import MarketInfo, TradeStatus, TradeType, VenueOrder
+from engine.messages import MarketInfo, PositionSide, TradeStatus, TradeType, VenueOrder, VenuePosition
 
-__all__ = ["is_duplicate", "market_info", "to_venue_order"]
+__all__ = ["is_duplicate", "market_info", "to_venue_order", "to_venue_position"]
 
 _log = get_logger("adapters.ccxt_orders")
 _ZERO = Decimal(0)
@@ -21,9 +22,7 @@ def _dec(value: Any, default: Decimal | None = None) -> Decimal | None:
     return Decimal(str(value))
 
 
-def market_info(
-    market: dict[str, Any], trade_type: TradeType, default_max_leverage: int
-) -> MarketInfo | None:
+def market_info(market: dict[str, Any], trade_type: TradeType, default_max_leverage: int) -> MarketInfo | None:
     """The engine's view of one ccxt market, or ``None`` if it is not a tradable market of ``trade_type``."""
     if market.get("active") is False:
         return None
@@ -120,6 +119,34 @@ def to_venue_order(raw: Any, market: MarketInfo, client_order_id: str) -> VenueO
         avg_price=avg,
         fee_usdt=_fee_usdt(raw, market, filled, avg),
         fee_base=_fee_base(raw, market),
+    )
+
+
+def to_venue_position(raw: Any) -> VenuePosition | None:
+    """The ``VenuePosition`` of a ccxt position, or ``None`` when it holds nothing (a zero-size entry).
+
+    Base quantity = contracts x contract size. Margin is what the position holds without unrealised PnL
+    (ccxt's ``positionMargin``), else its initial margin, else its collateral. Raises ``TypeError``,
+    ``KeyError`` or ``ArithmeticError`` on an entry that cannot be read.
+    """
+    if not isinstance(raw, dict):
+        raise TypeError("the venue's position entry is malformed")
+    contracts = _dec(raw.get("contracts"), _ZERO) or _ZERO
+    qty = abs(contracts) * (_dec(raw.get("contractSize")) or Decimal(1))
+    if qty == 0:
+        return None
+    side = raw.get("side")
+    if side not in ("long", "short"):
+        raise KeyError(f"position side {side!r}")
+    liquidation = _dec(raw.get("liquidationPrice"))
+    margin = next((m for key in ("positionMargin", "initialMargin", "collateral") if (m := _dec(raw.get(key)))), None)
+    return VenuePosition(
+        symbol=raw["symbol"],
+        side=PositionSide(side),
+        qty=qty,
+        entry_price=_dec(raw.get("entryPrice")),
+        liquidation_price=liquidation if liquidation is not None and liquidation > 0 else None,
+        margin_usdt=margin,
     )
 
 

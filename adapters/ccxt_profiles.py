@@ -64,6 +64,9 @@ def _binance_options(trade_type: TradeType) -> dict[str, Any]:
         "fetchCurrencies": False,  # sapi capital/config: a private call per load
         "adjustForTimeDifference": False,
         "warnOnFetchOpenOrdersWithoutSymbol": False,
+        # fetchPositions first loads every leverage bracket (GET /fapi/v1/leverageBracket) to derive cross-margin
+        # figures we never read; an empty cache skips that call.
+        "leverageBrackets": {},
     }
 
 
@@ -107,6 +110,7 @@ _ONE = {
     "cancel_order": 1,
     "fetch_balance": 1,
     "fetch_marks": 1,
+    "fetch_positions": 1,
     "set_leverage": 1,
     "load_markets": 1,
 }
@@ -126,6 +130,7 @@ PROFILES: dict[str, VenueProfile] = {
                 "cancel_order": 1,
                 "fetch_balance": 20,
                 "fetch_marks": 40,
+                "fetch_positions": 0,  # spot holds no positions: no request
                 "set_leverage": 0,
                 "load_markets": 20,
             },
@@ -135,6 +140,7 @@ PROFILES: dict[str, VenueProfile] = {
                 "cancel_order": 1,
                 "fetch_balance": 5,
                 "fetch_marks": 40,
+                "fetch_positions": 5,  # GET /fapi/v3/positionRisk
                 "set_leverage": 2,
                 "load_markets": 1,
             },
@@ -150,9 +156,10 @@ PROFILES: dict[str, VenueProfile] = {
         client_order_id_max_len=36,
         client_order_id_charset=_CID_BYBIT,
         # create = create + read-back (open, then closed list); fetch by client id = open + closed list.
+        # fetch_positions: GET /v5/position/list (spot: no request).
         weights={
-            trade_type: dict(_ONE, create_order=3, fetch_order=2, cancel_order=1, set_leverage=2)
-            for trade_type in TradeType
+            TradeType.SPOT: dict(_ONE, create_order=3, fetch_order=2, fetch_positions=0, set_leverage=2),
+            TradeType.FUTURES: dict(_ONE, create_order=3, fetch_order=2, set_leverage=2),
         },
         options=_bybit_options,
         fetch_by_listing=True,
@@ -165,8 +172,9 @@ PROFILES: dict[str, VenueProfile] = {
         client_order_id_max_len=40,
         client_order_id_charset=_CID_BITGET,
         # create = place + read-back; spot markets load symbols + margin currencies, swaps six product types.
+        # fetch_positions: GET /api/v2/mix/position/all-position (spot: no request).
         weights={
-            TradeType.SPOT: dict(_ONE, create_order=2, load_markets=2),
+            TradeType.SPOT: dict(_ONE, create_order=2, load_markets=2, fetch_positions=0),
             TradeType.FUTURES: dict(_ONE, create_order=2, load_markets=6, set_leverage=2),
         },
         options=_bitget_options,

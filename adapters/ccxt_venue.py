@@ -18,12 +18,12 @@ from typing import Any
 import ccxt.async_support as ccxt
 
 from adapters.ccxt_errors import CredentialRejected, classify
-from adapters.ccxt_orders import is_duplicate, market_info, to_venue_order
+from adapters.ccxt_orders import is_duplicate, market_info, to_venue_order, to_venue_position
 from adapters.ccxt_profiles import PROFILES, VenueProfile, rewrite_api_urls
 from adapters.credentials import Credential, CredentialError, CredentialStore
 from engine.logs import get_logger
-from engine.messages import MarketInfo, OrderRequest, Side, TradeType, VenueOrder
-from engine.venue import OrderRejected, OutcomeUnknown, VenueError
+from engine.messages import MarketInfo, OrderRequest, Side, TradeType, VenueOrder, VenuePosition
+from engine.venue import OrderRejected, OutcomeUnknown, RetryableError, VenueError
 
 __all__ = ["CcxtVenue"]
 
@@ -82,6 +82,7 @@ class CcxtVenue:
         if credential is not None:
             config.update(credential.ccxt_config())
         client = getattr(ccxt, self.name)(config)
+        client.enableLastJsonResponse = True  # fetch_positions tells "no positions" from "no JSON" by it
         # Currencies are not needed to trade and cost extra calls (bitget cannot turn them off by option).
         client.has = dict(client.has, fetchCurrencies=False)
         if self._api_base_url is not None:
@@ -220,9 +221,7 @@ class CcxtVenue:
         if order is None:  # an ack without fill details (bybit, bitget): read the order back
             order = await self._fetch_existing(request, client, credential)
             if order is None:
-                raise OutcomeUnknown(
-                    f"{self.name} accepted {request.client_order_id} but cannot read it back"
-                )
+                raise OutcomeUnknown(f"{self.name} accepted {request.client_order_id} but cannot read it back")
         log.info(
             "order.created",
             status=order.status.value,
@@ -232,9 +231,7 @@ class CcxtVenue:
         )
         return order
 
-    async def _fetch_existing(
-        self, request: OrderRequest, client: Any, credential: Credential
-    ) -> VenueOrder | None:
+    async def _fetch_existing(self, request: OrderRequest, client: Any, credential: Credential) -> VenueOrder | None:
         try:
             return await self._fetch_by_client_id(client, request.symbol, request.client_order_id)
         except Exception as exc:  # noqa: BLE001 - the order may exist; we could not read it
@@ -244,9 +241,7 @@ class CcxtVenue:
         try:
             return to_venue_order(raw, market, client_order_id)
         except (TypeError, ValueError, ArithmeticError, KeyError, AttributeError) as exc:
-            raise OutcomeUnknown(
-                f"{self.name} answered with an unreadable order: {type(exc).__name__}"
-            ) from None
+            raise OutcomeUnknown(f"{self.name} answered with an unreadable order: {type(exc).__name__}") from None
 
     async def _fetch_by_client_id(self, client: Any, symbol: str, client_order_id: str) -> VenueOrder | None:
         market = (await self._ensure_markets()).get(symbol)
@@ -313,7 +308,7 @@ class CcxtVenue:
         )
         return order
 
-    # -- balances and marks ----------------------------------------------------------------------------
+    # -- balances, positions and marks ---------------------------------------------------------------------
 
     async def fetch_balance(self, *, user_id: int, trade_type: TradeType) -> dict[str, Decimal]:
         client, credential = await self._client(user_id)
@@ -323,6 +318,28 @@ class CcxtVenue:
             raise self._classify(exc, client, credential, order_sent=False) from None
         free = raw.get("free") or {}
         return {asset: Decimal(str(amount)) for asset, amount in free.items() if amount is not None}
+
+    async def fetch_positions(self, *, user_id: int, symbols: list[str]) -> list[VenuePosition]:
+        """Open USDT-futures positions, one request (see the profile's ``fetch_positions`` weight). A spot
+        venue holds no positions: ``[]`` without a request. Bybit takes at most one symbol per call, so several
+        (or none) are fetched as every USDT-settled position and filtered here."""
+        if self.trade_type is TradeType.SPOT:
+            return []
+        client, credential = await self._client(user_id)
+        try:
+            raw = await client.fetch_positions(symbols if len(symbols) == 1 else None)
+        except Exception as exc:  # noqa: BLE001 - a boundary: whatever failed is reported, never raised through
+            raise self._classify(exc, client, credential, order_sent=False) from None
+        if not isinstance(client.last_json_response, dict | list):
+            # ccxt reads an HTML page or a cut body as "no positions"; flat is a claim we must not invent.
+            raise RetryableError(f"{self.name} answered the positions request with an unreadable body")
+        wanted = set(symbols)
+        try:
+            positions = [p for p in map(to_venue_position, raw) if p is not None]
+        except (TypeError, ValueError, ArithmeticError, KeyError, AttributeError) as exc:
+            # A read: nothing happened on the venue, asking again is safe.
+            raise RetryableError(f"{self.name} answered with an unreadable position: {exc!r}") from None
+        return [p for p in positions if not wanted or p.symbol in wanted]
 
     async def fetch_marks(self, symbols: list[str]) -> dict[str, Decimal]:
         await self._ensure_markets()
@@ -368,9 +385,7 @@ class CcxtVenue:
 
     # -- helpers ---------------------------------------------------------------------------------------
 
-    def _classify(
-        self, exc: BaseException, client: Any, credential: Credential, *, order_sent: bool
-    ) -> VenueError:
+    def _classify(self, exc: BaseException, client: Any, credential: Credential, *, order_sent: bool) -> VenueError:
         secrets = (credential.api_key, credential.secret, credential.passphrase)
         headers = getattr(client, "last_response_headers", None)
         return classify(exc, order_sent=order_sent, headers=headers, secrets=secrets)
@@ -378,9 +393,7 @@ class CcxtVenue:
 
 def _already_set(exc: BaseException) -> bool:
     text = str(exc)
-    return any(
-        marker in text for marker in ("No need to change", "not modified", "110043", "leverage not changed")
-    )
+    return any(marker in text for marker in ("No need to change", "not modified", "110043", "leverage not changed"))
 
 
 def _route_binance_exceptions(client: Any) -> None:

@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal
 
-from adapters.paper_markets import DEFAULT_MARKS, default_markets
+from adapters.paper_markets import DEFAULT_MARKS, default_markets, implied_leverage, venue_position
 from engine.logs import get_logger
-from engine.messages import MarketInfo, OrderRequest, Side, TradeStatus, TradeType, VenueOrder
+from engine.messages import MarketInfo, OrderRequest, Side, TradeStatus, TradeType, VenueOrder, VenuePosition
 from engine.venue import OrderRejected, OutcomeUnknown, RetryableError, VenueBanned
 
 log = get_logger(__name__)
@@ -53,6 +53,8 @@ class _Position:
     qty: Decimal  # signed: > 0 long, < 0 short
     entry_price: Decimal
     margin: Decimal
+    leverage: int
+    liquidation_override: Decimal | None = None  # ``set_liquidation_price``; cleared when the position grows
 
 
 @dataclass(slots=True)
@@ -132,13 +134,35 @@ class PaperVenue:
             return dict(self._marks)
 
     def restore_position(
-        self, user_id: int, symbol: str, *, qty: Decimal, entry_price: Decimal, margin: Decimal
+        self,
+        user_id: int,
+        symbol: str,
+        *,
+        qty: Decimal,
+        entry_price: Decimal,
+        margin: Decimal,
+        leverage: int | None = None,
     ) -> None:
         """Put back a futures position the engine's books hold (``qty`` signed: > 0 long, < 0 short). The paper
         venue lives in memory, so after a restart this is how it learns what it "had"; margin is not re-debited
-        (the engine's books already count it as committed)."""
+        (the engine's books already count it as committed). ``leverage`` defaults to value / margin."""
+        if leverage is None:
+            market = self._markets.get(symbol)
+            leverage = implied_leverage(qty * (market.contract_size if market else 1), entry_price, margin)
         with self._lock:
-            self._positions[(user_id, symbol)] = _Position(qty, entry_price, margin)
+            self._positions[(user_id, symbol)] = _Position(qty, entry_price, margin, leverage)
+
+    def liquidate(self, user_id: int, symbol: str) -> Decimal:
+        """The venue liquidates a futures position: it is gone and its margin (debited at entry) is lost.
+        Returns that margin; ``KeyError`` when the user holds none."""
+        with self._lock:
+            return self._positions.pop((user_id, symbol)).margin
+
+    def set_liquidation_price(self, user_id: int, symbol: str, price: Decimal | None) -> None:
+        """Report ``price`` as the position's liquidation price (``None``: the estimate again). ``KeyError``
+        when the user holds no position there."""
+        with self._lock:
+            self._positions[(user_id, symbol)].liquidation_override = price
 
     def deposit(self, user_id: int, asset: str, amount: Decimal) -> None:
         """Credit a wallet. One wallet per user serves spot and futures margin."""
@@ -272,6 +296,24 @@ class PaperVenue:
         with self._lock:
             wallet = dict(self._wallets.get(user_id, {}))
         return wallet if trade_type is TradeType.SPOT else {"USDT": wallet.get("USDT", _ZERO)}
+
+    async def fetch_positions(self, *, user_id: int, symbols: list[str]) -> list[VenuePosition]:
+        self._arrive("fetch_positions", None)
+        await self._round_trip()
+        with self._lock:
+            held = [(s, p) for (uid, s), p in self._positions.items() if uid == user_id and p.qty != 0]
+            return [
+                venue_position(
+                    self._markets[s],
+                    qty=p.qty,
+                    entry_price=p.entry_price,
+                    leverage=p.leverage,
+                    margin=p.margin,
+                    liquidation_override=p.liquidation_override,
+                )
+                for s, p in held
+                if s in self._markets and (not symbols or s in symbols)
+            ]
 
     async def fetch_marks(self, symbols: list[str]) -> dict[str, Decimal]:
         self._arrive("fetch_marks", None)
@@ -464,12 +506,13 @@ class PaperVenue:
                 position = None
         if opening > 0:
             if position is None:
-                self._positions[key] = _Position(opening * direction, price, margin)
+                self._positions[key] = _Position(opening * direction, price, margin, request.leverage)
             else:  # adding to a position in the same direction: average the entry
                 total = abs(position.qty) + opening
                 position.entry_price = (position.entry_price * abs(position.qty) + price * opening) / total
                 position.qty += opening * direction
                 position.margin += margin
+                position.liquidation_override = None
 
 
 def _round_to(value: Decimal, step: Decimal, rounding: str) -> Decimal:

@@ -1,10 +1,12 @@
-"""The paper venue's markets: Binance-like lot sizes, ticks, minimums, leverage and fees, and starting marks."""
+"""The paper venue's markets (Binance-like lot sizes, ticks, minimums, leverage and fees, starting marks) and
+how it reports a futures position."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 
-from engine.messages import MarketInfo, TradeType
+from engine.messages import MarketInfo, PositionSide, TradeType, VenuePosition
+from engine.positions import Position
 
 # Like Binance. base: spot (qty_step, price_tick),
 #                futures (qty_step, price_tick, min_notional, max_leverage, maintenance margin rate).
@@ -49,3 +51,47 @@ def default_markets() -> list[MarketInfo]:
             )
         )  # fmt: skip
     return markets
+
+
+def implied_leverage(base_qty: Decimal, entry_price: Decimal, margin: Decimal) -> int:
+    """The whole leverage at which ``margin`` holds ``base_qty`` at ``entry_price`` (1 when unknown)."""
+    if margin <= 0:
+        return 1
+    return max(1, round(abs(base_qty) * entry_price / margin))
+
+
+def venue_position(
+    market: MarketInfo,
+    *,
+    qty: Decimal,
+    entry_price: Decimal,
+    leverage: int,
+    margin: Decimal,
+    liquidation_override: Decimal | None = None,
+) -> VenuePosition:
+    """What the paper venue says about a futures position (``qty`` signed, in venue units). Its liquidation
+    price is the engine's own isolated-margin estimate (``engine.positions.Position.liquidation_price``):
+    the paper venue liquidates by the same rule the engine predicts, unless a test overrides it."""
+    side = PositionSide.LONG if qty > 0 else PositionSide.SHORT
+    estimate = Position(
+        position_id="paper",
+        user_id=0,
+        venue="paper",
+        symbol=market.symbol,
+        trade_type=TradeType.FUTURES,
+        side=side,
+        qty=abs(qty),
+        entry_price=entry_price,
+        leverage=leverage,
+        margin_usdt=margin,
+        maintenance_margin_rate=market.maintenance_margin_rate,
+        contract_size=market.contract_size,
+    )
+    return VenuePosition(
+        symbol=market.symbol,
+        side=side,
+        qty=abs(qty) * market.contract_size,
+        entry_price=entry_price,
+        liquidation_price=estimate.liquidation_price if liquidation_override is None else liquidation_override,
+        margin_usdt=margin,
+    )

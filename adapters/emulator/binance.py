@@ -1,4 +1,5 @@
-"""Binance spot (``/api/v3``) and USDⓈ-M futures (``/fapi/v1``, ``/fapi/v2|v3/account``), as ccxt calls them.
+"""Binance spot (``/api/v3``) and USDⓈ-M futures (``/fapi/v1``, ``/fapi/v2|v3/account``,
+``/fapi/v3/positionRisk``), as ccxt calls them.
 
 Signed requests: ``X-MBX-APIKEY`` header, HMAC-SHA256 of the query string (GET/DELETE) or form body (POST)
 up to ``&signature=``. Errors are ``{"code": -NNNN, "msg": ...}`` with Binance's codes and HTTP statuses.
@@ -17,6 +18,7 @@ import orjson
 from aiohttp import web
 
 from adapters.emulator.binance_wire import order_json, symbol_entry
+from adapters.emulator.positions import binance_position
 from adapters.emulator.state import STATE_KEY, Account, FillError, Order, Refused, VenueState, fault_of
 
 # One ledger for both APIs, at the stricter futures limit (spot allows 6000/min).
@@ -40,6 +42,7 @@ _WEIGHTS = {  # Binance's documented IP weights
     ("GET", "/fapi/v2/account"): 5,
     ("GET", "/fapi/v3/account"): 5,
     ("GET", "/fapi/v1/ticker/24hr"): 40,
+    ("GET", "/fapi/v3/positionRisk"): 5,
 }
 
 
@@ -48,9 +51,7 @@ def request_weight(method: str, path: str) -> int:
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps(data), content_type="application/json", headers=headers
-    )
+    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json", headers=headers)
 
 
 def _error(code: int, msg: str, status: int = 400) -> web.Response:
@@ -66,9 +67,7 @@ def error_response(kind: str, retry_after_s: int) -> web.Response:
         until_ms = int((time.time() + retry_after_s) * 1000)
         msg = f"Way too much request weight used; IP banned until {until_ms}. Please use WebSocket Streams."
         return _json({"code": -1003, "msg": msg}, 418, headers)
-    return web.Response(
-        status=503, text="<html><body>503 Service Unavailable</body></html>", content_type="text/html"
-    )
+    return web.Response(status=503, text="<html><body>503 Service Unavailable</body></html>", content_type="text/html")
 
 
 async def _signed(request: web.Request, state: VenueState) -> tuple[Account, dict[str, str]]:
@@ -99,9 +98,7 @@ async def exchange_info(request: web.Request) -> web.Response:
     linear = _category(request) == "linear"
     symbols = [symbol_entry(market, linear=linear) for market in _state(request).markets.values()]
     now = int(time.time() * 1000)
-    return _json(
-        {"timezone": "UTC", "serverTime": now, "rateLimits": [], "exchangeFilters": [], "symbols": symbols}
-    )
+    return _json({"timezone": "UTC", "serverTime": now, "rateLimits": [], "exchangeFilters": [], "symbols": symbols})
 
 
 async def create_order(request: web.Request) -> web.Response:
@@ -143,9 +140,7 @@ def _reject(reason: str, category: str) -> web.Response:
         return _error(-2010, "Account has insufficient balance for requested action.")
     if reason == "min_notional":
         if category == "linear":
-            return _error(
-                -4164, "Order's notional must be no smaller than 5 (unless you choose reduce only)."
-            )
+            return _error(-4164, "Order's notional must be no smaller than 5 (unless you choose reduce only).")
         return _error(-1013, "Filter failure: NOTIONAL")
     if reason == "no_price":
         return _error(-1013, "Filter failure: PERCENT_PRICE")
@@ -236,6 +231,22 @@ async def account_info(request: web.Request) -> web.Response:
     return _json({"totalWalletBalance": "0", "assets": assets, "positions": []})
 
 
+async def position_risk(request: web.Request) -> web.Response:
+    """Position Information V3: only symbols with a position (``symbol`` narrows it to one)."""
+    state = _state(request)
+    account, params = await _signed(request, state)
+    symbol = params.get("symbol")
+    if symbol is not None and symbol not in state.markets:
+        return _error(-1121, "Invalid symbol.")
+    return _json(
+        [
+            binance_position(position, state.marks[symbol_id])
+            for (category, symbol_id), position in account.futures.items()
+            if category == "linear" and symbol in (None, symbol_id)
+        ]
+    )
+
+
 async def set_leverage(request: web.Request) -> web.Response:
     state = _state(request)
     account, params = await _signed(request, state)
@@ -296,5 +307,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v3/account", account_info)
     app.router.add_get("/fapi/v2/account", account_info)
     app.router.add_get("/fapi/v3/account", account_info)
+    app.router.add_get("/fapi/v3/positionRisk", position_risk)
     app.router.add_post("/fapi/v1/leverage", set_leverage)
     app.router.add_post("/fapi/v1/marginType", set_margin_type)

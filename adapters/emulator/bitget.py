@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl
 import orjson
 from aiohttp import web
 
+from adapters.emulator.positions import bitget_position
 from adapters.emulator.state import STATE_KEY, Account, FillError, Order, Refused, VenueState, fault_of
 
 WEIGHT_LIMIT = 6000  # Bitget: 6000 requests per minute per IP
@@ -35,9 +36,7 @@ def request_weight(method: str, path: str) -> int:
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps(data), content_type="application/json", headers=headers
-    )
+    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json", headers=headers)
 
 
 def _ok(data: Any) -> web.Response:
@@ -51,14 +50,10 @@ def _error(code: str, msg: str, status: int = 400) -> web.Response:
 def error_response(kind: str, retry_after_s: int) -> web.Response:
     headers = {"Retry-After": str(retry_after_s)}
     if kind == "429":
-        return _json(
-            {"code": "429", "msg": "Too Many Requests", "requestTime": 0, "data": None}, 429, headers
-        )
+        return _json({"code": "429", "msg": "Too Many Requests", "requestTime": 0, "data": None}, 429, headers)
     if kind == "418":
         return web.Response(status=418, text="I'm a teapot", headers=headers)
-    return web.Response(
-        status=503, text="<html><body>503 Service Unavailable</body></html>", content_type="text/html"
-    )
+    return web.Response(status=503, text="<html><body>503 Service Unavailable</body></html>", content_type="text/html")
 
 
 async def _signed(request: web.Request, state: VenueState) -> tuple[Account, dict[str, Any]]:
@@ -376,6 +371,23 @@ async def set_margin_mode(request: web.Request) -> web.Response:
     return _ok({"symbol": symbol, "marginCoin": "USDT", "marginMode": params.get("marginMode")})
 
 
+async def all_positions(request: web.Request) -> web.Response:
+    state = _state(request)
+    account, params = await _signed(request, state)
+    product_type = params.get("productType")
+    if not product_type:
+        return _error("40019", "Parameter productType cannot be empty")
+    if product_type != "USDT-FUTURES" or params.get("marginCoin", "USDT").upper() != "USDT":
+        return _ok([])
+    return _ok(
+        [
+            bitget_position(position, state.marks[symbol_id])
+            for (category, symbol_id), position in account.futures.items()
+            if category == "linear"
+        ]
+    )
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v2/spot/public/symbols", spot_symbols)
     app.router.add_get("/api/v2/margin/currencies", margin_currencies)
@@ -392,3 +404,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v2/mix/account/accounts", mix_accounts)
     app.router.add_post("/api/v2/mix/account/set-leverage", set_leverage)
     app.router.add_post("/api/v2/mix/account/set-margin-mode", set_margin_mode)
+    app.router.add_get("/api/v2/mix/position/all-position", all_positions)

@@ -1,5 +1,5 @@
 """Bybit v5 (unified trading account), as ccxt calls it: ``/v5/market/*``, ``/v5/order/*``,
-``/v5/account/*``, ``/v5/position/set-leverage``.
+``/v5/account/*``, ``/v5/position/set-leverage``, ``/v5/position/list``.
 
 Signed requests carry ``X-BAPI-API-KEY``, ``X-BAPI-TIMESTAMP``, ``X-BAPI-RECV-WINDOW`` and ``X-BAPI-SIGN`` =
 HMAC-SHA256(secret, timestamp + key + recv_window + (JSON body | query string)). Every answer is HTTP 200 with
@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl
 import orjson
 from aiohttp import web
 
+from adapters.emulator.positions import bybit_position
 from adapters.emulator.state import STATE_KEY, Account, FillError, Order, Refused, VenueState, fault_of
 
 WEIGHT_LIMIT = 600  # Bybit: 600 requests per 5 s per IP
@@ -36,9 +37,7 @@ def request_weight(method: str, path: str) -> int:
     return 1
 
 
-def _envelope(
-    ret_code: int, ret_msg: str, result: Any = None, headers: dict[str, str] | None = None
-) -> web.Response:
+def _envelope(ret_code: int, ret_msg: str, result: Any = None, headers: dict[str, str] | None = None) -> web.Response:
     body = {
         "retCode": ret_code,
         "retMsg": ret_msg,
@@ -66,12 +65,8 @@ def error_response(kind: str, retry_after_s: int) -> web.Response:
             },
         )
     if kind == "418":  # the IP ban: HTTP 403, plain text
-        return web.Response(
-            status=403, text="access too frequent", headers={"Retry-After": str(retry_after_s)}
-        )
-    return web.Response(
-        status=503, text="<html><body>503 Service Unavailable</body></html>", content_type="text/html"
-    )
+        return web.Response(status=403, text="access too frequent", headers={"Retry-After": str(retry_after_s)})
+    return web.Response(status=503, text="<html><body>503 Service Unavailable</body></html>", content_type="text/html")
 
 
 async def _signed(request: web.Request, state: VenueState) -> tuple[Account, dict[str, Any]]:
@@ -91,9 +86,7 @@ async def _signed(request: web.Request, state: VenueState) -> tuple[Account, dic
     if not hmac.compare_digest(headers.get("X-BAPI-SIGN", ""), expected):
         raise Refused(_envelope(10004, "error sign! origin_string[...]"))
     if not timestamp.isdigit() or abs(time.time() * 1000 - int(timestamp)) > int(recv_window):
-        raise Refused(
-            _envelope(10002, "invalid request, please check your server timestamp or recv_window param")
-        )
+        raise Refused(_envelope(10002, "invalid request, please check your server timestamp or recv_window param"))
     return account, params
 
 
@@ -220,11 +213,7 @@ async def create_order(request: web.Request) -> web.Response:
         return _envelope(110072, "OrderLinkedID is duplicate")
     if params.get("orderType") != "Market":
         return _envelope(10001, "params error: orderType")
-    if (
-        category == "spot"
-        and params.get("marketUnit", "baseCoin") != "baseCoin"
-        and params.get("side") == "Buy"
-    ):
+    if category == "spot" and params.get("marketUnit", "baseCoin") != "baseCoin" and params.get("side") == "Buy":
         return _envelope(10001, "emulator: spot market buys must be in baseCoin")
     order = Order(
         state.next_order_id(),
@@ -273,18 +262,14 @@ async def order_realtime(request: web.Request) -> web.Response:
     state = _state(request)
     account, params = await _signed(request, state)
     orders = _matching(state, account, params, open_only=True)
-    return _ok(
-        {"category": params.get("category"), "list": [_order_json(o) for o in orders], "nextPageCursor": ""}
-    )
+    return _ok({"category": params.get("category"), "list": [_order_json(o) for o in orders], "nextPageCursor": ""})
 
 
 async def order_history(request: web.Request) -> web.Response:
     state = _state(request)
     account, params = await _signed(request, state)
     orders = _matching(state, account, params, open_only=False)
-    return _ok(
-        {"category": params.get("category"), "list": [_order_json(o) for o in orders], "nextPageCursor": ""}
-    )
+    return _ok({"category": params.get("category"), "list": [_order_json(o) for o in orders], "nextPageCursor": ""})
 
 
 async def cancel_order(request: web.Request) -> web.Response:
@@ -347,6 +332,27 @@ async def set_leverage(request: web.Request) -> web.Response:
     return _ok({})
 
 
+async def position_list(request: web.Request) -> web.Response:
+    """Linear positions: ``symbol`` (listed even when flat, size "0") or every one of ``settleCoin``."""
+    state = _state(request)
+    account, params = await _signed(request, state)
+    symbol, settle = params.get("symbol"), params.get("settleCoin")
+    if params.get("category") != "linear":
+        return _envelope(10001, "params error: category only support linear or inverse or option")
+    if not symbol and not settle:
+        return _envelope(10001, "Missing some parameters that must be filled in, symbol or settleCoin")
+    if symbol and symbol not in state.markets:
+        return _envelope(10001, "params error: symbol invalid")
+    held = {sid: p for (category, sid), p in account.futures.items() if category == "linear"}
+    wanted = [symbol] if symbol else [sid for sid in held if state.markets[sid].quote == settle]
+    rows = [
+        bybit_position(held.get(sid), sid, state.marks[sid], seq)
+        for seq, sid in enumerate(wanted, start=1)
+        if sid in held or symbol
+    ]
+    return _ok({"category": "linear", "list": rows, "nextPageCursor": ""})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v5/market/instruments-info", instruments_info)
     app.router.add_get("/v5/market/tickers", tickers)
@@ -357,3 +363,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v5/account/wallet-balance", wallet_balance)
     app.router.add_post("/v5/account/set-margin-mode", set_margin_mode)
     app.router.add_post("/v5/position/set-leverage", set_leverage)
+    app.router.add_get("/v5/position/list", position_list)

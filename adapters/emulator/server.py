@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import importlib
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any, Protocol, cast
 
 from aiohttp import web
 
+from adapters.emulator.positions import FuturesPosition
 from adapters.emulator.state import (
     DEFAULT_MARKETS,
     FAULT_KEY,
@@ -80,6 +82,10 @@ def _fault_middleware(module: VenueModule, state: VenueState, hang: asyncio.Even
     return middleware
 
 
+def _venue_id(symbol: str) -> str:
+    return symbol.split(":", maxsplit=1)[0].replace("/", "")
+
+
 class EmulatorServer:
     """A local exchange for tests: ``start()`` → base URL; accounts keyed by API key, signatures checked."""
 
@@ -113,9 +119,7 @@ class EmulatorServer:
         root = web.Application()
         for name, module in self._modules.items():
             state = self.venues[name]
-            sub = web.Application(
-                middlewares=[_fault_middleware(module, state, self._hang, self._retry_after_s)]
-            )
+            sub = web.Application(middlewares=[_fault_middleware(module, state, self._hang, self._retry_after_s)])
             sub[STATE_KEY] = state
             sub[HANG_KEY] = self._hang
             module.add_routes(sub)
@@ -152,8 +156,33 @@ class EmulatorServer:
 
     def set_mark(self, symbol: str, price: Decimal | int | str) -> None:
         """``symbol`` unified ("BTC/USDT", "BTC/USDT:USDT") or a venue id ("BTCUSDT")."""
-        venue_id = symbol.split(":", maxsplit=1)[0].replace("/", "")
-        self._marks[venue_id] = Decimal(price)
+        self._marks[_venue_id(symbol)] = Decimal(price)
+
+    def position(self, venue: str, api_key: str, symbol: str) -> FuturesPosition | None:
+        """A copy of the account's futures position on ``symbol`` (unified or venue id), ``None`` when flat."""
+        position = self.venues[venue].accounts[api_key].futures.get(("linear", _venue_id(symbol)))
+        return None if position is None else replace(position)
+
+    def liquidate(self, venue: str, api_key: str, symbol: str) -> Decimal:
+        """The venue liquidates the account's futures position on ``symbol``: the position is gone and its
+        isolated margin is lost (taken from the wallet). Returns the margin lost; ``KeyError`` when flat."""
+        state = self.venues[venue]
+        account, venue_id = state.accounts[api_key], _venue_id(symbol)
+        position = account.futures.pop(("linear", venue_id), None)
+        if position is None:
+            raise KeyError(f"{venue}: {api_key} holds no {venue_id} position")
+        quote = state.markets[venue_id].quote
+        account.balances[quote] = account.balances.get(quote, Decimal(0)) - position.margin
+        state.liquidations.append((api_key, venue_id, position))
+        return position.margin
+
+    def set_liquidation_price(self, venue: str, api_key: str, symbol: str, price: Decimal | int | str | None) -> None:
+        """Make the venue report ``price`` as the position's liquidation price (``None``: back to the formula).
+        The override holds until the position grows. ``KeyError`` when flat."""
+        position = self.venues[venue].accounts[api_key].futures.get(("linear", _venue_id(symbol)))
+        if position is None:
+            raise KeyError(f"{venue}: {api_key} holds no {_venue_id(symbol)} position")
+        position.liquidation_override = None if price is None else Decimal(price)
 
     def inject(self, venue: str, fault: str, *, count: int = 1, path_contains: str | None = None) -> None:
         """The next ``count`` requests to ``venue`` whose path contains ``path_contains`` get ``fault``."""

@@ -12,6 +12,8 @@ from decimal import ROUND_DOWN, Decimal
 
 from aiohttp import web
 
+from adapters.emulator.positions import FuturesPosition, apply_fill
+
 Category = str  # "spot" | "linear"
 
 FAULTS = frozenset(
@@ -41,6 +43,7 @@ class MarketSpec:
     min_qty: Decimal
     min_notional: Decimal
     max_leverage: int = 100
+    maintenance_margin_rate: Decimal = Decimal("0.005")
 
     @property
     def venue_id(self) -> str:
@@ -81,7 +84,12 @@ class Account:
     balances: dict[str, Decimal] = field(default_factory=dict)
     leverage: dict[tuple[str, str], int] = field(default_factory=dict)  # (category, symbol_id) -> x
     margin_mode: dict[tuple[str, str], str] = field(default_factory=dict)
-    positions: dict[tuple[str, str], Decimal] = field(default_factory=dict)  # signed qty
+    futures: dict[tuple[str, str], FuturesPosition] = field(default_factory=dict)  # (category, symbol_id)
+
+    @property
+    def positions(self) -> dict[tuple[str, str], Decimal]:
+        """Signed futures quantity by ``(category, symbol_id)``; flat symbols are absent."""
+        return {key: position.qty for key, position in self.futures.items()}
 
 
 @dataclass(slots=True)
@@ -133,6 +141,7 @@ class VenueState:
         self._window_weight = 0
         self.weight_excess: list[tuple[float, int]] = []  # (window start, weight used) over the limit
         self.requests: list[tuple[str, str]] = []  # (method, path): what the client actually called
+        self.liquidations: list[tuple[str, str, FuturesPosition]] = []  # (api key, symbol id, position)
         self._ids = itertools.count(100_000_001)
 
     # -- faults and weight -----------------------------------------------------------------------------
@@ -250,8 +259,14 @@ class VenueState:
             fee, fee_asset = notional * self.taker_fee, market.quote
             balances[market.quote] = balances.get(market.quote, zero) - fee
             key = (order.category, order.symbol_id)
-            signed = qty if order.side == "buy" else -qty
-            account.positions[key] = account.positions.get(key, zero) + signed
+            apply_fill(
+                account.futures,
+                key,
+                qty if order.side == "buy" else -qty,
+                price,
+                leverage=account.leverage.get(key, 1),
+                maintenance_margin_rate=market.maintenance_margin_rate,
+            )
         order.filled, order.avg_price, order.fee, order.fee_asset = qty, price, fee, fee_asset
         order.status = final_status if qty < order.qty else "filled"
         order.updated_ms = int(time.time() * 1000)
