@@ -10,30 +10,31 @@ Two lanes:
   is sent. Intents are never retried: a follower must not wait, and the next signal is a fresh attempt. A row
   the schema rejects is answered ``durable=False`` alone (the group is bisected) and goes to ``dead_letters``.
 * **Batched** (``PersistRows``): state and facts, upserted by natural key at most ``flush_interval_ms`` after
-  they arrive or as soon as ``flush_max_rows`` are queued, one batch in flight at a time (so batches land in
-  order). A failed batch is kept and retried with backoff until it is written; rows the schema rejects are
-  bisected out to ``dead_letters``.
+  they arrive or as soon as ``flush_max_rows`` are queued. Up to ``batches_in_flight`` batches are written at
+  once on their own connections, but they commit in the order they were formed (see "batched lane" below),
+  so batches land in order. A failed batch is kept and retried with backoff until it is written; rows the
+  schema rejects are bisected out to ``dead_letters``.
 
-Threads: handlers run on this actor's thread; SQL runs on the I/O loop (``IoLoop.submit``), whose completion
-callback only ``tell``s a message back here. ``flush()`` and ``on_stop`` are the exceptions: they wait for the
-loop (shutdown, composition root and tests only).
+Threads: handlers run on this actor's thread; SQL runs on the I/O loop (``actors.persistence_io``, statements
+in ``actors.persistence_sql``), whose completion callback only ``tell``s a message back here. ``flush()`` and
+``on_stop`` are the exceptions: they wait for the loop (shutdown, composition root and tests only).
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import random
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Set
 from typing import Any
 
-import asyncpg
 import msgspec
 import pykka
 
+from actors import persistence_sql
+from actors.persistence_io import BatchDone, IntentsDone, PersistenceIo, PreviousBatchFailed, WriteMethod
 from actors.persistence_writes import RunWrite
 from adapters import database as db
 from adapters.ioloop import IoLoop
@@ -53,23 +54,19 @@ class _DurableDue(msgspec.Struct, frozen=True):
 
 
 class _RetryDue(msgspec.Struct, frozen=True):
-    seq: int
+    token: int
 
 
-class _BatchDone(msgspec.Struct, frozen=True):
-    seq: int
-    rows: int
-    poison: tuple[tuple[Any, str], ...] = ()
-    error: BaseException | None = None
-    elapsed_ms: float = 0.0
+class _Batch:
+    """A batch of the batched lane (actor thread only): collapsed rows, their keys, and its write if in flight."""
 
+    __slots__ = ("future", "keys", "rows", "seq")
 
-class _IntentsDone(msgspec.Struct, frozen=True):
-    seq: int
-    poison: tuple[tuple[Any, str], ...] = ()
-    existing: frozenset[str] = frozenset()  # client order ids that had a row before this commit (replays)
-    error: BaseException | None = None
-    elapsed_ms: float = 0.0
+    def __init__(self, rows: list[Any], keys: Set[tuple[Any, ...]]) -> None:
+        self.rows = rows
+        self.keys = keys
+        self.seq = 0
+        self.future: concurrent.futures.Future[BatchDone] | None = None
 
 
 def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
@@ -96,37 +93,44 @@ class PersistenceActor(pykka.ThreadingActor):
         retry_initial_ms: float = 100,
         retry_max_ms: float = 5000,
         stop_flush_timeout_s: float = 10.0,
-        use_copy: bool = True,
+        write_method: WriteMethod = "json",
+        batches_in_flight: int = 2,
     ) -> None:
         super().__init__()
         self._io = io_loop
-        self._dsn = dsn
         self._durable_window_s = durable_window_ms / 1000
         self._durable_max_rows = durable_max_rows
-        self._durable_timeout_s = durable_timeout_ms / 1000
         self._flush_interval_s = flush_interval_ms / 1000
         self._flush_max_rows = flush_max_rows
         self._queue_max_rows = queue_max_rows
         self._high_water_rows = high_water_rows
-        # One connection per lane at least, so intents never wait behind a batch.
-        self._pool_max_size = max(2, pool_max_size)
         self._retry_initial_s = retry_initial_ms / 1000
         self._retry_max_s = retry_max_ms / 1000
         self._stop_flush_timeout_s = stop_flush_timeout_s
-        self._use_copy = use_copy
-        self._pool: asyncpg.Pool | None = None  # touched on the loop thread only
+        self._write_method: WriteMethod = write_method
+        # Ordered commits need the "json" writer's hook inside the transaction; the others go one at a time.
+        self._batches_in_flight = max(1, batches_in_flight) if write_method == "json" else 1
+        self._db = PersistenceIo(  # touched on the loop thread only
+            dsn=dsn,
+            # A connection for every batch in flight and one more, so intents never wait behind a batch.
+            pool_max_size=max(self._batches_in_flight + 1, pool_max_size),
+            write_method=write_method,
+            durable_timeout_s=durable_timeout_ms / 1000,
+        )
 
         self._queue: deque[Any] = deque()
-        self._batch: list[Any] | None = None  # in flight or waiting for its retry
+        self._batches: deque[_Batch] = deque()  # formed, in order: in flight (a prefix), then waiting
         self._batch_seq = 0
-        self._batch_future: concurrent.futures.Future[_BatchDone] | None = None
+        self._failed = False  # a batch failed: settle what is in flight, then back off
+        self._retry_token = 0
+        self._retry_due_token = 0  # non-zero while backing off
         self._retry_s = self._retry_initial_s
         self._flush_armed = False
         self._flush_due = False
         self._intents: list[PersistIntent] = []
         self._intents_inflight: list[PersistIntent] | None = None
         self._intents_seq = 0
-        self._intents_future: concurrent.futures.Future[_IntentsDone] | None = None
+        self._intents_future: concurrent.futures.Future[IntentsDone] | None = None
         self._durable_armed = False
         self._above_high_water = False
         self._db_reachable = True
@@ -146,13 +150,14 @@ class PersistenceActor(pykka.ThreadingActor):
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     def on_start(self) -> None:
-        self._io.submit(self._warm_pool())
+        self._io.submit(self._db.warm())
         log.info(
             "persistence.started",
             durable_window_ms=self._durable_window_s * 1000,
             flush_interval_ms=self._flush_interval_s * 1000,
             flush_max_rows=self._flush_max_rows,
-            use_copy=self._use_copy,
+            write_method=self._write_method,
+            batches_in_flight=self._batches_in_flight,
         )
 
     def on_stop(self) -> None:
@@ -163,7 +168,7 @@ class PersistenceActor(pykka.ThreadingActor):
         if not self.flush(timeout_s=self._stop_flush_timeout_s):
             log.error("persistence.stop_unflushed", queue_depth=self._queue_depth())
         with contextlib.suppress(Exception):
-            self._io.run(self._close_pool(), timeout_s=5)
+            self._io.run(self._db.close(), timeout_s=5)
         log.info("persistence.stopped", **self.stats())
 
     # -- public, ask-able ------------------------------------------------------------------------------------
@@ -174,6 +179,7 @@ class PersistenceActor(pykka.ThreadingActor):
         return {
             **self._stats,
             "queue_depth": self._queue_depth(),
+            "batches_in_flight": sum(1 for b in self._batches if b.future is not None),
             "durable_pending": len(self._intents) + len(self._intents_inflight or ()),
             "last_flush_ms": round(self._last_flush_ms, 3),
             "avg_flush_ms": round(self._flush_ms_total / flushes, 3) if flushes else 0.0,
@@ -191,12 +197,14 @@ class PersistenceActor(pykka.ThreadingActor):
                     self._on_intents_done(self._intents_future.result(deadline - time.monotonic()))
                 elif self._intents:
                     self._start_durable()
-                elif self._batch_future is not None:
-                    self._on_batch_done(self._batch_future.result(deadline - time.monotonic()))
-                elif self._batch is not None or self._queue:
-                    if self._batch is not None:  # kept after a failed attempt: back off first
+                elif (first := next((b.future for b in self._batches if b.future), None)) is not None:
+                    self._on_batch_done(first.result(deadline - time.monotonic()))
+                elif self._batches or self._queue:
+                    if self._retry_due_token or self._failed:  # after a failed attempt: back off first
                         time.sleep(min(self._retry_s, max(0.0, deadline - time.monotonic())))
-                    self._start_batch()
+                        self._retry_due_token, self._failed = 0, False
+                    self._flush_due = True
+                    self._pump()
                 else:
                     return True
                 if time.monotonic() >= deadline:
@@ -215,22 +223,19 @@ class PersistenceActor(pykka.ThreadingActor):
                 self._on_rows(message.rows)
             case _FlushDue():
                 self._flush_armed = False
-                if self._batch is None:
-                    self._start_batch()
-                else:
-                    self._flush_due = True
+                self._flush_due = True
+                self._pump()
+                self._arm_flush()
             case _DurableDue():
                 self._durable_armed = False
                 if self._intents_inflight is None and self._intents:
                     self._start_durable()
-            case _BatchDone():
+            case BatchDone():
                 self._on_batch_done(message)
-            case _IntentsDone():
+            case IntentsDone():
                 self._on_intents_done(message)
-            case _RetryDue(seq=seq) if seq == self._batch_seq and self._batch_future is None:
-                self._start_batch()
-            case _RetryDue():
-                pass
+            case _RetryDue(token=token):
+                self._on_retry_due(token)
             case RunWrite():
                 self._run_write(message)
             case _:
@@ -240,24 +245,8 @@ class PersistenceActor(pykka.ThreadingActor):
     # -- ad-hoc writes ---------------------------------------------------------------------------------------
 
     def _run_write(self, message: RunWrite) -> None:
-        """A write that needs an answer (claiming signals, inserting an admin signal): run it in a
-        transaction on our pool and complete the caller's future. It does not wait behind the batched lane."""
-
-        async def run() -> None:
-            try:
-                pool = await self._get_pool()
-                async with pool.acquire() as conn, conn.transaction():
-                    result = await message.fn(conn)
-            except BaseException as exc:
-                if not message.future.done():
-                    message.future.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                return
-            if not message.future.done():
-                message.future.set_result(result)
-
-        self._io.submit(run())
+        """A write that needs an answer: run on our pool, not behind the batched lane (see ``PersistenceIo``)."""
+        self._io.submit(self._db.run_write(message))
 
     # -- durable lane ----------------------------------------------------------------------------------------
 
@@ -276,33 +265,9 @@ class PersistenceActor(pykka.ThreadingActor):
         group, self._intents = self._intents[:n], self._intents[n:]
         self._intents_inflight = group
         self._intents_seq += 1
-        self._intents_future = self._submit(self._write_intents(self._intents_seq, [i.row for i in group]))
+        self._intents_future = self._submit(self._db.write_intents(self._intents_seq, [i.row for i in group]))
 
-    async def _write_intents(self, seq: int, rows: list[Any]) -> _IntentsDone:
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(self._durable_timeout_s):
-                pool = await self._get_pool()
-                async with pool.acquire() as conn:
-                    # An intent whose row already exists is a replay (a signal routed again after a restart):
-                    # the order it stands for was already decided, so it must not be acted on twice.
-                    existing = await conn.fetch(
-                        "SELECT client_order_id FROM trades WHERE client_order_id = ANY($1::text[])",
-                        [row.client_order_id for row in rows],
-                    )
-                    poison = await db.write_with_bisect(conn, rows, use_copy=self._use_copy, intents=True)
-                    if poison:
-                        await db.write_dead_letters(conn, poison)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes durable=False
-            return _IntentsDone(seq, error=exc)
-        return _IntentsDone(
-            seq,
-            poison=tuple(poison),
-            existing=frozenset(r["client_order_id"] for r in existing),
-            elapsed_ms=(time.perf_counter() - started) * 1000,
-        )
-
-    def _on_intents_done(self, done: _IntentsDone) -> None:
+    def _on_intents_done(self, done: IntentsDone) -> None:
         if done.seq != self._intents_seq or self._intents_inflight is None:
             return  # already handled by flush()
         group, self._intents_inflight, self._intents_future = self._intents_inflight, None, None
@@ -334,6 +299,16 @@ class PersistenceActor(pykka.ThreadingActor):
             _tell(intent.reply_to, ack)
 
     # -- batched lane ----------------------------------------------------------------------------------------
+    #
+    # Ordering: batches are formed from the queue in arrival order and commit in that order. Up to
+    # ``batches_in_flight`` run at once on their own connections (the server's work on two cores instead of
+    # one), but only batches with no natural key in common: a later batch never waits on a row lock of an
+    # earlier one, and each one commits only after the one before it has committed (it waits inside its
+    # transaction, see ``PersistenceIo.write_batch``). If one fails, the later ones roll back, and all of them
+    # are retried in order after the backoff. So the tables always hold a prefix of the batches, as with one
+    # at a time. (A waiting batch holds the locks of its own rows: an intent for one of them would wait too,
+    # at worst until ``durable_timeout_ms``. Rows of a trade come after its intent's ack, so this does not
+    # happen in the copy flow.)
 
     def _on_rows(self, rows: tuple[Any, ...]) -> None:
         room = self._queue_max_rows - self._queue_depth()
@@ -348,8 +323,8 @@ class PersistenceActor(pykka.ThreadingActor):
             rows = rows[: max(room, 0)]
         self._queue.extend(rows)
         self._check_high_water()
-        if self._batch is None and len(self._queue) >= self._flush_max_rows:
-            self._start_batch()
+        if len(self._queue) >= self._flush_max_rows:
+            self._pump()
         self._arm_flush()
 
     def _arm_flush(self) -> None:
@@ -359,52 +334,80 @@ class PersistenceActor(pykka.ThreadingActor):
             self._flush_armed = True
             self._after(self._flush_interval_s, _FlushDue())
 
-    def _start_batch(self) -> None:
-        self._flush_due = False
-        if self._batch is None:
-            if not self._queue:
+    def _pump(self) -> None:
+        """Submit what may go now: formed batches first (in order), then new ones while the queue holds a full
+        batch or a flush is due. Nothing goes while a failure is backing off."""
+        if self._failed or self._retry_due_token:
+            return
+        while True:
+            waiting = [b for b in self._batches if b.future is None]
+            if waiting:
+                if not self._submit_batch(waiting[0]):
+                    return  # blocked by a shared key or no free slot: a completion pumps again
+                continue
+            if not self._queue or not (self._flush_due or len(self._queue) >= self._flush_max_rows):
+                return
+            if len(self._batches) >= self._batches_in_flight:
                 return
             n = min(len(self._queue), self._flush_max_rows)
-            self._batch = db.collapse(self._queue.popleft() for _ in range(n))
+            latest = persistence_sql.collapse(self._queue.popleft() for _ in range(n))
+            self._batches.append(_Batch(list(latest.values()), latest.keys()))
+            if not self._queue:
+                self._flush_due = False
+
+    def _submit_batch(self, batch: _Batch) -> bool:
+        in_flight = [b for b in self._batches if b.future is not None]
+        if len(in_flight) >= self._batches_in_flight:
+            return False
+        if any(not batch.keys.isdisjoint(b.keys) for b in in_flight):
+            return False
+        previous = in_flight[-1].future if in_flight else None
         self._batch_seq += 1
-        self._batch_future = self._submit(self._write_batch(self._batch_seq, self._batch))
+        batch.seq = self._batch_seq
+        batch.future = self._submit(self._db.write_batch(batch.seq, batch.rows, previous))
+        return True
 
-    async def _write_batch(self, seq: int, rows: list[Any]) -> _BatchDone:
-        started = time.perf_counter()
-        try:
-            pool = await self._get_pool()
-            async with pool.acquire() as conn:
-                poison = await db.write_with_bisect(conn, rows, use_copy=self._use_copy)
-                if poison:
-                    await db.write_dead_letters(conn, poison)
-        except Exception as exc:  # noqa: BLE001 - the actor keeps the batch and retries
-            return _BatchDone(seq, len(rows), error=exc)
-        return _BatchDone(seq, len(rows), tuple(poison), elapsed_ms=(time.perf_counter() - started) * 1000)
-
-    def _on_batch_done(self, done: _BatchDone) -> None:
-        if done.seq != self._batch_seq or self._batch_future is None:
+    def _on_batch_done(self, done: BatchDone) -> None:
+        batch = next((b for b in self._batches if b.future is not None and b.seq == done.seq), None)
+        if batch is None:
             return  # already handled by flush()
-        self._batch_future = None
+        batch.future = None
         if done.error is not None:
             # Unknown commit outcome or no write at all: the same rows go again; upserts make that harmless.
-            self._note_failure(done.error, lane="batched", rows=done.rows)
-            self._stats["retries"] += 1
-            delay = self._retry_s * random.uniform(0.8, 1.2)
-            self._retry_s = min(self._retry_s * 2, self._retry_max_s)
-            self._after(delay, _RetryDue(self._batch_seq))
+            if not isinstance(done.error, PreviousBatchFailed):  # that one was reported already
+                self._note_failure(done.error, lane="batched", rows=done.rows)
+                self._stats["retries"] += 1
+            self._failed = True
+        else:
+            self._note_success()
+            self._batches.remove(batch)
+            self._dead_lettered(done.poison)
+            self._stats["rows_written"] += done.rows - len(done.poison)
+            self._stats["flushes"] += 1
+            self._last_flush_ms = done.elapsed_ms
+            self._flush_ms_total += done.elapsed_ms
+            self._check_high_water()
+        if self._failed:
+            if not any(b.future is not None for b in self._batches):
+                self._back_off()  # everything in flight has settled: retry from the first failed batch
             return
-        self._note_success()
-        self._batch = None
         self._retry_s = self._retry_initial_s
-        self._dead_lettered(done.poison)
-        self._stats["rows_written"] += done.rows - len(done.poison)
-        self._stats["flushes"] += 1
-        self._last_flush_ms = done.elapsed_ms
-        self._flush_ms_total += done.elapsed_ms
-        self._check_high_water()
-        if self._queue and (self._flush_due or len(self._queue) >= self._flush_max_rows):
-            self._start_batch()
+        self._pump()
         self._arm_flush()
+
+    def _back_off(self) -> None:
+        self._failed = False
+        self._retry_token += 1
+        self._retry_due_token = self._retry_token
+        delay = self._retry_s * random.uniform(0.8, 1.2)
+        self._retry_s = min(self._retry_s * 2, self._retry_max_s)
+        self._after(delay, _RetryDue(self._retry_token))
+
+    def _on_retry_due(self, token: int) -> None:
+        if token == self._retry_due_token:
+            self._retry_due_token = 0
+            self._pump()
+            self._arm_flush()
 
     # -- shared ----------------------------------------------------------------------------------------------
 
@@ -440,7 +443,7 @@ class PersistenceActor(pykka.ThreadingActor):
             log.info("backlog.recovered", queue_depth=depth)
 
     def _queue_depth(self) -> int:
-        return len(self._queue) + len(self._batch or ())
+        return len(self._queue) + sum(len(b.rows) for b in self._batches)
 
     def _submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
         ref = self.actor_ref
@@ -454,28 +457,3 @@ class PersistenceActor(pykka.ThreadingActor):
     def _after(self, delay_s: float, message: Any) -> None:
         ref = self.actor_ref
         self._io.call_soon(lambda: self._io.loop.call_later(delay_s, _tell, ref, message))
-
-    # -- pool (loop thread) ----------------------------------------------------------------------------------
-
-    async def _get_pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            # Both lanes may race here on the loop: only one pool survives, the other is closed.
-            pool = await db.connect_pool(self._dsn, min_size=1, max_size=self._pool_max_size)
-            if self._pool is None:
-                self._pool = pool
-            else:
-                await pool.close()
-        return self._pool
-
-    async def _warm_pool(self) -> None:
-        with contextlib.suppress(Exception):  # the first write reports it if the server is down
-            await self._get_pool()
-
-    async def _close_pool(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            try:
-                async with asyncio.timeout(3):
-                    await pool.close()
-            except TimeoutError:
-                pool.terminate()

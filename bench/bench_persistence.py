@@ -1,4 +1,5 @@
-"""Persistence throughput on this machine: group commit vs single-row autocommit, COPY vs executemany.
+"""Persistence throughput on this machine: group commit vs single-row autocommit; the batch writers (JSON
+document per table, the default; COPY into a staging table; executemany) directly and through the actor.
 
 Runs its own embedded PostgreSQL with fsync ON (commit cost is what group commit amortises) in a temp dir.
 
@@ -15,7 +16,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from actors import persistence_sql
 from actors.persistence import PersistenceActor
+from actors.persistence_io import WriteMethod
 from adapters import database as db
 from adapters.embedded_pg import EmbeddedPostgres
 from adapters.ioloop import IoLoop
@@ -49,14 +52,17 @@ async def _single_row_autocommit(dsn: str, n: int) -> float:
     return n / elapsed
 
 
-async def _batched(dsn: str, n: int, batch: int, *, use_copy: bool, tag: str) -> dict[str, float]:
+async def _batched(dsn: str, n: int, batch: int, *, method: WriteMethod, tag: str) -> dict[str, float]:
     conn = await db.connect(dsn)
     out = {}
     for phase, version in (("insert", 1), ("update", 2)):
         rows = [_trade(f"{tag}-{i}", version) for i in range(n)]
         started = time.perf_counter()
         for k in range(0, n, batch):
-            await db.write_rows(conn, rows[k : k + batch], use_copy=use_copy)
+            if method == "json":
+                await persistence_sql.write_rows(conn, rows[k : k + batch])
+            else:
+                await db.write_rows(conn, rows[k : k + batch], use_copy=method == "copy")
         out[phase] = n / (time.perf_counter() - started)
     await conn.close()
     return out
@@ -105,24 +111,22 @@ def _group_commit(io_loop: IoLoop, dsn: str, threads_n: int, per_thread: int) ->
         ref.stop()
 
 
-def _actor_batched(io_loop: IoLoop, dsn: str, n: int, *, use_copy: bool) -> float:
-    ref = PersistenceActor.start(io_loop=io_loop, dsn=dsn, use_copy=use_copy)
+def _actor_batched(io_loop: IoLoop, dsn: str, n: int, *, method: WriteMethod) -> float:
+    ref = PersistenceActor.start(io_loop=io_loop, dsn=dsn, write_method=method)
     try:
         proxy = ref.proxy()
         proxy.flush().get()
         started = time.perf_counter()
         chunk = 500
         for k in range(0, n, chunk):
-            ref.tell(PersistRows(rows=tuple(_trade(f"actor-{use_copy}-{i}") for i in range(k, k + chunk))))
+            ref.tell(PersistRows(rows=tuple(_trade(f"actor-{method}-{i}") for i in range(k, k + chunk))))
         proxy.flush(timeout_s=300).get()
         return n / (time.perf_counter() - started)
     finally:
         ref.stop()
 
 
-def run(
-    n_rows: int = 100_000, n_single: int = 2000, threads_n: int = 20, per_thread: int = 500
-) -> dict[str, Any]:
+def run(n_rows: int = 100_000, n_single: int = 2000, threads_n: int = 20, per_thread: int = 500) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-pg-") as tmp:
         server = EmbeddedPostgres(Path(tmp), durable=True)
         io_loop = IoLoop().start()
@@ -141,12 +145,12 @@ def run(
                 "single_row_autocommit_rows_per_s": round(asyncio.run(_single_row_autocommit(dsn, n_single))),
                 "group_commit": _group_commit(io_loop, dsn, threads_n, per_thread),
             }
-            for use_copy in (True, False):
-                name = "copy" if use_copy else "executemany"
-                rates = asyncio.run(_batched(dsn, n_rows, 5000, use_copy=use_copy, tag=name))
-                results[f"batched_{name}_rows_per_s"] = {k: round(v) for k, v in rates.items()}
-                results[f"actor_batched_{name}_rows_per_s"] = round(
-                    _actor_batched(io_loop, dsn, n_rows, use_copy=use_copy)
+            methods: tuple[WriteMethod, ...] = ("json", "copy", "executemany")
+            for method in methods:
+                rates = asyncio.run(_batched(dsn, n_rows, 5000, method=method, tag=method))
+                results[f"batched_{method}_rows_per_s"] = {k: round(v) for k, v in rates.items()}
+                results[f"actor_batched_{method}_rows_per_s"] = round(
+                    _actor_batched(io_loop, dsn, n_rows, method=method)
                 )
             return results
         finally:

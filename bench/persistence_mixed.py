@@ -4,6 +4,8 @@ single-row autocommit INSERTs measured in the same run, on the run's PostgreSQL 
 The rows go in as followers send them: ``PersistRows`` of a trade, its position and an event (three rows per
 message, as ``FollowerBase._finish`` does); the clock stops when ``flush()`` says everything is written.
 The baseline is ``bench.bench_persistence``'s single-row autocommit loop (one INSERT, one commit, per row).
+The same rows also go through the actor's previous writer (COPY into a staging table + ``INSERT … SELECT`` per
+table, one batch in flight), so the gain of the default writer is measured in the same run.
 
     .venv/bin/python -m bench persistence [--quick]
 """
@@ -57,8 +59,8 @@ def _rows(tag: str, i: int, now: datetime) -> tuple[Any, ...]:
     return (trade, position, event.to_row())
 
 
-def _through_actor(io_loop: IoLoop, dsn: str, messages: int, tag: str) -> float:
-    ref = PersistenceActor.start(io_loop=io_loop, dsn=dsn)
+def _through_actor(io_loop: IoLoop, dsn: str, messages: int, tag: str, **actor_kw: Any) -> float:
+    ref = PersistenceActor.start(io_loop=io_loop, dsn=dsn, **actor_kw)
     try:
         proxy = ref.proxy()
         proxy.flush().get()  # pool warm
@@ -87,9 +89,10 @@ def run(*, quick: bool = False) -> list[dict[str, Any]]:
     try:
         single = [asyncio.run(_single_row_autocommit(dsn, singles)) for _ in range(3)]
         mixed = [_through_actor(io_loop, dsn, messages, f"{k}x") for k in range(repeats + 1)][1:]
+        old = [_through_actor(io_loop, dsn, messages, f"{k}c", write_method="copy") for k in range(3)]
     finally:
         io_loop.stop()
-    med_mixed, med_single = sorted(mixed)[len(mixed) // 2], sorted(single)[1]
+    med_mixed, med_single, med_old = sorted(mixed)[len(mixed) // 2], sorted(single)[1], sorted(old)[1]
     ratio = med_mixed / med_single
     return [
         row(SCENARIO, f"single-row autocommit INSERT ({singles:,} rows)", single, unit="rows/s"),
@@ -100,8 +103,12 @@ def run(*, quick: bool = False) -> list[dict[str, Any]]:
             "higher is better and p99 is the best run",
         ),
         row(
+            SCENARIO, f"previous writer: COPY + staging, 1 batch in flight ({messages * 3:,} rows)", old,
+            unit="rows/s", ratio=med_mixed / med_old, ratio_label="default writer / previous",
+            note="the same rows through the actor with write_method='copy' (one batch at a time)",
+        ),
+        row(
             SCENARIO, "persistence actor vs single-row", [ratio], unit="x", ratio=ratio,
             ratio_label="actor / single-row", target="≥ 30x", ok=ratio >= 30,
         ),
     ]  # fmt: skip
-

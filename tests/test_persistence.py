@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import threading
 import time
 import uuid
@@ -18,6 +19,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from actors.persistence import PersistenceActor
+from actors.persistence_io import BatchDone, PersistenceIo, PreviousBatchFailed
 from adapters.database import apply_schema, connect, create_database
 from adapters.embedded_pg import EmbeddedPostgres
 from adapters.ioloop import IoLoop
@@ -346,9 +348,7 @@ def test_poison_rows_bisected_to_dead_letters(pg_dsn: str, start_actor: Callable
         actor.actor_ref.tell(PersistRows(rows=tuple(rows)))
         assert actor.flush().get()
     assert fetchval(pg_dsn, "SELECT count(*) FROM trades WHERE client_order_id LIKE $1", tag + "%") == 98
-    letters = fetch(
-        pg_dsn, "SELECT kind, payload, error FROM dead_letters WHERE payload::text LIKE $1", f"%{tag}%"
-    )
+    letters = fetch(pg_dsn, "SELECT kind, payload, error FROM dead_letters WHERE payload::text LIKE $1", f"%{tag}%")
     assert sorted(r["kind"] for r in letters) == ["BalanceRow", "TradeRow", "TradeRow"]
     assert all("23514" in r["error"] for r in letters)  # check_violation
     assert {r["payload"].get("client_order_id") for r in letters} >= {f"{tag}-17", f"{tag}-60"}
@@ -358,9 +358,7 @@ def test_poison_rows_bisected_to_dead_letters(pg_dsn: str, start_actor: Callable
     # The same poison again: written once more to nothing (dead letters are idempotent too).
     actor.actor_ref.tell(PersistRows(rows=(rows[17],)))
     assert actor.flush().get()
-    assert (
-        fetchval(pg_dsn, "SELECT count(*) FROM dead_letters WHERE payload::text LIKE $1", f"%{tag}-17%") == 1
-    )
+    assert fetchval(pg_dsn, "SELECT count(*) FROM dead_letters WHERE payload::text LIKE $1", f"%{tag}-17%") == 1
 
     # In the durable lane the poison intent alone is refused.
     replies = Replies()
@@ -378,9 +376,7 @@ def test_poison_rows_bisected_to_dead_letters(pg_dsn: str, start_actor: Callable
 def test_connection_cut_mid_batch_loses_nothing(pg_dsn: str, start_actor: Callable[..., Any]) -> None:
     proxy = TcpProxy.for_dsn(pg_dsn)
     try:
-        actor = start_actor(
-            dsn=proxy.dsn(pg_dsn), retry_initial_ms=20, retry_max_ms=200, high_water_rows=1000
-        )
+        actor = start_actor(dsn=proxy.dsn(pg_dsn), retry_initial_ms=20, retry_max_ms=200, high_water_rows=1000)
         tag = f"c{uid()}"
         ref = actor.actor_ref
         ref.tell(PersistRows(rows=(trade(f"{tag}-warm"),)))
@@ -412,16 +408,12 @@ def test_connection_cut_mid_batch_loses_nothing(pg_dsn: str, start_actor: Callab
             tag + "-down%",
         )
         assert n == 1 + 5000 + 100
-        assert (
-            fetchval(pg_dsn, "SELECT count(*) FROM trades WHERE client_order_id LIKE $1", tag + "-down%") == 0
-        )
+        assert fetchval(pg_dsn, "SELECT count(*) FROM trades WHERE client_order_id LIKE $1", tag + "-down%") == 0
     finally:
         proxy.close()
 
 
-def test_server_stopped_and_restarted_loses_nothing(
-    pg_data_dir: Path, start_actor: Callable[..., Any]
-) -> None:
+def test_server_stopped_and_restarted_loses_nothing(pg_data_dir: Path, start_actor: Callable[..., Any]) -> None:
     server = EmbeddedPostgres(pg_data_dir, durable=False)
     server_dsn = server.start()
     try:
@@ -433,11 +425,7 @@ def test_server_stopped_and_restarted_loses_nothing(
         assert actor.flush().get()
 
         server.stop()
-        ref.tell(
-            PersistRows(
-                rows=tuple(trade(f"r-{i}", version=2, status=TradeStatus.FILLED) for i in range(1000))
-            )
-        )
+        ref.tell(PersistRows(rows=tuple(trade(f"r-{i}", version=2, status=TradeStatus.FILLED) for i in range(1000))))
         wait_until(lambda: not actor.stats().get()["db_reachable"])
         replies = Replies()
         ref.tell(PersistIntent(row=trade("r-intent"), reply_to=replies))
@@ -476,9 +464,7 @@ def test_stats_shape(pg_dsn: str, start_actor: Callable[..., Any]) -> None:
     } <= set(stats)
 
 
-def test_remainder_after_a_size_triggered_batch_is_flushed(
-    pg_dsn: str, start_actor: Callable[..., Any]
-) -> None:
+def test_remainder_after_a_size_triggered_batch_is_flushed(pg_dsn: str, start_actor: Callable[..., Any]) -> None:
     # One message larger than flush_max_rows starts a batch at once; the remainder must still be written within
     # the flush interval even though no further rows ever arrive (it used to wait forever: a fan-out's tail of
     # fills stayed SUBMITTED in the table while the engine sat idle).
@@ -490,3 +476,115 @@ def test_remainder_after_a_size_triggered_batch_is_flushed(
         timeout_s=30,
     )
     assert actor.stats().get()["queue_depth"] == 0
+
+
+# -- the JSON writer and batches in flight --------------------------------------------------------------------
+
+
+def test_insert_only_events_dead_letter_a_bad_row(pg_dsn: str, start_actor: Callable[..., Any]) -> None:
+    # domain_events are facts (INSERT … ON CONFLICT DO NOTHING, no staging): a row the schema rejects and a
+    # payload JSON cannot carry are bisected out; the rest of the batch is written, and the lane goes on.
+    actor = start_actor(dsn=pg_dsn)
+    tag = f"ev{uid()}"
+    rows: list[Any] = [
+        DomainEventRow(event_id=f"{tag}-{i}", event_type="trade.filled", payload={"qty": Decimal("0.1")})
+        for i in range(50)
+    ]
+    rows[10] = DomainEventRow(event_id=f"{tag}-10", event_type=None, payload={})  # type: ignore[arg-type]
+    rows[30] = DomainEventRow(event_id=f"{tag}-30", event_type="trade.filled", payload={"x": object()})
+    actor.actor_ref.tell(PersistRows(rows=tuple(rows)))
+    assert actor.flush().get()
+    assert fetchval(pg_dsn, "SELECT count(*) FROM domain_events WHERE event_id LIKE $1", tag + "-%") == 48
+    letters = fetch(pg_dsn, "SELECT payload, error FROM dead_letters WHERE payload->>'event_id' LIKE $1", tag + "%")
+    assert sorted(r["payload"]["event_id"] for r in letters) == [f"{tag}-10", f"{tag}-30"]
+    assert any("23502" in r["error"] for r in letters)  # not_null_violation
+    assert any("TypeError" in r["error"] for r in letters)  # not JSON
+    assert fetch(pg_dsn, "SELECT payload FROM domain_events WHERE event_id = $1", f"{tag}-0")[0]["payload"] == {
+        "qty": "0.1"
+    }
+
+    # A timeless fact gets the time it is stored; the same facts again change nothing.
+    actor.actor_ref.tell(PersistRows(rows=(*rows[:5], DomainEventRow(event_id=f"{tag}-t", event_type="x", payload={}))))
+    assert actor.flush().get()
+    assert fetchval(pg_dsn, "SELECT occurred_at IS NOT NULL FROM domain_events WHERE event_id = $1", f"{tag}-t")
+    assert fetchval(pg_dsn, "SELECT count(*) FROM domain_events WHERE event_id LIKE $1", tag + "-%") == 49
+    assert actor.stats().get()["dead_letters"] == 2
+
+
+def test_a_batch_commits_only_after_the_one_before(pg_dsn: str, io_loop: IoLoop) -> None:
+    writer = PersistenceIo(dsn=pg_dsn, pool_max_size=3, write_method="json", durable_timeout_s=5)
+    tag = f"o{uid()}"
+
+    def count(part: str) -> int:
+        value = fetchval(pg_dsn, "SELECT count(*) FROM trades WHERE client_order_id LIKE $1", f"{tag}-{part}-%")
+        assert isinstance(value, int)
+        return value
+
+    try:
+        for part, outcome in (("a", None), ("b", RuntimeError("connection cut"))):
+            previous: concurrent.futures.Future[BatchDone] = concurrent.futures.Future()
+            rows = [trade(f"{tag}-{part}-{i}") for i in range(20)]
+            future = io_loop.submit(writer.write_batch(1, rows, previous))
+            time.sleep(0.3)
+            assert not future.done() and count(part) == 0  # written, waiting inside its transaction
+            previous.set_result(BatchDone(0, 0, error=outcome))
+            done = future.result(10)
+            if outcome is None:
+                assert done.error is None and count(part) == 20
+            else:
+                assert isinstance(done.error, PreviousBatchFailed) and count(part) == 0  # rolled back
+    finally:
+        io_loop.run(writer.close(), timeout_s=10)
+
+
+def test_batches_in_flight_keep_the_newest_version(pg_dsn: str, start_actor: Callable[..., Any]) -> None:
+    # Every message is a batch; consecutive batches share keys (so they must not run at once) or not (so they
+    # may). Whatever ran concurrently, each key ends at its newest version, and on a tie the later row wins.
+    actor = start_actor(dsn=pg_dsn, flush_max_rows=10, batches_in_flight=2)
+    tag = f"p{uid()}"
+    ref = actor.actor_ref
+    statuses = [TradeStatus.SUBMITTED, TradeStatus.FILLED]
+    for v in range(1, 41):
+        shared = tuple(trade(f"{tag}-k{k}", version=v, status=statuses[v % 2]) for k in range(3))
+        fresh = tuple(trade(f"{tag}-n{v}-{i}") for i in range(7))
+        rows = shared + fresh if v % 3 else (*fresh, position(f"{tag}-p", version=v))
+        ref.tell(PersistRows(rows=rows))
+    ref.tell(PersistRows(rows=(trade(f"{tag}-k0", version=40, status=TradeStatus.CANCELLED),)))  # a tie, later
+    assert actor.flush().get()
+    got = {
+        r["client_order_id"]: (r["version"], r["status"])
+        for r in fetch(
+            pg_dsn, "SELECT client_order_id, version, status FROM trades WHERE client_order_id LIKE $1", f"{tag}-k%"
+        )
+    }
+    assert got == {f"{tag}-k0": (40, "cancelled"), f"{tag}-k1": (40, "submitted"), f"{tag}-k2": (40, "submitted")}
+    assert fetchval(pg_dsn, "SELECT version FROM positions WHERE position_id = $1", f"{tag}-p") == 39
+    assert fetchval(pg_dsn, "SELECT count(*) FROM trades WHERE client_order_id LIKE $1", f"{tag}-n%") == 280
+    stats = actor.stats().get()
+    assert stats["queue_depth"] == 0 and stats["batches_in_flight"] == 0
+
+
+def test_connection_cut_with_batches_in_flight_loses_nothing(pg_dsn: str, start_actor: Callable[..., Any]) -> None:
+    proxy = TcpProxy.for_dsn(pg_dsn)
+    try:
+        actor = start_actor(
+            dsn=proxy.dsn(pg_dsn), flush_max_rows=500, batches_in_flight=3, retry_initial_ms=20, retry_max_ms=200
+        )
+        tag = f"q{uid()}"
+        ref = actor.actor_ref
+        ref.tell(PersistRows(rows=(trade(f"{tag}-warm"),)))
+        assert actor.flush().get()
+        proxy.cut_after(200_000)
+        for v in (1, 2):  # version 2 of every row lands in later batches than version 1
+            ref.tell(PersistRows(rows=tuple(trade(f"{tag}-{i}", version=v) for i in range(3000))))
+        wait_until(lambda: not actor.stats().get()["db_reachable"])
+        proxy.resume()
+        assert actor.flush(timeout_s=60).get()
+        assert actor.stats().get()["retries"] >= 1
+        assert fetchval(pg_dsn, "SELECT count(*) FROM trades WHERE client_order_id LIKE $1", f"{tag}-%") == 3001
+        assert (
+            fetchval(pg_dsn, "SELECT count(*) FROM trades WHERE client_order_id LIKE $1 AND version = 2", f"{tag}-%")
+            == 3000
+        )
+    finally:
+        proxy.close()
