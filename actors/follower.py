@@ -34,6 +34,7 @@ from engine.messages import (
     ResolveOrder,
     Signal,
     SkipReason,
+    TradeRow,
     TradeStatus,
     VenuePositions,
 )
@@ -117,9 +118,10 @@ class FollowerActor(FollowerRisk):
 
     # ---- signals -----------------------------------------------------------------------------------------
 
-    def _decide(self, signal: Signal, mark: Decimal | None) -> Skip | EntryPlan | ExitPlan:
+    def _decide(self, signal: Signal, mark: Decimal | None, now: datetime | None = None) -> Skip | EntryPlan | ExitPlan:
         venue = self._user.preferred_exchange
-        now = self._ctx.clock()
+        if now is None:
+            now = self._ctx.clock()
         follow = self._follows.get(signal.whale_id)
         held = self._portfolio.position_on(venue, signal.symbol)
         account = self._portfolio.account_view(
@@ -140,20 +142,21 @@ class FollowerActor(FollowerRisk):
 
     def _on_signal(self, message: CopySignal) -> None:
         signal = message.signal
-        decision = self._decide(signal, message.mark_price)
+        now = self._ctx.clock()  # one reading per signal: the decision's and the order's creation time
+        decision = self._decide(signal, message.mark_price, now)
         if isinstance(decision, Skip):
-            self._skip(signal, decision.reason, decision.detail)
+            self._skip(signal, decision.reason, decision.detail, now)
             return
         venue = self._user.preferred_exchange
         trade = Trade.for_plan(decision, signal=signal, user_id=self._user_id, venue=venue)
         if trade.client_order_id in self._orders:
-            self._skip(signal, SkipReason.POSITION_BUSY, "order for this signal already in flight")
+            self._skip(signal, SkipReason.POSITION_BUSY, "order for this signal already in flight", now)
             return
         reserved = Decimal(0)
         if isinstance(decision, EntryPlan):
             reserved = decision.reserve_usdt
             if not self._portfolio.reserve(venue, reserved):
-                self._skip(signal, SkipReason.INSUFFICIENT_BALANCE, f"cannot reserve {reserved}")
+                self._skip(signal, SkipReason.INSUFFICIENT_BALANCE, f"cannot reserve {reserved}", now)
                 return
             kind = "increase" if decision.is_increase else "open"
         else:
@@ -163,13 +166,14 @@ class FollowerActor(FollowerRisk):
             kind=kind,
             reserved_usdt=reserved,
             received_at_ns=message.received_at_ns,
-            created_at=self._ctx.clock(),
+            created_at=now,
         )
         self._track(order)
         # The row carries the reservation: after a crash it is what start-up recovery releases or settles.
-        self._ctx.persistence.tell(PersistIntent(row=self._trade_row(order), reply_to=self.actor_ref))
+        order.intent_row = self._trade_row(order)
+        self._ctx.persistence.tell(PersistIntent(row=order.intent_row, reply_to=self.actor_ref))
 
-    def _skip(self, signal: Signal, reason: SkipReason, detail: str) -> None:
+    def _skip(self, signal: Signal, reason: SkipReason, detail: str, now: datetime | None = None) -> None:
         metrics.incr(f"skips.{reason.value}")
         log.info(
             "copy.skipped",
@@ -181,7 +185,7 @@ class FollowerActor(FollowerRisk):
         )
         self._publish(
             FollowerSkipped(
-                occurred_at=self._ctx.clock(),
+                occurred_at=now if now is not None else self._ctx.clock(),
                 user_id=self._user_id,
                 signal_id=signal.signal_id,
                 reason=reason.value,
@@ -189,9 +193,7 @@ class FollowerActor(FollowerRisk):
             )
         )
         self._ctx.router.tell(
-            FollowerDecision(
-                signal_id=signal.signal_id, user_id=self._user_id, outcome="skipped", reason=reason.value
-            )
+            FollowerDecision(signal_id=signal.signal_id, user_id=self._user_id, outcome="skipped", reason=reason.value)
         )
 
     # ---- intents and orders ------------------------------------------------------------------------------
@@ -237,14 +239,20 @@ class FollowerActor(FollowerRisk):
         metrics.incr("orders.sent")
         if order.received_at_ns:
             metrics.observe("signal_to_order_ms", (time.monotonic_ns() - order.received_at_ns) / 1e6)
-        self._persist(self._trade_row(order))
+        self._persist(self._submitted_row(order))
+
+    def _submitted_row(self, order: OrderContext) -> TradeRow:
+        # PENDING -> SUBMITTED changes only status and version: reuse the intent row when that is all that moved.
+        intent, trade = order.intent_row, order.trade
+        order.intent_row = None
+        if intent is None or intent.version + 1 != trade.version:
+            return self._trade_row(order)
+        return msgspec.structs.replace(intent, status=trade.status, version=trade.version)
 
     def _answer_router(self, order: OrderContext, outcome: str, reason: str | None) -> None:
         if order.trade.signal_id is not None and order.kind in ("open", "increase", "exit"):
             self._ctx.router.tell(
-                FollowerDecision(
-                    signal_id=order.trade.signal_id, user_id=self._user_id, outcome=outcome, reason=reason
-                )
+                FollowerDecision(signal_id=order.trade.signal_id, user_id=self._user_id, outcome=outcome, reason=reason)
             )
 
     def _on_outcome(self, outcome: OrderOutcome) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import psutil
 import pykka
 
+from actors.exchange import ExchangeActor
 from actors.system import EngineSystem
 from adapters import database as db
 from engine.config import load_config
@@ -233,7 +234,11 @@ class AckingPersistence(pykka.ThreadingActor):
 
 
 class CountingExchange(pykka.ThreadingActor):
-    """Counts ``PlaceOrder`` requests; sets ``done`` when ``expect(n)``'s n have arrived. Never answers."""
+    """Counts ``PlaceOrder`` requests; sets ``done`` when ``expect(n)``'s n have arrived. Never answers.
+
+    Its intake is the real ``ExchangeActor``'s: the same inbox kind, so a tell costs the sender the same."""
+
+    _create_actor_inbox = staticmethod(ExchangeActor._create_actor_inbox)
 
     def __init__(self) -> None:
         super().__init__()

@@ -47,6 +47,9 @@ __all__ = [
 ]
 
 
+_TAGS: dict[type, str] = {}  # event class -> its tag (see ``_Event.event_type``)
+
+
 class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="event_type"):
     """Common shape. Subclasses set ``_key_fields``: the natural key that ``event_id`` is built from."""
 
@@ -58,19 +61,26 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="event_type"):
     @property
     def event_type(self) -> str:
         """The tag, e.g. ``trade_executed``."""
-        return str(self.__struct_config__.tag)
+        # Cached per class: ``__struct_config__`` builds a new config object on every access (measured 2-3 µs,
+        # paid several times per skipped follower in a fan-out).
+        cls = type(self)
+        tag = _TAGS.get(cls)
+        if tag is None:
+            tag = _TAGS[cls] = str(self.__struct_config__.tag)
+        return tag
 
     @property
     def event_id(self) -> str:
         """``{event_type}:{key1}:{key2}...``: the same fact always gives the same id."""
-        return ":".join([self.event_type, *(str(getattr(self, f)) for f in self._key_fields)])
+        return ":".join([self.event_type, *[str(getattr(self, f)) for f in self._key_fields]])
 
     def to_row(self) -> DomainEventRow:
         """The row for the batched lane; the payload is the event as JSON-ready builtins."""
         payload: dict[str, Any] = msgspec.to_builtins(self)
+        event_type = self.event_type
         return DomainEventRow(
-            event_id=self.event_id,
-            event_type=self.event_type,
+            event_id=":".join([event_type, *[str(getattr(self, f)) for f in self._key_fields]]),
+            event_type=event_type,
             payload=payload,
             user_id=self.user_id,
             signal_id=self.signal_id,
@@ -217,9 +227,7 @@ class EventBus:
         """An empty bus."""
         self._subscribers: list[tuple[Subscriber, tuple[type, ...] | None]] = []
 
-    def subscribe(
-        self, subscriber: Subscriber, *, event_types: tuple[type, ...] | None = None
-    ) -> Callable[[], None]:
+    def subscribe(self, subscriber: Subscriber, *, event_types: tuple[type, ...] | None = None) -> Callable[[], None]:
         """Call ``subscriber`` for every event (or only those of ``event_types``); returns an unsubscribe."""
         entry = (subscriber, event_types)
         self._subscribers.append(entry)
@@ -244,4 +252,3 @@ class EventBus:
             except Exception as exc:  # noqa: BLE001 - isolation is the point: the caller logs what we return
                 errors.append(exc)
         return errors
-

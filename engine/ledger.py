@@ -31,7 +31,7 @@ from engine.events import (
     TradeExecuted,
     TradeFailed,
 )
-from engine.messages import FollowSettings, MarketInfo, PositionSide, Side, TradeStatus
+from engine.messages import FollowSettings, MarketInfo, PositionSide, Side, TradeRow, TradeStatus
 from engine.portfolio import BalanceError, Portfolio
 from engine.positions import Position, protection_prices
 from engine.trades import Trade
@@ -49,6 +49,9 @@ class OrderContext:
     close_reason: str | None = None
     received_at_ns: int = 0
     created_at: datetime | None = None
+    # The PENDING row sent as the durable intent, kept until the order is sent: the SUBMITTED row is that row
+    # with the new status and version (cheaper than building the trade's row again on the hot path).
+    intent_row: TradeRow | None = None
 
 
 def settle_entry(

@@ -25,6 +25,7 @@ from engine.sizing import EntryPlan, ExitPlan
 __all__ = ["FINAL_STATUSES", "TRANSITIONS", "IllegalTransition", "Trade"]
 
 _S = TradeStatus
+_ZERO = Decimal(0)
 _OUTCOMES = frozenset({_S.FILLED, _S.PARTIALLY_FILLED, _S.REJECTED, _S.FAILED, _S.CANCELLED})
 
 TRANSITIONS: dict[TradeStatus, frozenset[TradeStatus]] = {
@@ -220,8 +221,8 @@ class Trade:
             position_id=self.position_id,
         )
 
-    def to_row(self) -> TradeRow:
-        """The immutable row to persist or send."""
+    def to_row(self, *, reserved_usdt: Decimal = _ZERO) -> TradeRow:
+        """The immutable row to persist or send; ``reserved_usdt`` is the order's reservation, if it holds one."""
         return TradeRow(
             client_order_id=self.client_order_id,
             user_id=self.user_id,
@@ -242,6 +243,7 @@ class Trade:
             executed_price=self.executed_price,
             fee_usdt=self.fee_usdt,
             error=self.error,
+            reserved_usdt=reserved_usdt,
             version=self.version,
         )
 

@@ -22,13 +22,31 @@ from typing import Any
 
 import asyncpg
 import msgspec
+import pykka
 import pytest
 
+from actors.follower import FollowerActor
+from actors.follower_base import FollowerContext, FollowerState
 from actors.router import RouteSignal
 from adapters.database import connect
 from adapters.paper import PaperVenue, default_markets
 from adapters.signal_intake import row_to_signal
+from engine import runtime
 from engine.ids import client_order_id, parse_client_order_id, position_id_for
+from engine.messages import (
+    BalanceRow,
+    CopySignal,
+    FollowSettings,
+    IntentAck,
+    PersistIntent,
+    Priority,
+    Side,
+    Signal,
+    SignalAction,
+    TradeStatus,
+    TradeType,
+    UserSettings,
+)
 from tests.harness import insert_signal, running_engine, seed_whale, settle, signal_row, wait_for, wait_signal_done
 from tests.pg import execute, fetch, fetchval
 
@@ -537,3 +555,69 @@ def test_whale_reduce_half_closes_half(pg_dsn: str, engine_dir: Path) -> None:
         assert venue.position_qty(uid, symbol) == D("6.25")
         assert event_count(pg_dsn, "position_reduced", signal_id=reduced, user_id=uid) == 1
         assert event_count(pg_dsn, "position_closed", user_id=uid) == 0
+
+
+# ---- the follower's messages, without a database -------------------------------------------------------------
+
+
+class _Recorder(pykka.ThreadingActor):
+    """Records every message told to it, in one list shared by all recorders (so the order across actors shows)."""
+
+    def __init__(self, name: str, log: list[tuple[str, Any]]) -> None:
+        super().__init__()
+        self.name, self.log = name, log
+
+    def on_receive(self, message: Any) -> None:
+        self.log.append((self.name, message))
+
+
+def test_intent_is_durable_before_the_order_and_the_submitted_row_is_the_full_trade_row() -> None:
+    messages: list[tuple[str, Any]] = []
+    persistence = _Recorder.start("persistence", messages)
+    exchange = _Recorder.start("exchange", messages)
+    router = _Recorder.start("router", messages)
+    markets = {m.symbol: m for m in default_markets()}
+    ctx = FollowerContext(
+        persistence=persistence,
+        router=router,
+        exchanges={"paper": exchange},
+        markets={"paper": markets},
+        clock=lambda: datetime.now(UTC),
+        publish=lambda _event: None,
+        draining=lambda: False,
+        venue_available=lambda _venue: True,
+        needs_reconcile=lambda _uid: None,
+        on_failure=lambda *_args: None,
+    )
+    balance = BalanceRow(user_id=7, venue="paper", asset="USDT", free=D(1000), reserved=D(0))
+    state = FollowerState(
+        user=UserSettings(user_id=7), follows=(FollowSettings(user_id=7, whale_id=3),), balances=(balance,)
+    )
+    follower = FollowerActor.start(state, ctx)
+    now = datetime.now(UTC)
+    signal = Signal(
+        signal_id=11, external_id="x11", whale_id=3, symbol="ETH/USDT:USDT", side=Side.BUY, action=SignalAction.OPEN,
+        trade_type=TradeType.FUTURES, price=D(3000), size_usdt=D(50_000), leverage=5, priority=Priority.MEDIUM,
+        detected_at=now, expires_at=now + timedelta(minutes=5),
+    )  # fmt: skip
+    try:
+        follower.tell(CopySignal(signal=signal, received_at_ns=1, mark_price=D(3000)))
+        wait_for(lambda: len(messages) == 1, timeout_s=10)
+        name, intent = messages[0]
+        assert name == "persistence" and isinstance(intent, PersistIntent)
+        assert intent.row.status is TradeStatus.PENDING and intent.row.version == 1 and intent.row.reserved_usdt > 0
+        follower.tell(IntentAck(client_order_id=intent.row.client_order_id, durable=True))
+        wait_for(lambda: len(messages) == 4, timeout_s=10)
+        kinds = {name: type(message).__name__ for name, message in messages[1:]}
+        assert kinds == {"exchange": "PlaceOrder", "persistence": "PersistRows", "router": "FollowerDecision"}
+        (submitted,) = next(m for n, m in messages[1:] if n == "persistence").rows
+        # The SUBMITTED row is the intent row with only status and version moved, and equal to the trade's own row.
+        assert submitted == msgspec.structs.replace(intent.row, status=TradeStatus.SUBMITTED, version=2)
+        desc = follower.proxy().describe().get(timeout=10)
+        assert desc["orders_in_flight"] == [
+            {"client_order_id": intent.row.client_order_id, "status": "submitted", "kind": "open"}
+        ]
+    finally:
+        runtime.stop_actors([follower], timeout_s=10)
+        for ref in (persistence, exchange, router):
+            ref.stop()
