@@ -52,6 +52,15 @@ class Balance:
     version: int = 1
 
 
+# (venue, asset) keys shared by every portfolio: 100,000 followers on one venue hold one tuple, not 100,000.
+_keys: dict[tuple[str, str], tuple[str, str]] = {}
+
+
+def _key(venue: str, asset: str) -> tuple[str, str]:
+    key = (venue, asset)
+    return _keys.setdefault(key, key)
+
+
 def _non_negative(amount: Decimal, what: str) -> None:
     if not amount.is_finite() or amount < 0:
         raise BalanceError(f"{what} must be a non-negative amount, got {amount}")
@@ -84,7 +93,18 @@ class Portfolio:
 
     def balance(self, venue: str, asset: str = USDT) -> Balance:
         """The balance of ``asset`` on ``venue`` (created empty on first use)."""
-        return self._balances.setdefault((venue, asset), Balance())
+        bal = self._balances.get((venue, asset))
+        if bal is None:
+            bal = self._balances[_key(venue, asset)] = Balance()
+        return bal
+
+    def restore_balance(self, venue: str, asset: str, *, free: Decimal, reserved: Decimal, version: int) -> None:
+        """Set a balance as the books had it (start-up, from its ``balances`` row)."""
+        self._balances[_key(venue, asset)] = Balance(free, reserved, version)
+
+    def venues_holding(self, asset: str = USDT) -> list[str]:
+        """The venues this portfolio has an ``asset`` balance on."""
+        return [venue for venue, a in self._balances if a == asset]
 
     def set_free(self, venue: str, amount: Decimal, asset: str = USDT) -> None:
         """Overwrite the free amount (from the venue's own balance); reservations are kept."""

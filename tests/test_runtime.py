@@ -421,3 +421,39 @@ def test_no_lost_wake_up_when_mail_races_the_end_of_a_turn(runtime: Runtime) -> 
         sys.setswitchinterval(old_interval)
     handled = [ref.ask(pykka.messages.ProxyGetAttr(attr_path=("handled",)), timeout=WAIT_S) for ref in refs]
     assert sum(handled) == 3 * per_thread
+
+
+def test_pooled_mailbox_is_created_by_the_first_put_and_racing_first_puts_share_it() -> None:
+    # An idle pooled actor holds no deque (memory per idle follower); several threads telling a fresh actor at
+    # once must all land in one deque, or a message is lost and the final ask comes back short.
+    class Counter(PooledActor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.handled = 0
+
+        def on_receive(self, message: Any) -> None:
+            self.handled += 1
+
+    senders = 4
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(50):
+            ref = Counter.start()
+            assert ref.actor_inbox._queue is None  # the allocation this test is about
+            assert mailbox_depth(ref) == 0
+            barrier = threading.Barrier(senders)
+
+            def tell_once(target: pykka.ActorRef[Any] = ref, start: threading.Barrier = barrier) -> None:
+                start.wait(WAIT_S)
+                target.tell("hello")
+
+            threads = [threading.Thread(target=tell_once) for _ in range(senders)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(WAIT_S)
+            assert ref.ask(pykka.messages.ProxyGetAttr(attr_path=("handled",)), timeout=WAIT_S) == senders
+            ref.stop(timeout=WAIT_S)
+    finally:
+        sys.setswitchinterval(old_interval)

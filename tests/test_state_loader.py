@@ -6,9 +6,10 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from adapters.database import connect
+from actors.follower_base import FollowerState
+from adapters.database import connect, connect_pool
 from adapters.state_loader import load_followers, load_whale_ids
-from engine.messages import PositionStatus, TradeStatus
+from engine.messages import FollowSettings, PositionStatus, SizingMode, TradeStatus
 from tests.pg import execute
 
 
@@ -96,3 +97,44 @@ def test_loads_everything_a_follower_is_rebuilt_from(pg_dsn: str) -> None:
     )
     (a,), _ = _load(pg_dsn, [601])
     assert a.realized_today_usdt == Decimal("-2.5")  # 3.5 now - 6 at midnight
+
+
+def test_defaults_are_shared_and_a_pool_loads_the_same_as_a_connection(pg_dsn: str) -> None:
+    # Start-up reads 100,000 users: a value equal to the struct's default must come back as the default object
+    # (no Decimal of its own), equal numerics must share one Decimal, and every other value must round-trip.
+    execute(pg_dsn, "INSERT INTO whales (id, name) VALUES (511, 'w')")
+    execute(pg_dsn, "INSERT INTO users (id, name, preferred_exchange) VALUES (611, 'a', 'paper'), (612, 'b', 'bn')")
+    execute(
+        pg_dsn,
+        "INSERT INTO user_whale_follows (user_id, whale_id) VALUES (611, 511);"
+        " INSERT INTO user_whale_follows (user_id, whale_id, sizing_mode, fixed_usdt, percent_of_balance, paused)"
+        " VALUES (612, 511, 'percent_of_balance', 100.50, 5.0, true)",
+    )
+    execute(
+        pg_dsn,
+        "INSERT INTO balances (user_id, venue, asset, free, reserved)"
+        " VALUES (611, 'paper', 'USDT', 250.10, 0), (612, 'bn', 'USDT', 250.10, 0.00)",
+    )
+    states, _ = _load(pg_dsn, [611, 612])
+    a, b = sorted(states, key=lambda s: s.user.user_id)
+    default = FollowSettings(user_id=0, whale_id=0)
+    assert a.follows[0] == FollowSettings(user_id=611, whale_id=511)
+    assert a.follows[0].fixed_usdt is default.fixed_usdt and a.follows[0].max_slippage_pct is default.max_slippage_pct
+    assert (b.user.preferred_exchange, b.follows[0].sizing_mode, b.follows[0].paused) == (
+        "bn",
+        SizingMode.PERCENT_OF_BALANCE,
+        True,
+    )
+    assert str(b.follows[0].fixed_usdt) == "100.50"  # numerics keep their scale
+    assert b.follows[0].percent_of_balance is default.percent_of_balance  # 5.0 = 5: the default
+    assert a.balances[0].free is b.balances[0].free and str(a.balances[0].free) == "250.10"
+    assert (str(a.balances[0].reserved), str(b.balances[0].reserved)) == ("0", "0.00")
+
+    async def via_pool() -> list[FollowerState]:
+        pool = await connect_pool(pg_dsn, min_size=1, max_size=4, connect_timeout_s=10)
+        try:
+            return [s for s in await load_followers(pool) if s.user.user_id in (611, 612)]
+        finally:
+            await pool.close()
+
+    assert sorted(asyncio.run(via_pool()), key=lambda s: s.user.user_id) == [a, b]
