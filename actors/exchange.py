@@ -15,7 +15,6 @@ import functools
 import heapq
 import itertools
 import math
-import queue
 import random
 import time
 from collections import deque
@@ -41,6 +40,7 @@ from engine.messages import (
     VenuePositions,
 )
 from engine.ratelimit import AccountOrderLimiter, TokenBucket
+from engine.runtime import SingletonActor
 from engine.venue import VenueAdapter
 
 log = get_logger(__name__)
@@ -109,7 +109,7 @@ def _tell_reply(ref: Any, message: Any) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-class ExchangeActor(pykka.ThreadingActor):
+class ExchangeActor(SingletonActor):
     """Answers every ``PlaceOrder`` with exactly one ``OrderOutcome`` and every ``ResolveOrder`` with one
     ``OrderOutcome``, told to ``reply_to``. ``status()`` (via a proxy) reports the state for the admin
     socket."""
@@ -192,12 +192,6 @@ class ExchangeActor(pykka.ThreadingActor):
     # ------------------------------------------------------------------------------------------------------
     # Hooks and public API (actor thread)
     # ------------------------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _create_actor_inbox() -> Any:
-        # One PlaceOrder per copy arrives from the pooled worker: SimpleQueue's put (C, no Python-level
-        # Condition for this thread to hold while it wakes) spares the worker a lock convoy (see the router).
-        return queue.SimpleQueue()
 
     def on_start(self) -> None:
         log.info("exchange.started", venue=self._venue, **self._settings)

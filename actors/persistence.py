@@ -40,6 +40,7 @@ from adapters import database as db
 from adapters.ioloop import IoLoop
 from engine.logs import get_logger
 from engine.messages import IntentAck, PersistIntent, PersistRows
+from engine.runtime import SingletonActor
 
 log = get_logger(__name__)
 
@@ -74,7 +75,7 @@ def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
         ref.tell(message)  # a late result for a stopped actor has nowhere to go
 
 
-class PersistenceActor(pykka.ThreadingActor):
+class PersistenceActor(SingletonActor):
     """Group commit for intents, batched idempotent upserts for everything else (see the module doc)."""
 
     def __init__(

@@ -9,7 +9,6 @@ answered (``FollowerDecision``). Nothing here blocks: followers answer with mess
 from __future__ import annotations
 
 import heapq
-import queue
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from engine.messages import (
     SignalStatus,
     SignalStatusRow,
 )
+from engine.runtime import SingletonActor
 
 log = get_logger(__name__)
 
@@ -105,16 +105,9 @@ class _InFlight:
         return self.copied + self.skipped + self.failed
 
 
-class SignalRouterActor(pykka.ThreadingActor):
+class SignalRouterActor(SingletonActor):
     """Fans signals out to follower actors. ``persistence`` gets signal status rows and events;
     ``mark_price`` (symbol, trade_type) -> Decimal | None reads the price feeds' published marks."""
-
-    @staticmethod
-    def _create_actor_inbox() -> Any:
-        # One FollowerDecision per follower arrives from the pooled worker. queue.Queue's put takes a Python
-        # Condition that this thread holds while it wakes up, so the worker convoys on it; SimpleQueue (C, no
-        # Python-level lock) measured 5-8 % faster per fan-out (docs/benchmarks.md, scenario 1).
-        return queue.SimpleQueue()
 
     def __init__(self, *, persistence: Any, mark_price: Any, publish: Any) -> None:
         super().__init__()

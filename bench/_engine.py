@@ -21,9 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import pykka
 
-from actors.exchange import ExchangeActor
 from actors.system import EngineSystem
 from adapters import database as db
 from engine.config import load_config
@@ -40,6 +38,7 @@ from engine.messages import (
     TradeType,
     UserSettings,
 )
+from engine.runtime import SingletonActor
 
 PG_ENV = "BENCH_PG_DSN"
 _db_names = itertools.count(1)
@@ -225,7 +224,7 @@ def running_engine(dsn: str, data_dir: Path, *, venue: Any, **env: str) -> Itera
 # ---- fakes that isolate the fan-out (scenario 1 and 5) ------------------------------------------------------
 
 
-class AckingPersistence(pykka.ThreadingActor):
+class AckingPersistence(SingletonActor):
     """Answers every ``PersistIntent`` at once with ``IntentAck(durable=True)``; drops every ``PersistRows``."""
 
     def on_receive(self, message: Any) -> None:
@@ -233,12 +232,10 @@ class AckingPersistence(pykka.ThreadingActor):
             message.reply_to.tell(IntentAck(client_order_id=message.row.client_order_id, durable=True))
 
 
-class CountingExchange(pykka.ThreadingActor):
+class CountingExchange(SingletonActor):
     """Counts ``PlaceOrder`` requests; sets ``done`` when ``expect(n)``'s n have arrived. Never answers.
 
-    Its intake is the real ``ExchangeActor``'s: the same inbox kind, so a tell costs the sender the same."""
-
-    _create_actor_inbox = staticmethod(ExchangeActor._create_actor_inbox)
+    Its intake is the real ``ExchangeActor``'s (``SingletonActor``): a tell costs the sender the same."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -259,7 +256,7 @@ class CountingExchange(pykka.ThreadingActor):
                 self.done.set()
 
 
-class NullActor(pykka.ThreadingActor):
+class NullActor(SingletonActor):
     """Swallows everything (a router that does not care about decisions)."""
 
     def on_receive(self, message: Any) -> None:

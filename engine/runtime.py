@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import queue
 import threading
 import uuid
 from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
@@ -182,6 +183,19 @@ _waitable_lock = threading.Lock()
 # urandom syscall and a UUID object for each of 100k actors.
 _urn_prefix = uuid.uuid4().urn[:-12]
 _urn_numbers = itertools.count()
+
+
+class SingletonActor(pykka.ThreadingActor):
+    """A ``pykka.ThreadingActor`` for the engine's singletons (router, exchange, persistence), which receive one
+    message per copy from the pooled workers.
+
+    Its mailbox is a ``queue.SimpleQueue``: ``queue.Queue.put`` takes a Python-level Condition that the
+    singleton's thread holds while it wakes up and waits for the GIL, so every sender convoys on it; SimpleQueue's
+    put is C with no such lock (docs/benchmarks.md, scenario 1). pykka only calls ``put``/``get``/``empty``."""
+
+    @staticmethod
+    def _create_actor_inbox() -> Any:
+        return queue.SimpleQueue()
 
 
 class PooledActor(pykka.Actor):
