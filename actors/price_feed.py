@@ -115,11 +115,11 @@ class PriceFeed:
                 continue
             for user_id in self._holders.get(symbol, ()):
                 by_user[user_id][symbol] = mark
-        refs = self._system.supervisor.refs() if self._system.supervisor is not None else {}
+        supervisor = self._system.supervisor
         told = 0
         at_ns = time.monotonic_ns()
         for user_id, user_marks in by_user.items():
-            ref = refs.get(user_id)
+            ref = supervisor.ref(user_id) if supervisor is not None else None  # not refs(): a copy of 100k
             if ref is None:
                 continue
             user_stale = frozenset(s for s in user_marks if s in stale)

@@ -45,8 +45,8 @@ class Recorder:
 class Supervisor:
     recorders: dict[int, Recorder] = field(default_factory=dict)
 
-    def refs(self) -> dict[int, Recorder]:
-        return dict(self.recorders)
+    def ref(self, user_id: int) -> Recorder | None:
+        return self.recorders.get(user_id)
 
 
 @dataclass
