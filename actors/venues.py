@@ -55,7 +55,12 @@ class Venue:
             else:
                 signed = row.qty if row.side is PositionSide.LONG else -row.qty
                 self.adapter.restore_position(
-                    user_id, row.symbol, qty=signed, entry_price=row.entry_price, margin=row.margin_usdt
+                    user_id,
+                    row.symbol,
+                    qty=signed,
+                    entry_price=row.entry_price,
+                    margin=row.margin_usdt,
+                    leverage=row.leverage,
                 )
 
     def refresh_health(self) -> dict[str, Any]:
