@@ -24,28 +24,15 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal
 
 from adapters.paper_markets import DEFAULT_MARKS, default_markets, implied_leverage, venue_position
+from adapters.paper_traffic import CallRecord, InjectedFault, PaperTraffic
 from engine.logs import get_logger
 from engine.messages import MarketInfo, OrderRequest, Side, TradeStatus, TradeType, VenueOrder, VenuePosition
-from engine.venue import OrderRejected, OutcomeUnknown, RetryableError, VenueBanned
+from engine.venue import OrderRejected, OutcomeUnknown
 
 log = get_logger(__name__)
 
-FAULT_KINDS = frozenset(
-    {"reject", "rate_limit", "server_error", "timeout_after_accept", "partial_fill", "latency", "ban"}
-)
 _BPS = Decimal(10_000)
 _ZERO = Decimal(0)
-
-
-@dataclass(slots=True)
-class _Fault:
-    kind: str
-    remaining: int
-    client_order_id: str | None
-    retry_after_s: float | None
-    ban_s: float
-    fill_fraction: Decimal
-    delay_ms: float
 
 
 @dataclass(slots=True)
@@ -57,15 +44,7 @@ class _Position:
     liquidation_override: Decimal | None = None  # ``set_liquidation_price``; cleared when the position grows
 
 
-@dataclass(slots=True)
-class _Call:
-    at: float  # monotonic, when the call reached the venue
-    operation: str
-    weight: int
-    client_order_id: str | None
-
-
-class PaperVenue:
+class PaperVenue(PaperTraffic):
     """Implements ``engine.venue.VenueAdapter``."""
 
     name = "paper"
@@ -98,8 +77,8 @@ class PaperVenue:
         self._positions: dict[tuple[int, str], _Position] = {}
         self._orders: dict[tuple[int, str], VenueOrder] = {}
         self._create_calls: dict[str, int] = {}
-        self._faults: list[_Fault] = []
-        self._calls: list[_Call] = []
+        self._faults: list[InjectedFault] = []
+        self._calls: list[CallRecord] = []
         self._recent_weight: deque[tuple[float, int]] = deque()
         self._banned_until = 0.0
         self._ids = itertools.count(1)
@@ -170,35 +149,6 @@ class PaperVenue:
             wallet = self._wallets.setdefault(user_id, {})
             wallet[asset] = wallet.get(asset, _ZERO) + Decimal(amount)
 
-    def inject(
-        self,
-        kind: str,
-        *,
-        count: int = 1,
-        client_order_id: str | None = None,
-        retry_after_s: float | None = None,
-        ban_s: float = 1.0,
-        fill_fraction: Decimal = Decimal("0.5"),
-        delay_ms: float = 100.0,
-    ) -> None:
-        """Make the next ``count`` ``create_order`` calls (for ``client_order_id``, or any) misbehave.
-
-        ``reject`` OrderRejected; ``rate_limit`` 429 (RetryableError, ``retry_after_s``); ``server_error``
-        5xx before any order exists (RetryableError); ``timeout_after_accept`` the order is created and
-        filled, then the call raises OutcomeUnknown; ``partial_fill`` fills ``fill_fraction`` and cancels
-        the rest;
-        ``latency`` adds ``delay_ms``; ``ban`` HTTP 418: every call raises VenueBanned for ``ban_s``.
-        """
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault {kind!r}; one of {sorted(FAULT_KINDS)}")
-        fault = _Fault(kind, count, client_order_id, retry_after_s, ban_s, Decimal(fill_fraction), delay_ms)
-        with self._lock:
-            self._faults.append(fault)
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
     def orders_for(self, client_order_id: str) -> list[VenueOrder]:
         """Every order the venue holds with that client order id (a correct engine never makes two)."""
         with self._lock:
@@ -206,29 +156,6 @@ class PaperVenue:
 
     def order_count(self, client_order_id: str) -> int:
         return len(self.orders_for(client_order_id))
-
-    def create_calls(self, client_order_id: str) -> int:
-        """How many ``create_order`` calls reached the venue for that id (retries included)."""
-        with self._lock:
-            return self._create_calls.get(client_order_id, 0)
-
-    def calls(self) -> list[tuple[float, str, int, str | None]]:
-        """Every call in arrival order: ``(monotonic_s, operation, weight, client_order_id)``."""
-        with self._lock:
-            return [(c.at, c.operation, c.weight, c.client_order_id) for c in self._calls]
-
-    def max_weight_in_window(self, window_s: float) -> int:
-        """The most request weight that arrived within any ``window_s`` (half-open) interval."""
-        calls = self.calls()
-        best = total = 0
-        start = 0
-        for at, _, weight, _ in calls:
-            total += weight
-            while calls[start][0] <= at - window_s:
-                total -= calls[start][2]
-                start += 1
-            best = max(best, total)
-        return best
 
     def balance(self, user_id: int, asset: str) -> Decimal:
         with self._lock:
@@ -243,9 +170,6 @@ class PaperVenue:
     # ----------------------------------------------------------------------------------------------------
     # VenueAdapter (I/O loop)
     # ----------------------------------------------------------------------------------------------------
-
-    def request_weight(self, operation: str) -> int:
-        return 1
 
     async def load_markets(self) -> dict[str, MarketInfo]:
         self._arrive("load_markets", None)
@@ -357,56 +281,7 @@ class PaperVenue:
         if self.latency_ms > 0:
             await asyncio.sleep(self.latency_ms / 1000)
 
-    def _arrive(self, operation: str, client_order_id: str | None) -> _Fault | None:
-        """Count the call, apply the venue's own limits and bans, and take the fault meant for it, if any."""
-        now = self._clock()
-        weight = self.request_weight(operation)
-        with self._lock:
-            self._calls.append(_Call(now, operation, weight, client_order_id))
-            if operation == "create_order" and client_order_id is not None:
-                self._create_calls[client_order_id] = self._create_calls.get(client_order_id, 0) + 1
-            if now < self._banned_until:
-                self.calls_while_banned += 1
-                raise VenueBanned("paper: 418 IP banned", ban_s=self._banned_until - now)
-            self._check_weight_limit(now, weight)
-            fault = self._take_fault(client_order_id) if operation == "create_order" else None
-            if fault is None:
-                return None
-            log.debug("paper.fault", kind=fault.kind, client_order_id=client_order_id, venue=self.name)
-            if fault.kind == "ban":
-                self._banned_until = now + fault.ban_s
-                raise VenueBanned("paper: 418 IP banned (injected)", ban_s=fault.ban_s)
-            if fault.kind == "rate_limit":
-                raise RetryableError("paper: 429 too many requests (injected)", retry_after_s=fault.retry_after_s)
-            if fault.kind == "server_error":
-                raise RetryableError("paper: 503 service unavailable (injected)")
-            if fault.kind == "reject":
-                raise OrderRejected("paper: order rejected (injected)")
-            return fault
-
-    def _check_weight_limit(self, now: float, weight: int) -> None:
-        if self._weight_limit is None:
-            return
-        recent = self._recent_weight
-        while recent and recent[0][0] <= now - self._weight_window_s:
-            recent.popleft()
-        used = sum(w for _, w in recent)
-        recent.append((now, weight))
-        if used + weight > self._weight_limit:
-            self.rate_limited_calls += 1
-            retry_after_s = recent[0][0] + self._weight_window_s - now
-            raise RetryableError("paper: 429 request weight exceeded", retry_after_s=retry_after_s)
-
-    def _take_fault(self, client_order_id: str | None) -> _Fault | None:
-        for fault in self._faults:
-            if fault.client_order_id in (None, client_order_id):
-                fault.remaining -= 1
-                if fault.remaining <= 0:
-                    self._faults.remove(fault)
-                return fault
-        return None
-
-    def _execute(self, request: OrderRequest, fault: _Fault | None) -> VenueOrder:
+    def _execute(self, request: OrderRequest, fault: InjectedFault | None) -> VenueOrder:
         key = (request.user_id, request.client_order_id)
         with self._lock:
             existing = self._orders.get(key)
