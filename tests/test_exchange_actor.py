@@ -21,7 +21,18 @@ from actors.exchange import ExchangeActor
 from adapters.ioloop import IoLoop
 from adapters.paper import PaperVenue
 from engine import logs as engine_logs
-from engine.messages import OrderOutcome, OrderRequest, PlaceOrder, ResolveOrder, Side, TradeStatus, TradeType
+from engine.messages import (
+    CheckPositions,
+    OrderOutcome,
+    OrderRequest,
+    PlaceOrder,
+    PositionSide,
+    ResolveOrder,
+    Side,
+    TradeStatus,
+    TradeType,
+    VenuePositions,
+)
 
 WAIT_S = 60.0
 
@@ -479,3 +490,30 @@ def test_status_reports_the_documented_keys(start_actor: Callable[..., pykka.Act
     }
     assert report["venue"] == "paper"
     assert report["breaker"] == "closed"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Venue positions (liquidation checks)
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_check_positions_answers_what_the_venue_holds(
+    start_actor: Callable[..., pykka.ActorRef[Any]], venue: PaperVenue
+) -> None:
+    ref, inbox = start_actor(), Inbox()
+    place(ref, inbox, request(user_id=3, symbol="BTC/USDT:USDT", trade_type=TradeType.FUTURES, qty="0.01"))
+    assert inbox.wait_for(1)[0].status is TradeStatus.FILLED
+    ask = CheckPositions(user_id=3, symbols=("BTC/USDT:USDT", "ETH/USDT:USDT"), reply_to=inbox)
+    ref.tell(ask)
+    answer = inbox.wait_for(2)[1]
+    assert isinstance(answer, VenuePositions) and answer.error is None
+    assert answer.venue == "paper" and answer.user_id == 3 and answer.symbols == ask.symbols
+    (held,) = answer.positions  # ETH is flat: left out
+    assert held.symbol == "BTC/USDT:USDT" and held.side is PositionSide.LONG and held.qty == Decimal("0.01")
+    assert held.entry_price is not None and held.liquidation_price is not None
+    assert held.liquidation_price < held.entry_price
+    venue.liquidate(3, "BTC/USDT:USDT")
+    ref.tell(ask)
+    after = inbox.wait_for(3)[2]
+    assert isinstance(after, VenuePositions) and after.positions == () and after.error is None
+    assert [c[1] for c in venue.calls()].count("fetch_positions") == 2  # each question is one venue call
