@@ -103,6 +103,7 @@ class EngineSystem:
             flush_max_rows=p.flush_max_rows,
             queue_max_rows=p.queue_max_rows,
             high_water_rows=p.high_water_rows,
+            batches_in_flight=p.batches_in_flight,
             pool_max_size=cfg.database.pool_max_size,
         )
         self.venues = build_venues(self, self._venue_adapters)

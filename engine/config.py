@@ -46,6 +46,9 @@ class PersistenceConfig(_Config, frozen=True, kw_only=True, forbid_unknown_field
     flush_max_rows: PositiveInt = 5000
     queue_max_rows: PositiveInt = 500_000
     high_water_rows: PositiveInt = 100_000
+    # Batched-lane batches written at once, each on its own connection (the server's work on several cores); they
+    # still commit in the order they were formed.
+    batches_in_flight: PositiveInt = 2
 
 
 class RuntimeConfig(_Config, frozen=True, kw_only=True, forbid_unknown_fields=True):

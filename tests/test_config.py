@@ -40,6 +40,7 @@ def test_file_then_environment_override(tmp_path: Path) -> None:
         ({"ENGINE_LOGGING__LEVEL": "loud"}, "`logging.level`: Invalid enum value 'loud'"),
         ({"ENGINE_RUNTIME__WORKERS": "two"}, "`runtime.workers`: Expected `int`, got `str`"),
         ({"ENGINE_DATABASE__POOL_MAX_SIZE__X": "1"}, "`database.pool_max_size`: Expected `int`, got `object`"),
+        ({"ENGINE_PERSISTENCE__BATCHES_IN_FLIGHT": "0"}, "`persistence.batches_in_flight`: Expected `int` >= 1"),
     ],
 )
 def test_bad_values_name_the_key(env: dict[str, str], expected: str) -> None:
