@@ -73,6 +73,7 @@ class Position:
     """One open (or finished) position. Not thread-safe: owned by one actor. See the module docstring."""
 
     __slots__ = (
+        "_liquidation_estimate",
         "close_reason",
         "closed_at",
         "contract_size",
@@ -149,6 +150,8 @@ class Position:
         self.version = version
         # What the venue says (``adopt_venue_liquidation_price``); it replaces our estimate until the size changes.
         self.venue_liquidation_price: Decimal | None = None
+        # ((entry, leverage, mmr), estimate): every price tick reads it; the formula divides.
+        self._liquidation_estimate: tuple[tuple[Decimal, int, Decimal], Decimal] | None = None
 
     # -- construction ------------------------------------------------------------------------------------
 
@@ -280,7 +283,13 @@ class Position:
             return None
         if self.venue_liquidation_price is not None:
             return self.venue_liquidation_price
-        return isolated_liquidation_price(self.side, self.entry_price, self.leverage, self.maintenance_margin_rate)
+        key = (self.entry_price, self.leverage, self.maintenance_margin_rate)
+        cached = self._liquidation_estimate
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        estimate = isolated_liquidation_price(self.side, *key)
+        self._liquidation_estimate = (key, estimate)
+        return estimate
 
     def unrealized_pnl(self, mark: Decimal) -> Decimal:
         """Gross PnL of the remaining quantity at ``mark`` (fees not included)."""
