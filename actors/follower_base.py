@@ -83,7 +83,7 @@ class FollowerContext:
     exchanges: Mapping[str, Any]
     markets: Mapping[str, Mapping[str, MarketInfo]]
     clock: Callable[[], datetime]
-    publish: Callable[[DomainEvent], None]
+    publish: Callable[..., None]  # (event, *, persisted=False): see EngineSystem.publish
     draining: Callable[[], bool]
     venue_available: Callable[[str], bool]
     needs_reconcile: Callable[[int], None]
@@ -190,9 +190,10 @@ class FollowerBase(PooledActor):
         if position is not None:
             rows.append(position.to_row())
         rows.extend(self._portfolio.balance_rows())
+        rows.extend(event.to_row() for event in events)  # the events with the books they describe: one write
         self._persist(*rows)
         for event in events:
-            self._ctx.publish(event)
+            self._ctx.publish(event, persisted=True)
 
     def _publish(self, event: DomainEvent) -> None:
         """Domain events go to the system's subscribers: the persistence one writes ``domain_events``."""

@@ -35,7 +35,7 @@ from adapters.database import apply_schema, connect_pool
 from adapters.embedded_pg import EmbeddedPostgres
 from adapters.ioloop import IoLoop
 from adapters.state_loader import load_followers, load_whale_ids
-from engine import metrics, runtime
+from engine import logs, metrics, runtime
 from engine.config import EngineConfig, effective_config
 from engine.events import DomainEvent
 from engine.logs import get_logger
@@ -77,7 +77,7 @@ class EngineSystem:
         self._reconcile_pending_logged = False
         self._timers: list[threading.Thread] = []
         self._stopping = threading.Event()
-        self._subscribers: list[Callable[[DomainEvent], None]] = [self._persist_event, log_event]
+        self._subscribers: list[Callable[[DomainEvent], None]] = [log_event]
         self._stopped = False
 
     # ---- start -------------------------------------------------------------------------------------------
@@ -214,10 +214,11 @@ class EngineSystem:
         """Add an in-process domain-event subscriber (before start, or from tests). Must be thread-safe."""
         self._subscribers = [*self._subscribers, subscriber]
 
-    def _persist_event(self, event: DomainEvent) -> None:
-        self.persistence.tell(PersistRows(rows=(event.to_row(),)))
-
-    def publish(self, event: DomainEvent) -> None:
+    def publish(self, event: DomainEvent, *, persisted: bool = False) -> None:
+        """Write the event to ``domain_events`` and tell the subscribers. ``persisted``: the publisher already
+        sent the event's row with its own rows (one message to persistence instead of one per event)."""
+        if not persisted:
+            self.persistence.tell(PersistRows(rows=(event.to_row(),)))
         for subscriber in self._subscribers:
             try:
                 subscriber(event)
@@ -391,7 +392,7 @@ def log_event(event: DomainEvent) -> None:
     """The log subscriber: position and trade facts as their own log lines (signal and skip events already
     have theirs, written where they happen, with more context)."""
     name = _LOG_NAMES.get(event.event_type)
-    if name is None:
+    if name is None or not logs.enabled("info"):
         return
     fields = msgspec.to_builtins(event)
     fields.pop("event_type", None)

@@ -127,9 +127,10 @@ class Bench:
         self.router = SignalRouterActor.start(persistence=self.persistence, mark_price=mark_price, publish=self.publish)
         self._signal_ids = iter(range(1, 10**9))
 
-    def publish(self, event: DomainEvent) -> None:
+    def publish(self, event: DomainEvent, *, persisted: bool = False) -> None:
         # As EngineSystem.publish: the event row to persistence (the acking actor drops it) and the log line.
-        self.persistence.tell(PersistRows(rows=(event.to_row(),)))
+        if not persisted:
+            self.persistence.tell(PersistRows(rows=(event.to_row(),)))
         log_event(event)
 
     def context(self) -> FollowerContext:

@@ -74,6 +74,11 @@ def current_level() -> str:
     return _level
 
 
+def enabled(level: str) -> bool:
+    """Whether a line at ``level`` would be written: skip building costly fields for a line that would not."""
+    return _LEVELS[level] >= _LEVELS[_level]
+
+
 def get_logger(name: str | None = None) -> Any:
     """A cached logger. Module level: ``log = get_logger(__name__)``."""
     proxy = structlog.get_logger(name) if name else structlog.get_logger()

@@ -583,7 +583,7 @@ def test_intent_is_durable_before_the_order_and_the_submitted_row_is_the_full_tr
         exchanges={"paper": exchange},
         markets={"paper": markets},
         clock=lambda: datetime.now(UTC),
-        publish=lambda _event: None,
+        publish=lambda _event, **_: None,
         draining=lambda: False,
         venue_available=lambda _venue: True,
         needs_reconcile=lambda _uid: None,

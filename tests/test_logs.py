@@ -47,6 +47,9 @@ def test_set_level_applies_to_cached_loggers(output: io.BytesIO) -> None:
     log.debug("debug.shown")
     assert [line["event"] for line in lines(output)] == ["first", "shown", "debug.shown"]
     assert logs.current_level() == "debug"
+    assert logs.enabled("debug") and logs.enabled("error")
+    logs.set_level("warning")
+    assert not logs.enabled("info") and logs.enabled("warning")
 
 
 def test_unknown_level_is_refused() -> None:
