@@ -156,8 +156,9 @@ def run(followers: int = 1000, ticks: int = 20, sl_ticks: int = 3, warmup: int =
             rows = asyncio.run(_seed(dsn, followers, markets))
             seed_s = time.perf_counter() - t0
             for row in rows:  # the venue holds what our books hold, so reduce-only closes can fill
-                qty, price, margin = row[6], row[7], row[9]
-                venue._positions[(row[1], row[3])] = paper._Position(qty, price, margin)
+                qty, price, leverage, margin = row[6], row[7], row[8], row[9]
+                signed = qty if str(row[5]) == "long" else -qty
+                venue.restore_position(row[1], row[3], qty=signed, entry_price=price, margin=margin, leverage=leverage)
             config = load_config(
                 env={
                     "ENGINE_DATABASE_URL": dsn,
