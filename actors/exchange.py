@@ -5,12 +5,15 @@ Handlers run on the actor's own thread and never wait on the I/O loop. Each turn
 then resolves, then entries) into one batch, hands the batch to the loop as *one* coroutine that starts a task
 per call, and the loop hands results back batched per loop iteration (``_Completed``): two cross-thread hops
 per batch instead of two per order. Timers (backoff, bans, budget refill) are ``loop.call_later`` -> ``tell``.
+
+This module holds the intake, the lanes, the rate budget and the sending; what a result means (the outcome
+policy, retries, bans, replies) is the mixin ``ExchangeOutcomes`` in ``actors/exchange_outcomes.py``, and the
+half on the I/O loop is ``actors/exchange_loop.py``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import functools
 import heapq
 import itertools
@@ -19,26 +22,16 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-import pykka
 
 from actors.exchange_loop import CallResult, LoopSide
+from actors.exchange_outcomes import ExchangeOutcomes, Job, order_fields, tell_quietly
 from adapters.ioloop import IoLoop
-from engine.breaker import BreakerState, CircuitBreaker, Transition
+from engine.breaker import BreakerState, CircuitBreaker
 from engine.logs import get_logger
-from engine.messages import (
-    CheckPositions,
-    OrderOutcome,
-    OrderRequest,
-    PlaceOrder,
-    ResolveOrder,
-    TradeStatus,
-    VenueOrder,
-    VenuePositions,
-)
+from engine.messages import CheckPositions, PlaceOrder, ResolveOrder, TradeStatus
 from engine.ratelimit import AccountOrderLimiter, TokenBucket
 from engine.runtime import SingletonActor
 from engine.venue import VenueAdapter
@@ -72,44 +65,12 @@ class _Completed(msgspec.Struct, frozen=True):
 _EXITS, _RESOLVES, _ENTRIES = 0, 1, 2
 
 
-@dataclass(slots=True, eq=False)
-class _Job:
-    job_id: int
-    message: PlaceOrder | ResolveOrder | CheckPositions
-    lane: int
-    weight: int
-    attempts: int = 0
-    probe: bool = False
-
-    @property
-    def client_order_id(self) -> str:
-        msg = self.message
-        if isinstance(msg, CheckPositions):
-            return ""
-        return msg.request.client_order_id if isinstance(msg, PlaceOrder) else msg.client_order_id
-
-    @property
-    def user_id(self) -> int:
-        msg = self.message
-        return msg.request.user_id if isinstance(msg, PlaceOrder) else msg.user_id
-
-
-def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
-    with contextlib.suppress(pykka.ActorDeadError):  # shutting down: nobody is left to act on it
-        ref.tell(message)
-
-
-def _tell_reply(ref: Any, message: Any) -> None:
-    if ref is not None:
-        _tell(ref, message)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # The actor
 # ----------------------------------------------------------------------------------------------------------
 
 
-class ExchangeActor(SingletonActor):
+class ExchangeActor(ExchangeOutcomes, SingletonActor):
     """Answers every ``PlaceOrder`` with exactly one ``OrderOutcome`` and every ``ResolveOrder`` with one
     ``OrderOutcome``, told to ``reply_to``. ``status()`` (via a proxy) reports the state for the admin
     socket."""
@@ -174,9 +135,9 @@ class ExchangeActor(SingletonActor):
         self._unknown_grace_s = unknown_grace_s
         self._clock = clock
         self._rng = rng or random.Random()
-        self._lanes: tuple[deque[_Job], deque[_Job], deque[_Job]] = (deque(), deque(), deque())
-        self._delayed: list[tuple[float, int, _Job]] = []  # heap of retries waiting for their backoff
-        self._in_flight: dict[int, _Job] = {}
+        self._lanes: tuple[deque[Job], deque[Job], deque[Job]] = (deque(), deque(), deque())
+        self._delayed: list[tuple[float, int, Job]] = []  # heap of retries waiting for their backoff
+        self._in_flight: dict[int, Job] = {}
         self._unknown_since: dict[str, float] = {}  # client order id -> when it went UNKNOWN
         self._job_ids = itertools.count(1)
         self._drain_pending = False
@@ -276,7 +237,7 @@ class ExchangeActor(SingletonActor):
             weight = order_weight(message.request)
         # A call heavier than the whole budget could never go; let it use the whole budget instead.
         weight = min(weight, self._bucket.capacity)
-        self._lanes[lane].append(_Job(next(self._job_ids), message, lane, weight))
+        self._lanes[lane].append(Job(next(self._job_ids), message, lane, weight))
         self._schedule_drain()
 
     def _schedule_drain(self) -> None:
@@ -303,10 +264,10 @@ class ExchangeActor(SingletonActor):
         self._release_due_retries(now)
         if self._breaker.state is BreakerState.OPEN:
             self._refuse_queued_entries(now)
-        batch: list[_Job] = []
+        batch: list[Job] = []
         wake = math.inf
         for lane in self._lanes:
-            blocked_accounts: list[_Job] = []
+            blocked_accounts: list[Job] = []
             budget_left = True
             while lane and len(self._in_flight) < self._max_in_flight:
                 job = lane.popleft()
@@ -344,14 +305,14 @@ class ExchangeActor(SingletonActor):
         if now - self._housekept_at > _HOUSEKEEPING_S:
             self._housekeeping(now)
 
-    def _launch(self, batch: list[_Job]) -> None:
+    def _launch(self, batch: list[Job]) -> None:
         calls: list[tuple[int, Callable[[], Awaitable[Any]]]] = []
         for job in batch:
             msg = job.message
             if isinstance(msg, PlaceOrder):
                 calls.append((job.job_id, functools.partial(self._adapter.create_order, msg.request)))
                 self._counters["sent"] += 1
-                log.debug("order.submitted", attempt=job.attempts, **_fields(msg.request))
+                log.debug("order.submitted", attempt=job.attempts, **order_fields(msg.request))
             elif isinstance(msg, CheckPositions):
                 fetch_positions = functools.partial(
                     self._adapter.fetch_positions, user_id=msg.user_id, symbols=list(msg.symbols)
@@ -379,7 +340,7 @@ class ExchangeActor(SingletonActor):
             log.error("exchange.launch_failed", venue=self._venue, error=str(future.exception()))
 
     def _deliver(self, results: tuple[CallResult, ...]) -> None:
-        _tell(self.actor_ref, _Completed(results))  # loop thread
+        tell_quietly(self.actor_ref, _Completed(results))  # loop thread
 
     def _arm(self, at: float) -> None:
         if self._timer_at is not None and self._timer_at <= at:
@@ -388,7 +349,7 @@ class ExchangeActor(SingletonActor):
         delay_s = max(0.0, at - self._clock()) + _TIMER_SLACK_S
         loop, ref = self._io.loop, self.actor_ref
         try:
-            loop.call_soon_threadsafe(loop.call_later, delay_s, _tell, ref, _Wake(at))
+            loop.call_soon_threadsafe(loop.call_later, delay_s, tell_quietly, ref, _Wake(at))
         except RuntimeError:
             self._timer_at = None  # loop closed: shutting down
 
@@ -405,214 +366,11 @@ class ExchangeActor(SingletonActor):
                 self._refuse(job.message)
 
     def _release_due_retries(self, now: float) -> None:
-        due: list[_Job] = []
+        due: list[Job] = []
         while self._delayed and self._delayed[0][0] <= now:
             due.append(heapq.heappop(self._delayed)[2])
         for job in reversed(due):  # oldest at the front of its lane
             self._lanes[job.lane].appendleft(job)
-
-    # ------------------------------------------------------------------------------------------------------
-    # Results
-    # ------------------------------------------------------------------------------------------------------
-
-    def _on_result(self, result: CallResult, now: float) -> None:
-        job = self._in_flight.pop(result.job_id, None)
-        if job is None:
-            return
-        self._bucket.settle(job.weight, now)
-        if result.error == "banned":
-            self._on_ban(now, result.ban_s or 0.0)
-        elif result.error in ("retryable", "unknown"):
-            self._apply(self._breaker.record_failure(now, probe=job.probe))
-        elif result.error == "not_sent":
-            if job.probe:
-                self._breaker.release_probe()
-        else:  # the venue answered, even if it said no: it is healthy
-            self._apply(self._breaker.record_success(now, probe=job.probe))
-        job.probe = False
-        if isinstance(job.message, PlaceOrder):
-            self._on_order_result(job, job.message, result, now)
-        elif isinstance(job.message, CheckPositions):
-            self._on_positions_result(job, job.message, result, now)
-        else:
-            self._on_resolve_result(job, job.message, result, now)
-
-    def _on_order_result(self, job: _Job, message: PlaceOrder, result: CallResult, now: float) -> None:
-        request = message.request
-        if result.error is None and result.order is not None:
-            self._finish_with_order(message, result.order, attempts=job.attempts)
-        elif result.error == "rejected":
-            self._finish(message, TradeStatus.REJECTED, error=result.message)
-        elif result.error == "retryable":
-            self._retry_or_fail(job, result, now)
-        elif result.error == "banned":
-            if request.is_exit:
-                job.attempts -= 1  # not the order's fault: it goes again when the ban ends
-                self._lanes[job.lane].appendleft(job)
-            else:
-                self._refuse(message)
-        elif result.error == "not_sent":
-            self._finish(message, TradeStatus.FAILED, error=f"not_sent: {result.message}")
-        else:  # sent, and no trustworthy answer: never re-send blindly, reconcile by client order id
-            self._unknown_since.setdefault(request.client_order_id, now)
-            self._counters["unknown"] += 1
-            log.warning("order.unknown", error=result.message, attempt=job.attempts, **_fields(request))
-            self._reply(
-                message,
-                OrderOutcome(client_order_id=request.client_order_id, status=TradeStatus.UNKNOWN, error=result.message),
-            )
-
-    def _on_resolve_result(self, job: _Job, message: ResolveOrder, result: CallResult, now: float) -> None:
-        cid = message.client_order_id
-        fields = {"venue": self._venue, "user_id": message.user_id, "client_order_id": cid}
-        if result.error is None:
-            if result.order is not None:
-                self._unknown_since.pop(cid, None)
-                self._counters["resolved"] += 1
-                log.info("order.resolved", status=str(result.order.status), **fields)
-                self._reply(message, _outcome(result.order))
-                return
-            since = self._unknown_since.get(cid)
-            if since is not None and now - since < self._unknown_grace_s:
-                # The venue may not have processed it yet: a "not found" this early proves nothing.
-                self._reply(
-                    message,
-                    OrderOutcome(client_order_id=cid, status=TradeStatus.UNKNOWN, error="not_found_yet"),
-                )
-                return
-            self._unknown_since.pop(cid, None)
-            log.info("order.resolved", status="not_found", **fields)
-            self._reply(message, OrderOutcome(client_order_id=cid, status=TradeStatus.FAILED, error="not_found"))
-        elif result.error == "retryable" and job.attempts < self._retry_max_attempts:
-            self._schedule_retry(job, result, now)
-        elif result.error == "banned":
-            job.attempts -= 1
-            self._lanes[job.lane].appendleft(job)
-        else:
-            log.warning("order.resolve_failed", error=result.message, **fields)
-            self._reply(message, OrderOutcome(client_order_id=cid, status=TradeStatus.UNKNOWN, error=result.message))
-
-    def _on_positions_result(self, job: _Job, message: CheckPositions, result: CallResult, now: float) -> None:
-        fields = {"venue": self._venue, "user_id": message.user_id}
-        if result.error is None:
-            asked = set(message.symbols)
-            held = tuple(p for p in result.positions or () if not asked or p.symbol in asked)
-            answer = VenuePositions(venue=self._venue, user_id=message.user_id, symbols=message.symbols, positions=held)
-            _tell_reply(message.reply_to, answer)
-        elif result.error == "retryable" and job.attempts < self._retry_max_attempts:
-            self._schedule_retry(job, result, now)
-        elif result.error == "banned":
-            job.attempts -= 1
-            self._lanes[job.lane].appendleft(job)
-        else:
-            log.warning("positions.check_failed", error=result.message, **fields)
-            error = result.message or "failed"
-            answer = VenuePositions(venue=self._venue, user_id=message.user_id, symbols=message.symbols, error=error)
-            _tell_reply(message.reply_to, answer)
-
-    def _retry_or_fail(self, job: _Job, result: CallResult, now: float) -> None:
-        message = job.message
-        assert isinstance(message, PlaceOrder)
-        if job.attempts >= self._retry_max_attempts:
-            error = f"retries_exhausted: {result.message}"
-            log.warning("order.failed", error=error, attempt=job.attempts, **_fields(message.request))
-            self._finish(message, TradeStatus.FAILED, error=error)
-            return
-        self._schedule_retry(job, result, now)
-
-    def _schedule_retry(self, job: _Job, result: CallResult, now: float) -> None:
-        # Exponential backoff with "equal jitter": never less than half the step, so a crowd of retries
-        # spreads out without hammering the venue early; the venue's Retry-After is a floor.
-        step_s = min(self._retry_max_s, self._retry_base_s * 2 ** (job.attempts - 1))
-        delay_s = max(step_s / 2 + self._rng.uniform(0, step_s / 2), result.retry_after_s or 0.0)
-        heapq.heappush(self._delayed, (now + delay_s, job.job_id, job))
-        self._counters["retries"] += 1
-        fields = (
-            _fields(job.message.request)
-            if isinstance(job.message, PlaceOrder)
-            else {
-                "venue": self._venue,
-                "client_order_id": job.client_order_id,
-                "user_id": job.user_id,
-            }
-        )
-        log.info("order.retry", attempt=job.attempts, delay_s=round(delay_s, 3), error=result.message, **fields)
-
-    def _on_ban(self, now: float, ban_s: float) -> None:
-        until = now + ban_s
-        if self._banned_until is None:
-            log.warning("venue.banned", venue=self._venue, ban_s=ban_s)
-        if self._banned_until is None or until > self._banned_until:
-            self._banned_until = until
-        self._apply(self._breaker.record_ban(now, ban_s))
-
-    # ------------------------------------------------------------------------------------------------------
-    # Replies, logs, housekeeping
-    # ------------------------------------------------------------------------------------------------------
-
-    def _finish_with_order(self, message: PlaceOrder, order: VenueOrder, *, attempts: int) -> None:
-        fields = _fields(message.request)
-        if order.status in (TradeStatus.FILLED, TradeStatus.PARTIALLY_FILLED):
-            self._counters["filled"] += 1
-            log.info(
-                "order.filled",
-                status=str(order.status),
-                filled_qty=order.filled_qty,
-                avg_price=order.avg_price,
-                fee_usdt=order.fee_usdt,
-                exchange_order_id=order.exchange_order_id,
-                attempts=attempts,
-                **fields,
-            )
-        elif order.status is TradeStatus.REJECTED:
-            self._counters["rejected"] += 1
-            log.info("order.rejected", exchange_order_id=order.exchange_order_id, **fields)
-        else:
-            log.info(
-                "order.accepted",
-                status=str(order.status),
-                exchange_order_id=order.exchange_order_id,
-                **fields,
-            )
-        self._reply(message, _outcome(order))
-
-    def _finish(self, message: PlaceOrder, status: TradeStatus, *, error: str) -> None:
-        if status is TradeStatus.REJECTED:
-            self._counters["rejected"] += 1
-            log.info("order.rejected", error=error, **_fields(message.request))
-        else:
-            self._counters["failed"] += 1
-        cid = message.request.client_order_id
-        self._reply(message, OrderOutcome(client_order_id=cid, status=status, error=error))
-
-    def _refuse(self, message: PlaceOrder | ResolveOrder | CheckPositions) -> None:
-        assert isinstance(message, PlaceOrder)
-        self._counters["refused"] += 1
-        log.info("order.refused", reason="venue_unavailable", **_fields(message.request))
-        cid = message.request.client_order_id
-        self._reply(message, OrderOutcome(client_order_id=cid, status=TradeStatus.FAILED, error="venue_unavailable"))
-
-    def _reply(self, message: PlaceOrder | ResolveOrder, outcome: OrderOutcome) -> None:
-        if message.reply_to is not None:
-            _tell(message.reply_to, outcome)
-
-    def _apply(self, transition: Transition | None) -> None:
-        if transition is None:
-            return
-        event = {
-            BreakerState.OPEN: "breaker.opened",
-            BreakerState.HALF_OPEN: "breaker.half_open",
-            BreakerState.CLOSED: "breaker.closed",
-        }[transition.to_state]
-        level = log.warning if transition.to_state is BreakerState.OPEN else log.info
-        level(
-            event,
-            venue=self._venue,
-            reason=transition.reason,
-            from_state=str(transition.from_state),
-            error_rate=transition.error_rate,
-            open_for_s=transition.open_for_s,
-        )
 
     def _housekeeping(self, now: float) -> None:
         self._housekept_at = now
@@ -620,29 +378,3 @@ class ExchangeActor(SingletonActor):
         horizon = now - self._unknown_grace_s
         for cid in [c for c, since in self._unknown_since.items() if since < horizon]:
             del self._unknown_since[cid]
-
-
-def _fields(request: OrderRequest) -> dict[str, Any]:
-    """Correlation fields of every order log line."""
-    return {
-        "venue": request.venue,
-        "client_order_id": request.client_order_id,
-        "user_id": request.user_id,
-        "signal_id": request.signal_id,
-        "symbol": request.symbol,
-        "side": str(request.side),
-        "qty": request.qty,
-        "reduce_only": request.reduce_only,
-    }
-
-
-def _outcome(order: VenueOrder) -> OrderOutcome:
-    return OrderOutcome(
-        client_order_id=order.client_order_id,
-        status=order.status,
-        exchange_order_id=order.exchange_order_id,
-        filled_qty=order.filled_qty,
-        avg_price=order.avg_price,
-        fee_usdt=order.fee_usdt,
-        fee_base=order.fee_base,
-    )

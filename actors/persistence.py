@@ -17,7 +17,9 @@ Two lanes:
 
 Threads: handlers run on this actor's thread; SQL runs on the I/O loop (``actors.persistence_io``, statements
 in ``actors.persistence_sql``), whose completion callback only ``tell``s a message back here. ``flush()`` and
-``on_stop`` are the exceptions: they wait for the loop (shutdown, composition root and tests only).
+``on_stop`` are the exceptions: they wait for the loop (shutdown, composition root and tests only). Counters,
+``stats()`` and the health log events (database down/up, dead letters, backlog high water) are the mixin
+``PersistenceHealth`` in ``actors.persistence_health``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import msgspec
 import pykka
 
 from actors import persistence_sql
+from actors.persistence_health import PersistenceHealth
 from actors.persistence_io import BatchDone, IntentsDone, PersistenceIo, PreviousBatchFailed, WriteMethod
 from actors.persistence_writes import RunWrite
 from adapters import database as db
@@ -75,7 +78,7 @@ def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
         ref.tell(message)  # a late result for a stopped actor has nowhere to go
 
 
-class PersistenceActor(SingletonActor):
+class PersistenceActor(PersistenceHealth, SingletonActor):
     """Group commit for intents, batched idempotent upserts for everything else (see the module doc)."""
 
     def __init__(
@@ -173,19 +176,6 @@ class PersistenceActor(SingletonActor):
         log.info("persistence.stopped", **self.stats())
 
     # -- public, ask-able ------------------------------------------------------------------------------------
-
-    def stats(self) -> dict[str, Any]:
-        """Counters and gauges; ask from anywhere (``proxy.stats().get()``)."""
-        flushes = self._stats["flushes"]
-        return {
-            **self._stats,
-            "queue_depth": self._queue_depth(),
-            "batches_in_flight": sum(1 for b in self._batches if b.future is not None),
-            "durable_pending": len(self._intents) + len(self._intents_inflight or ()),
-            "last_flush_ms": round(self._last_flush_ms, 3),
-            "avg_flush_ms": round(self._flush_ms_total / flushes, 3) if flushes else 0.0,
-            "db_reachable": self._db_reachable,
-        }
 
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Write everything queued (both lanes) and return ``True``; ``False`` if ``timeout_s`` ran out first
@@ -411,40 +401,6 @@ class PersistenceActor(SingletonActor):
             self._arm_flush()
 
     # -- shared ----------------------------------------------------------------------------------------------
-
-    def _dead_lettered(self, poison: tuple[tuple[Any, str], ...]) -> None:
-        for row, error in poison:
-            self._stats["dead_letters"] += 1
-            spec = db.ROW_SPECS[type(row)]
-            key = spec.natural_key(row)
-            log.error("persistence.dead_letter", kind=type(row).__name__, key=key, error=error)
-
-    def _note_failure(self, exc: BaseException, *, lane: str, rows: int = 0) -> None:
-        error = f"{type(exc).__name__}: {exc}"
-        if not db.is_connection_error(exc):
-            log.error("persistence.write_failed", lane=lane, rows=rows, error=error)
-        elif self._db_reachable:
-            self._db_reachable = False
-            self._down_since = time.monotonic()
-            log.warning("database.unreachable", lane=lane, error=error)
-
-    def _note_success(self) -> None:
-        if not self._db_reachable:
-            self._db_reachable = True
-            log.info("database.recovered", down_ms=round((time.monotonic() - self._down_since) * 1000))
-
-    def _check_high_water(self) -> None:
-        depth = self._queue_depth()
-        if not self._above_high_water and depth >= self._high_water_rows:
-            self._above_high_water = True
-            log.warning("backlog.high_water", queue_depth=depth, high_water_rows=self._high_water_rows)
-        elif self._above_high_water and depth < self._high_water_rows // 2:
-            # Half the mark, not the mark itself, so a backlog hovering around it does not flap the logs.
-            self._above_high_water = False
-            log.info("backlog.recovered", queue_depth=depth)
-
-    def _queue_depth(self) -> int:
-        return len(self._queue) + sum(len(b.rows) for b in self._batches)
 
     def _submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
         ref = self.actor_ref
