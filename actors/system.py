@@ -13,10 +13,9 @@ Stop (SIGINT/SIGTERM, admin ``shutdown``): stop taking signals, let in-flight or
 from __future__ import annotations
 
 import contextlib
-import gc
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -92,6 +91,7 @@ class EngineSystem:
         # Already running in this process (tests start several engines): keep the pool.
         with contextlib.suppress(RuntimeError):
             runtime.configure_pool(workers=cfg.runtime.workers, max_messages_per_turn=cfg.runtime.max_messages_per_turn)
+        runtime.tune_gc(gen0_threshold=cfg.runtime.gc_gen0_threshold)
         p = cfg.persistence
         self.persistence = PersistenceActor.start(
             io_loop=self.io,
@@ -111,7 +111,7 @@ class EngineSystem:
             from adapters.demo import seed_demo
 
             self.io.run(seed_demo(self.pool, cfg.demo), 120)
-        with _long_lived_allocations():
+        with runtime.long_lived_allocations():
             states = self._load_states()
             whales = self.io.run(load_whale_ids(self.pool), 60)
             self.router = SignalRouterActor.start(
@@ -355,25 +355,6 @@ class EngineSystem:
                 return
             time.sleep(0.05)
         log.warning("engine.settle_timeout", grace_s=grace_s, in_flight=left)
-
-
-@contextlib.contextmanager
-def _long_lived_allocations() -> Iterator[None]:
-    """Start-up builds millions of objects that live as long as the engine (100,000 followers' actors and
-    books). The cyclic GC would walk the growing heap again and again while they are built (bench scenario 4:
-    about half of starting the actors), so it is paused meanwhile; afterwards what exists is moved to the
-    permanent generation (``gc.freeze``), so later collections on the hot path do not walk it either. The cost:
-    a frozen object that later becomes cyclic garbage (a follower replaced after a failure) is not reclaimed,
-    a few KB per restart. Garbage from before start is collected first so it is not frozen."""
-    enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-        gc.freeze()
 
 
 _LOG_NAMES = {

@@ -36,6 +36,7 @@ from adapters.paper import DEFAULT_MARKS, default_markets
 from bench._engine import AckingPersistence, CountingExchange, make_signal, mixed_settings
 from bench._report import row
 from engine import runtime
+from engine.config import RuntimeConfig
 from engine.events import DomainEvent
 from engine.messages import BalanceRow, CopySignal, FollowerDecision, PersistRows, PlaceOrder, Signal
 from engine.portfolio import Portfolio
@@ -184,7 +185,8 @@ def engine_fanout(bench: Bench, n: int, repeats: int) -> tuple[list[float], list
     """(engine seconds, plain-loop seconds, orders per run) for N followers; the first run is a warm-up."""
     followers = Followers(n)
     ctx = bench.context()
-    refs = {s.user.user_id: FollowerActor.start(s, ctx) for s in followers.states}
+    with runtime.long_lived_allocations():  # as EngineSystem.start does
+        refs = {s.user.user_id: FollowerActor.start(s, ctx) for s in followers.states}
     engine_s: list[float] = []
     loop_s: list[float] = []
     orders = 0
@@ -234,6 +236,7 @@ def run(*, quick: bool = False, logs_on: bool = False) -> list[dict[str, Any]]:
 
     configure_logs(on=logs_on)
     runtime.configure_pool()
+    runtime.tune_gc(gen0_threshold=RuntimeConfig().gc_gen0_threshold)  # the engine's default, as at its start
     sizes = (1_000, 2_000, 10_000) if quick else (1_000, 2_000, 10_000, 100_000)
     repeats = {1_000: 7, 2_000: 5, 10_000: 5, 100_000: 3} if not quick else {1_000: 3, 2_000: 3, 10_000: 3}
     bench = Bench()

@@ -54,6 +54,7 @@ class PersistenceConfig(_Config, frozen=True, kw_only=True, forbid_unknown_field
 class RuntimeConfig(_Config, frozen=True, kw_only=True, forbid_unknown_fields=True):
     workers: PositiveInt = 1
     max_messages_per_turn: PositiveInt = 32
+    gc_gen0_threshold: Annotated[int, msgspec.Meta(ge=0)] = 10_000  # 0: Python's default (700)
 
 
 class LoggingConfig(_Config, frozen=True, kw_only=True, forbid_unknown_fields=True):

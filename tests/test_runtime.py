@@ -6,6 +6,7 @@ bug fails as ``pykka.Timeout`` instead of hanging.
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 import time
@@ -23,10 +24,12 @@ from engine.runtime import (
     WorkerPool,
     configure_pool,
     get_pooled_by_urn,
+    long_lived_allocations,
     mailbox_depth,
     pool_stats,
     pooled_actor_refs,
     stop_actors,
+    tune_gc,
 )
 
 WAIT_S = 60.0
@@ -457,3 +460,28 @@ def test_pooled_mailbox_is_created_by_the_first_put_and_racing_first_puts_share_
             ref.stop(timeout=WAIT_S)
     finally:
         sys.setswitchinterval(old_interval)
+
+
+def test_tune_gc_sets_the_youngest_generation_only() -> None:
+
+    before = gc.get_threshold()
+    try:
+        tune_gc(gen0_threshold=12_345)
+        assert gc.get_threshold() == (12_345, before[1], before[2])
+        tune_gc(gen0_threshold=0)  # 0: left as it is
+        assert gc.get_threshold() == (12_345, before[1], before[2])
+    finally:
+        gc.set_threshold(*before)
+
+
+def test_long_lived_allocations_freezes_what_was_built() -> None:
+
+    frozen_before = gc.get_freeze_count()
+    try:
+        with long_lived_allocations():
+            assert not gc.isenabled()
+            kept = [[i] for i in range(1000)]
+        assert gc.isenabled()
+        assert gc.get_freeze_count() >= frozen_before + len(kept)
+    finally:
+        gc.unfreeze()
