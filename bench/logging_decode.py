@@ -25,6 +25,7 @@ from bench import configure_logs
 from bench._report import row
 from bench.fanout import SYMBOLS, WHALE_ID, Bench, Followers, make_signal, mark_price
 from engine import logs, runtime
+from engine.config import RuntimeConfig
 from engine.messages import Priority, Side, Signal, SignalAction, TradeType
 
 SCENARIO = "5 logging and decoding"
@@ -34,10 +35,12 @@ def _fanout_logs(n: int, repeats: int) -> tuple[list[float], list[float], int]:
     from actors.follower import FollowerActor
 
     runtime.configure_pool()
+    runtime.tune_gc(gen0_threshold=RuntimeConfig().gc_gen0_threshold)  # as scenario 1 and the engine
     bench = Bench()
     followers = Followers(n)
     ctx = bench.context()
-    refs = {s.user.user_id: FollowerActor.start(s, ctx) for s in followers.states}
+    with runtime.long_lived_allocations():
+        refs = {s.user.user_id: FollowerActor.start(s, ctx) for s in followers.states}
     on: list[float] = []
     off: list[float] = []
     lines = 0
