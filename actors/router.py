@@ -4,6 +4,12 @@ Runs as a ``pykka.ThreadingActor`` (one long-lived singleton). It keeps an in-me
 whale_id -> follower refs (the ``FollowerDirectory``, rebuilt from the database at start and on follow changes),
 orders queued signals by priority then age, and marks a signal PROCESSED with its counts once every follower
 answered (``FollowerDecision``). Nothing here blocks: followers answer with messages.
+
+Back-pressure: at most ``max_pending_copies`` follower copies are out (told and not yet answered; a follower
+answers a copy once its order is sent). Past that, signals wait here in priority order, a few structs each,
+instead of as millions of messages in follower mailboxes: memory stays bounded when signals come faster than the
+engine copies them (``router.backpressure``), and a high-priority signal still overtakes the waiting ones. A
+signal is always let through when nothing is out, however many followers it has.
 """
 
 from __future__ import annotations
@@ -109,8 +115,11 @@ class SignalRouterActor(SingletonActor):
     """Fans signals out to follower actors. ``persistence`` gets signal status rows and events;
     ``mark_price`` (symbol, trade_type) -> Decimal | None reads the price feeds' published marks."""
 
-    def __init__(self, *, persistence: Any, mark_price: Any, publish: Any) -> None:
+    def __init__(self, *, persistence: Any, mark_price: Any, publish: Any, max_pending_copies: int = 50_000) -> None:
         super().__init__()
+        self._max_pending_copies = max_pending_copies
+        self._pending_copies = 0  # copies told and not yet answered, over every in-flight signal
+        self._held_since_ns = 0  # when back-pressure began holding signals (0: not holding)
         self._persistence = persistence
         self._mark_price = mark_price
         self._publish = publish
@@ -177,7 +186,13 @@ class SignalRouterActor(SingletonActor):
         return sorted(self._paused_whales)
 
     def counts(self) -> dict[str, int]:
-        return {"followers": len(self._refs), "whales": len(self._known_whales), "in_flight": self.in_flight()}
+        return {
+            "followers": len(self._refs),
+            "whales": len(self._known_whales),
+            "in_flight": self.in_flight(),
+            "queued": len(self._queue),
+            "pending_copies": self._pending_copies,
+        }
 
     # ---- index -------------------------------------------------------------------------------------------
 
@@ -216,10 +231,7 @@ class SignalRouterActor(SingletonActor):
             message = RouteSignal(signal=signal, received_at_ns=time.monotonic_ns())
         key = (signal.priority.rank, signal.detected_at.timestamp(), signal.signal_id, message)
         heapq.heappush(self._queue, key)
-        if not self._drain_scheduled:
-            # Drain after the mailbox's current burst so a later high-priority signal can overtake.
-            self._drain_scheduled = True
-            self.actor_ref.tell(_Drain())
+        self._schedule_drain()  # after the mailbox's current burst, so a later high-priority signal can overtake
 
     def _is_duplicate(self, signal: Signal) -> bool:
         if signal.external_id in self._seen or signal.signal_id in self._in_flight:
@@ -231,8 +243,40 @@ class SignalRouterActor(SingletonActor):
 
     def _drain(self) -> None:
         while self._queue:
+            if not self._admissible(self._queue[0][3]):
+                self._hold()
+                return
             _, _, _, message = heapq.heappop(self._queue)
             self._fan_out(message)
+        self._release()
+
+    def _admissible(self, message: RouteSignal) -> bool:
+        if self._pending_copies == 0:
+            return True
+        followers = len(self._by_whale.get(message.signal.whale_id, ()))
+        return self._pending_copies + followers <= self._max_pending_copies
+
+    def _hold(self) -> None:
+        if not self._held_since_ns:
+            self._held_since_ns = time.monotonic_ns()
+            metrics.incr("router.backpressure")
+            log.warning(
+                "router.backpressure",
+                pending_copies=self._pending_copies,
+                max_pending_copies=self._max_pending_copies,
+                queued=len(self._queue),
+            )
+
+    def _release(self) -> None:
+        if self._held_since_ns:
+            held_ms = (time.monotonic_ns() - self._held_since_ns) / 1e6
+            self._held_since_ns = 0
+            log.info("router.backpressure_released", held_ms=held_ms, pending_copies=self._pending_copies)
+
+    def _schedule_drain(self) -> None:
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            self.actor_ref.tell(_Drain())
 
     def _fan_out(self, message: RouteSignal) -> None:
         signal = message.signal
@@ -275,6 +319,7 @@ class SignalRouterActor(SingletonActor):
                 # The supervisor is restarting that follower; it will not see this signal.
                 state.failed += 1
                 state.reasons["follower_unavailable"] += 1
+        self._pending_copies += state.expected - state.answered
         self._maybe_done(state)
 
     def _finish_without_fanout(self, signal: Signal, status: SignalStatus, error: str) -> None:
@@ -289,6 +334,9 @@ class SignalRouterActor(SingletonActor):
         state = self._in_flight.get(decision.signal_id)
         if state is None:
             return
+        self._pending_copies -= 1
+        if self._held_since_ns and self._queue and self._admissible(self._queue[0][3]):
+            self._schedule_drain()
         if decision.outcome == "copied":
             state.copied += 1
         elif decision.outcome == "skipped":
@@ -306,7 +354,10 @@ class SignalRouterActor(SingletonActor):
             log.warning("signal.answers_missing", signal_id=state.signal.signal_id, missing=missing)
             state.failed += missing
             state.reasons["no_answer"] += missing
+            self._pending_copies -= missing
             self._maybe_done(state)
+        if self._queue:
+            self._schedule_drain()
 
     def _maybe_done(self, state: _InFlight) -> None:
         if state.answered < state.expected:

@@ -115,7 +115,10 @@ class EngineSystem:
             states = self._load_states()
             whales = self.io.run(load_whale_ids(self.pool), 60)
             self.router = SignalRouterActor.start(
-                persistence=self.persistence, mark_price=self.mark_price, publish=self.publish
+                persistence=self.persistence,
+                mark_price=self.mark_price,
+                publish=self.publish,
+                max_pending_copies=cfg.signals.max_pending_copies,
             )
             self.supervisor = Supervisor(self)
             refs = self.supervisor.start_followers(states)

@@ -1,0 +1,122 @@
+"""SignalRouterActor: back-pressure on follower copies out, priority among waiting signals.
+
+The router runs as the real actor; followers are recorders that the test answers for (``FollowerDecision``),
+so the test decides when copies come back.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pykka
+import pytest
+
+from actors.router import RouteSignal, SetFollowers, SignalRouterActor
+from engine.messages import (
+    CopySignal,
+    FollowerDecision,
+    Priority,
+    Side,
+    Signal,
+    SignalAction,
+    TradeType,
+)
+from tests.harness import wait_for
+
+WHALE = 1
+
+
+class Recorder:
+    """A follower ref (or the persistence actor) that records what it is told."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.items: list[Any] = []
+
+    def tell(self, message: Any) -> None:
+        with self._lock:
+            self.items.append(message)
+
+    def signal_ids(self) -> list[int]:
+        with self._lock:
+            return [m.signal.signal_id for m in self.items if isinstance(m, CopySignal)]
+
+
+def signal(signal_id: int, priority: Priority = Priority.MEDIUM) -> Signal:
+    return Signal(
+        signal_id=signal_id,
+        external_id=f"ext-{signal_id}",
+        whale_id=WHALE,
+        symbol="ETH/USDT:USDT",
+        side=Side.BUY,
+        action=SignalAction.OPEN,
+        trade_type=TradeType.FUTURES,
+        price=Decimal(3000),
+        size_usdt=Decimal(1000),
+        priority=priority,
+        detected_at=datetime.now(UTC),
+    )
+
+
+@pytest.fixture
+def router() -> Iterator[tuple[pykka.ActorRef[Any], list[Recorder]]]:
+    followers = [Recorder() for _ in range(3)]
+    ref = SignalRouterActor.start(
+        persistence=Recorder(), mark_price=lambda *_: None, publish=lambda *_, **__: None, max_pending_copies=4
+    )
+    refs = {uid: f for uid, f in enumerate(followers, start=1)}
+    ref.tell(SetFollowers(refs=refs, follows={uid: (WHALE,) for uid in refs}, known_whales=frozenset({WHALE})))
+    yield ref, followers
+    ref.stop()
+
+
+def answer(ref: pykka.ActorRef[Any], signal_id: int, users: range) -> None:
+    for uid in users:
+        ref.tell(FollowerDecision(signal_id=signal_id, user_id=uid, outcome="copied"))
+
+
+def test_signals_wait_while_too_many_copies_are_out_and_priority_overtakes(
+    router: tuple[pykka.ActorRef[Any], list[Recorder]],
+) -> None:
+    ref, followers = router
+    ref.tell(RouteSignal(signal=signal(1)))
+    wait_for(lambda: all(f.signal_ids() == [1] for f in followers), 10)
+    # 3 copies out; another 3 would pass the limit of 4: both wait, the high-priority one first in line.
+    ref.tell(RouteSignal(signal=signal(2, Priority.LOW)))
+    ref.tell(RouteSignal(signal=signal(3, Priority.HIGH)))
+    wait_for(lambda: ref.proxy().counts().get(timeout=10)["queued"] == 2, 10)
+    counts = ref.proxy().counts().get(timeout=10)
+    assert counts["pending_copies"] == 3 and all(f.signal_ids() == [1] for f in followers)
+
+    answer(ref, 1, range(1, 3))  # two of three answered: 1 out, 1 + 3 = 4 fits
+    wait_for(lambda: all(f.signal_ids() == [1, 3] for f in followers), 10)
+    assert ref.proxy().counts().get(timeout=10)["queued"] == 1
+    answer(ref, 1, range(3, 4))
+    answer(ref, 3, range(1, 4))  # nothing out: the low-priority one goes
+    wait_for(lambda: all(f.signal_ids() == [1, 3, 2] for f in followers), 10)
+    answer(ref, 2, range(1, 4))
+    wait_for(lambda: ref.proxy().counts().get(timeout=10)["in_flight"] == 0, 10)
+    assert ref.proxy().counts().get(timeout=10)["pending_copies"] == 0
+
+
+def test_a_signal_larger_than_the_limit_goes_when_nothing_is_out() -> None:
+    followers = [Recorder() for _ in range(3)]
+    ref = SignalRouterActor.start(
+        persistence=Recorder(), mark_price=lambda *_: None, publish=lambda *_, **__: None, max_pending_copies=2
+    )
+    try:
+        refs = {uid: f for uid, f in enumerate(followers, start=1)}
+        ref.tell(SetFollowers(refs=refs, follows={uid: (WHALE,) for uid in refs}, known_whales=frozenset({WHALE})))
+        ref.tell(RouteSignal(signal=signal(10)))
+        ref.tell(RouteSignal(signal=signal(11)))
+        wait_for(lambda: all(f.signal_ids() == [10] for f in followers), 10)
+        answer(ref, 10, range(1, 3))
+        assert ref.proxy().counts().get(timeout=10)["queued"] == 1  # one copy still out: 1 + 3 > 2
+        answer(ref, 10, range(3, 4))
+        wait_for(lambda: all(f.signal_ids() == [10, 11] for f in followers), 10)
+    finally:
+        ref.stop()
