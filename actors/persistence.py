@@ -29,7 +29,7 @@ import contextlib
 import random
 import time
 from collections import deque
-from collections.abc import Coroutine, Set
+from collections.abc import Callable, Coroutine, Set
 from typing import Any
 
 import msgspec
@@ -99,8 +99,13 @@ class PersistenceActor(PersistenceHealth, SingletonActor):
         stop_flush_timeout_s: float = 10.0,
         write_method: WriteMethod = "json",
         batches_in_flight: int = 2,
+        on_backlog: Callable[[bool], None] | None = None,
     ) -> None:
+        """``on_backlog(True)`` is called (on this actor's thread) when the write queue reaches
+        ``high_water_rows``, ``on_backlog(False)`` when it is back under half of it: the router holds signals
+        meanwhile, so an overloaded engine does not queue rows towards ``queue_max_rows`` (where they are dropped)."""
         super().__init__()
+        self._on_backlog = on_backlog
         self._io = io_loop
         self._durable_window_s = durable_window_ms / 1000
         self._durable_max_rows = durable_max_rows

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from adapters import database as db
@@ -31,6 +32,7 @@ class PersistenceHealth:
     _intents_inflight: list[PersistIntent] | None
     _high_water_rows: int
     _above_high_water: bool
+    _on_backlog: Callable[[bool], None] | None
     _db_reachable: bool
     _down_since: float
     _stats: dict[str, int]
@@ -76,10 +78,14 @@ class PersistenceHealth:
         if not self._above_high_water and depth >= self._high_water_rows:
             self._above_high_water = True
             log.warning("backlog.high_water", queue_depth=depth, high_water_rows=self._high_water_rows)
+            if self._on_backlog is not None:
+                self._on_backlog(True)
         elif self._above_high_water and depth < self._high_water_rows // 2:
             # Half the mark, not the mark itself, so a backlog hovering around it does not flap the logs.
             self._above_high_water = False
             log.info("backlog.recovered", queue_depth=depth)
+            if self._on_backlog is not None:
+                self._on_backlog(False)
 
     def _queue_depth(self) -> int:
         return len(self._queue) + sum(len(b.rows) for b in self._batches)

@@ -5,11 +5,12 @@ whale_id -> follower refs (the ``FollowerDirectory``, rebuilt from the database 
 orders queued signals by priority then age, and marks a signal PROCESSED with its counts once every follower
 answered (``FollowerDecision``). Nothing here blocks: followers answer with messages.
 
-Back-pressure: at most ``max_pending_copies`` follower copies are out (told and not yet answered; a follower
-answers a copy once its order is sent). Past that, signals wait here in priority order, a few structs each,
-instead of as millions of messages in follower mailboxes: memory stays bounded when signals come faster than the
-engine copies them (``router.backpressure``), and a high-priority signal still overtakes the waiting ones. A
-signal is always let through when nothing is out, however many followers it has.
+Back-pressure: while ``max_pending_copies`` follower copies are out (told and not yet answered; a follower
+answers a copy once its order is sent), or the persistence actor's write queue is past its high-water mark
+(``SetBacklog``), new signals wait here in priority order, a few structs each, instead of as millions of messages
+in follower mailboxes and rows in the write queue: memory stays bounded when signals come faster than the engine
+copies them (``router.backpressure``), and a high-priority signal still overtakes the waiting ones. Without a
+backlog, a signal is always let through when nothing is out, however many followers it has.
 """
 
 from __future__ import annotations
@@ -89,6 +90,13 @@ class _Drain(msgspec.Struct, frozen=True):
     pass
 
 
+class SetBacklog(msgspec.Struct, frozen=True, kw_only=True):
+    """The persistence actor's write queue passed its high-water mark (``high``) or came back under half of it:
+    while it is high, new signals wait here (rows for more copies would only lengthen the queue)."""
+
+    high: bool
+
+
 class SweepStale(msgspec.Struct, frozen=True, kw_only=True):
     """Finish signals whose followers did not all answer within ``answer_timeout_s`` (a follower that failed
     mid-signal never answers): the missing answers count as failed with reason ``no_answer``."""
@@ -120,6 +128,7 @@ class SignalRouterActor(SingletonActor):
         self._max_pending_copies = max_pending_copies
         self._pending_copies = 0  # copies told and not yet answered, over every in-flight signal
         self._held_since_ns = 0  # when back-pressure began holding signals (0: not holding)
+        self._backlog_high = False
         self._persistence = persistence
         self._mark_price = mark_price
         self._publish = publish
@@ -160,6 +169,10 @@ class SignalRouterActor(SingletonActor):
             (self._paused_whales.add if message.paused else self._paused_whales.discard)(message.whale_id)
         elif isinstance(message, SetKnownWhales):
             self._known_whales = message.whale_ids
+        elif isinstance(message, SetBacklog):
+            self._backlog_high = message.high
+            if self._queue:
+                self._schedule_drain()
         elif isinstance(message, SweepStale):
             self._sweep(message.answer_timeout_s)
         else:
@@ -251,6 +264,8 @@ class SignalRouterActor(SingletonActor):
         self._release()
 
     def _admissible(self, message: RouteSignal) -> bool:
+        if self._backlog_high:
+            return False
         if self._pending_copies == 0:
             return True
         followers = len(self._by_whale.get(message.signal.whale_id, ()))
@@ -262,6 +277,7 @@ class SignalRouterActor(SingletonActor):
             metrics.incr("router.backpressure")
             log.warning(
                 "router.backpressure",
+                persistence_backlog=self._backlog_high,
                 pending_copies=self._pending_copies,
                 max_pending_copies=self._max_pending_copies,
                 queued=len(self._queue),

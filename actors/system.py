@@ -27,7 +27,7 @@ import pykka
 from actors.follower import ReconcileNow
 from actors.follower_base import FollowerContext, FollowerState, LiquidationCheck
 from actors.persistence import PersistenceActor
-from actors.router import SetDraining, SetFollowers, SignalRouterActor
+from actors.router import SetBacklog, SetDraining, SetFollowers, SignalRouterActor
 from actors.supervisor import Supervisor
 from actors.venues import Venue, build_venues
 from adapters.database import apply_schema, connect_pool
@@ -105,6 +105,7 @@ class EngineSystem:
             high_water_rows=p.high_water_rows,
             batches_in_flight=p.batches_in_flight,
             pool_max_size=cfg.database.pool_max_size,
+            on_backlog=self._persistence_backlog,
         )
         self.venues = build_venues(self, self._venue_adapters)
         if self.demo:
@@ -208,6 +209,12 @@ class EngineSystem:
             if mark is not None:
                 return mark
         return None
+
+    def _persistence_backlog(self, high: bool) -> None:
+        """The persistence actor's write queue passed its high-water mark, or recovered (its thread)."""
+        if self.router is not None:
+            with contextlib.suppress(pykka.ActorDeadError):  # stopping: the router is gone first
+                self.router.tell(SetBacklog(high=high))
 
     def venue_available(self, name: str) -> bool:
         venue = self.venues.get(name)

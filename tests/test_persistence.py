@@ -376,7 +376,14 @@ def test_poison_rows_bisected_to_dead_letters(pg_dsn: str, start_actor: Callable
 def test_connection_cut_mid_batch_loses_nothing(pg_dsn: str, start_actor: Callable[..., Any]) -> None:
     proxy = TcpProxy.for_dsn(pg_dsn)
     try:
-        actor = start_actor(dsn=proxy.dsn(pg_dsn), retry_initial_ms=20, retry_max_ms=200, high_water_rows=1000)
+        backlog: list[bool] = []
+        actor = start_actor(
+            dsn=proxy.dsn(pg_dsn),
+            retry_initial_ms=20,
+            retry_max_ms=200,
+            high_water_rows=1000,
+            on_backlog=backlog.append,
+        )
         tag = f"c{uid()}"
         ref = actor.actor_ref
         ref.tell(PersistRows(rows=(trade(f"{tag}-warm"),)))
@@ -401,6 +408,7 @@ def test_connection_cut_mid_batch_loses_nothing(pg_dsn: str, start_actor: Callab
         events = [e["event"] for e in logs]
         assert events.count("database.unreachable") == 1 and events.count("database.recovered") == 1
         assert events.count("backlog.high_water") == 1 and events.count("backlog.recovered") == 1
+        assert backlog == [True, False]  # the router was told to hold signals, then to go on
         n = fetchval(
             pg_dsn,
             "SELECT count(*) FROM trades WHERE client_order_id LIKE $1 AND client_order_id NOT LIKE $2",

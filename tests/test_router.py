@@ -15,7 +15,7 @@ from typing import Any
 import pykka
 import pytest
 
-from actors.router import RouteSignal, SetFollowers, SignalRouterActor
+from actors.router import RouteSignal, SetBacklog, SetFollowers, SignalRouterActor
 from engine.messages import (
     CopySignal,
     FollowerDecision,
@@ -120,3 +120,15 @@ def test_a_signal_larger_than_the_limit_goes_when_nothing_is_out() -> None:
         wait_for(lambda: all(f.signal_ids() == [10, 11] for f in followers), 10)
     finally:
         ref.stop()
+
+
+def test_a_persistence_backlog_holds_every_new_signal_until_it_recovers(
+    router: tuple[pykka.ActorRef[Any], list[Recorder]],
+) -> None:
+    ref, followers = router
+    ref.tell(SetBacklog(high=True))
+    ref.tell(RouteSignal(signal=signal(20)))
+    wait_for(lambda: ref.proxy().counts().get(timeout=10)["queued"] == 1, 10)
+    assert all(f.signal_ids() == [] for f in followers)  # nothing out, and still held
+    ref.tell(SetBacklog(high=False))
+    wait_for(lambda: all(f.signal_ids() == [20] for f in followers), 10)
