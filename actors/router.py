@@ -123,7 +123,7 @@ class SignalRouterActor(SingletonActor):
     """Fans signals out to follower actors. ``persistence`` gets signal status rows and events;
     ``mark_price`` (symbol, trade_type) -> Decimal | None reads the price feeds' published marks."""
 
-    def __init__(self, *, persistence: Any, mark_price: Any, publish: Any, max_pending_copies: int = 50_000) -> None:
+    def __init__(self, *, persistence: Any, mark_price: Any, publish: Any, max_pending_copies: int = 20_000) -> None:
         super().__init__()
         self._max_pending_copies = max_pending_copies
         self._pending_copies = 0  # copies told and not yet answered, over every in-flight signal

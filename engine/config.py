@@ -107,8 +107,9 @@ class SignalsConfig(_Config, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     max_signal_age_s: PositiveFloat = 300.0  # older rows are marked EXPIRED at claim time (follows may be stricter)
     follows_poll_interval_ms: PositiveFloat = 5000.0
     # Follower copies the router lets be out at once (told, not yet answered); past it, signals wait in the router
-    # in priority order instead of piling up in follower mailboxes (bounded memory under overload).
-    max_pending_copies: PositiveInt = 50_000
+    # in priority order instead of piling up in follower mailboxes (bounded memory under overload). Each copy out
+    # still writes ~6 rows; 20,000 of them stay well inside persistence.queue_max_rows past its high-water mark.
+    max_pending_copies: PositiveInt = 20_000
 
 
 class DemoConfig(_Config, frozen=True, kw_only=True, forbid_unknown_fields=True):
