@@ -72,7 +72,7 @@ class PersistenceIo:
                     )
                     poison = await self._write_with_bisect(conn, rows, intents=True)
                     if poison:
-                        await persistence_sql.write_dead_letters(conn, poison)
+                        await db.write_dead_letters(conn, poison)
         except Exception as exc:  # noqa: BLE001 - every failure becomes durable=False
             return IntentsDone(seq, error=exc)
         return IntentsDone(
@@ -102,7 +102,7 @@ class PersistenceIo:
             async with pool.acquire() as conn:
                 poison = await self._write_with_bisect(conn, rows, before_commit=after_previous)
                 if poison:
-                    await persistence_sql.write_dead_letters(conn, poison)
+                    await db.write_dead_letters(conn, poison)
         except Exception as exc:  # noqa: BLE001 - the actor keeps the batch and retries
             return BatchDone(seq, len(rows), error=exc)
         return BatchDone(seq, len(rows), tuple(poison), elapsed_ms=(time.perf_counter() - started) * 1000)

@@ -14,7 +14,6 @@ Runs on the I/O loop.
 
 from __future__ import annotations
 
-import hashlib
 import operator
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import cache
@@ -22,7 +21,6 @@ from typing import Any
 
 import asyncpg
 import msgspec
-import orjson
 
 from adapters import database as db
 from engine.messages import DomainEventRow
@@ -127,40 +125,7 @@ async def write_with_bisect(
     intents: bool = False,
     before_commit: BeforeCommit | None = None,
 ) -> list[tuple[Any, str]]:
-    """Write ``rows``; on a data error split the batch until the rows at fault are alone. Returns those
-    ``(row, error)`` pairs; everything else is written. Any other error propagates (nothing is lost: the
-    caller retries the whole batch, and the writes are idempotent)."""
-    poison: list[tuple[Any, str]] = []
-
-    async def attempt(chunk: Sequence[Any]) -> None:
-        try:
-            await write_rows(conn, chunk, intents=intents, before_commit=before_commit)
-        except Exception as exc:
-            if not db.is_data_error(exc):
-                raise
-            if len(chunk) == 1:
-                poison.append((chunk[0], f"{getattr(exc, 'sqlstate', None) or type(exc).__name__}: {exc}"))
-                return
-            mid = len(chunk) // 2
-            await attempt(chunk[:mid])
-            await attempt(chunk[mid:])
-
-    await attempt(rows)
-    return poison
-
-
-async def write_dead_letters(conn: asyncpg.Connection, letters: Sequence[tuple[Any, str]]) -> None:
-    """Store rows the schema rejected, once each (by fingerprint). Like ``adapters.database.write_dead_letters``,
-    but a value JSON cannot carry (the very reason some rows are here) is stored as its ``repr`` instead of
-    failing the batch, which would then be retried forever."""
-    records = []
-    for row, error in letters:
-        kind = type(row).__name__
-        payload = msgspec.to_builtins(row, enc_hook=repr)
-        fingerprint = hashlib.sha256(kind.encode() + orjson.dumps(payload, option=orjson.OPT_SORT_KEYS))
-        records.append((kind, payload, error, fingerprint.hexdigest()))
-    await conn.executemany(
-        "INSERT INTO dead_letters (kind, payload, error, fingerprint) VALUES ($1, $2, $3, $4)"
-        " ON CONFLICT (fingerprint) DO NOTHING",
-        records,
+    """``write_rows`` under ``adapters.database.bisect_writes``: the rows at fault come back, the rest is written."""
+    return await db.bisect_writes(
+        rows, lambda chunk: write_rows(conn, chunk, intents=intents, before_commit=before_commit)
     )

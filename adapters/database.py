@@ -11,7 +11,7 @@ import contextlib
 import decimal
 import hashlib
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -314,17 +314,17 @@ async def write_rows(
                 await conn.executemany(spec.upsert_sql(spec.values_source()), records)
 
 
-async def write_with_bisect(
-    conn: asyncpg.Connection, rows: Sequence[Any], *, use_copy: bool = True, intents: bool = False
+async def bisect_writes(
+    rows: Sequence[Any], write: Callable[[Sequence[Any]], Awaitable[None]]
 ) -> list[tuple[Any, str]]:
-    """Write ``rows``; on a data error split the batch until the rows at fault are alone. Returns those
+    """``write(rows)``; on a data error split the batch until the rows at fault are alone. Returns those
     ``(row, error)`` pairs; everything else is written. Any other error propagates (nothing is lost: the
     caller retries the whole batch, and the writes are idempotent)."""
     poison: list[tuple[Any, str]] = []
 
     async def attempt(chunk: Sequence[Any]) -> None:
         try:
-            await write_rows(conn, chunk, use_copy=use_copy, intents=intents)
+            await write(chunk)
         except Exception as exc:
             if not is_data_error(exc):
                 raise
@@ -339,11 +339,21 @@ async def write_with_bisect(
     return poison
 
 
+async def write_with_bisect(
+    conn: asyncpg.Connection, rows: Sequence[Any], *, use_copy: bool = True, intents: bool = False
+) -> list[tuple[Any, str]]:
+    """``write_rows`` under ``bisect_writes``."""
+    return await bisect_writes(rows, lambda chunk: write_rows(conn, chunk, use_copy=use_copy, intents=intents))
+
+
 async def write_dead_letters(conn: asyncpg.Connection, letters: Sequence[tuple[Any, str]]) -> None:
+    """Store rows the schema rejected, once each (by fingerprint). A value JSON cannot carry (the very reason
+    some rows are here) is stored as its ``repr`` instead of failing the batch, which would then be retried
+    forever."""
     records = []
     for row, error in letters:
         kind = type(row).__name__
-        payload = msgspec.to_builtins(row)
+        payload = msgspec.to_builtins(row, enc_hook=repr)
         fingerprint = hashlib.sha256(kind.encode() + orjson.dumps(payload, option=orjson.OPT_SORT_KEYS))
         records.append((kind, payload, error, fingerprint.hexdigest()))
     await conn.executemany(
