@@ -161,14 +161,21 @@ class ExchangeOutcomes:
             self._unknown_since.pop(cid, None)
             log.info("order.resolved", status="not_found", **fields)
             self._reply(message, OrderOutcome(client_order_id=cid, status=TradeStatus.FAILED, error="not_found"))
-        elif result.error == "retryable" and job.attempts < self._retry_max_attempts:
-            self._schedule_retry(job, result, now)
-        elif result.error == "banned":
-            job.attempts -= 1
-            self._lanes[job.lane].appendleft(job)
-        else:
+        elif not self._read_again(job, result, now):
             log.warning("order.resolve_failed", error=result.message, **fields)
             self._reply(message, OrderOutcome(client_order_id=cid, status=TradeStatus.UNKNOWN, error=result.message))
+
+    def _read_again(self, job: Job, result: CallResult, now: float) -> bool:
+        """A read (resolve, positions) that failed in a way worth another try: after a backoff (retryable, attempts
+        left) or when a ban ends (not counted as an attempt). False: give the failure to the asker."""
+        if result.error == "retryable" and job.attempts < self._retry_max_attempts:
+            self._schedule_retry(job, result, now)
+            return True
+        if result.error == "banned":
+            job.attempts -= 1
+            self._lanes[job.lane].appendleft(job)
+            return True
+        return False
 
     def _on_positions_result(self, job: Job, message: CheckPositions, result: CallResult, now: float) -> None:
         fields = {"venue": self._venue, "user_id": message.user_id}
@@ -177,12 +184,7 @@ class ExchangeOutcomes:
             held = tuple(p for p in result.positions or () if not asked or p.symbol in asked)
             answer = VenuePositions(venue=self._venue, user_id=message.user_id, symbols=message.symbols, positions=held)
             _tell_reply(message.reply_to, answer)
-        elif result.error == "retryable" and job.attempts < self._retry_max_attempts:
-            self._schedule_retry(job, result, now)
-        elif result.error == "banned":
-            job.attempts -= 1
-            self._lanes[job.lane].appendleft(job)
-        else:
+        elif not self._read_again(job, result, now):
             log.warning("positions.check_failed", error=result.message, **fields)
             error = result.message or "failed"
             answer = VenuePositions(venue=self._venue, user_id=message.user_id, symbols=message.symbols, error=error)

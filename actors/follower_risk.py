@@ -57,7 +57,6 @@ class FollowerRisk(FollowerBase):
 
     def _on_prices(self, update: PriceUpdate) -> None:
         """Mark positions to market and act on the first trigger each one hits."""
-        now = self._ctx.clock()
         check = self._ctx.liquidation_checks.get(update.venue)
         to_ask: list[Position] = []
         for position in list(self._portfolio.positions.values()):
@@ -83,10 +82,7 @@ class FollowerRisk(FollowerBase):
                 # With a close in flight the venue's answer decides: writing the margin off here and then
                 # applying the close's fill would count the same money twice.
                 if position.trade_type is TradeType.FUTURES and position.status is not PositionStatus.CLOSING:
-                    event = liquidate(self._portfolio, position, mark, now=now)
-                    metrics.incr("positions.liquidated")
-                    self._persist(position.to_row(), *self._portfolio.balance_rows())
-                    self._ctx.publish(event)
+                    self._book_liquidation(position, mark)
                 continue
             self.start_close(position.position_id, trigger, mark=mark)
         if to_ask and check is not None:
@@ -147,10 +143,14 @@ class FollowerRisk(FollowerBase):
                 mark=mark,
             )
             asked.pop(position.position_id, None)
-            event = liquidate(self._portfolio, position, mark, now=self._ctx.clock())
-            metrics.incr("positions.liquidated")
-            self._persist(position.to_row(), *self._portfolio.balance_rows())
-            self._ctx.publish(event)
+            self._book_liquidation(position, mark)
+
+    def _book_liquidation(self, position: Position, mark: Decimal) -> None:
+        """The position is gone with its margin: books, rows, ``PositionLiquidated``."""
+        event = liquidate(self._portfolio, position, mark, now=self._ctx.clock())
+        metrics.incr("positions.liquidated")
+        self._persist(position.to_row(), *self._portfolio.balance_rows())
+        self._ctx.publish(event)
 
     def _adopt_venue_position(self, position: Position, venue_qty: Decimal, venue_liq: Decimal | None) -> None:
         if venue_qty != position.qty:
