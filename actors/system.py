@@ -391,9 +391,5 @@ def log_event(event: DomainEvent) -> None:
     log.info(name, **fields)
 
 
-def _fields(state: FollowerState) -> dict[str, Any]:
-    return {name: getattr(state, name) for name in state.__struct_fields__}
-
-
 def data_path(config: EngineConfig) -> Path:
     return config.data_path
