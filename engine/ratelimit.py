@@ -77,7 +77,7 @@ class TokenBucket:
         for returns_at, returned in self._returns:
             missing -= returned
             if missing <= 0:
-                return max(0.0, returns_at - now)
+                return _until(returns_at, now)
         return math.inf
 
     def _push(self, returns_at: float, weight: int) -> None:
@@ -134,3 +134,12 @@ class AccountOrderLimiter:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+def _until(at: float, now: float) -> float:
+    """The wait ``w`` with ``now + w >= at``: ``at - now`` can round so that ``now + (at - now) < at`` by one ulp,
+    and a caller waking at that sum would find the tokens not back yet."""
+    wait = max(0.0, at - now)
+    while now + wait < at:
+        wait = math.nextafter(wait, math.inf)
+    return wait

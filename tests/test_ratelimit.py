@@ -101,3 +101,16 @@ def test_account_limiter_forgets_idle_accounts() -> None:
     limiter.try_acquire(7, 5.0)
     limiter.prune(5.5)
     assert len(limiter) == 1
+
+
+def test_wait_time_is_never_an_ulp_short() -> None:
+    """Found by hypothesis: 3.4067480713225367 + (11.703374035661268 - 3.4067480713225367) rounds below
+    11.703374035661268, so waking after the wait found the tokens not back yet."""
+    bucket = TokenBucket(capacity=5, window_s=10.0)
+    first = 1.7033740356612683
+    assert bucket.try_acquire(1, first)
+    now = first * 2
+    wait = bucket.wait_time(5, now)
+    assert 0 < wait < math.inf
+    assert bucket.try_acquire(5, now + wait)
+
