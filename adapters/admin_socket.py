@@ -53,6 +53,8 @@ _log = get_logger(__name__)
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 _PROBE_TIMEOUT_S = 2.0
+_LINGER_S = 1.0  # how long a refused peer may go on sending before we close anyway
+_LINGER_MAX_BYTES = 4 * 1024 * 1024
 _CLOSE_TIMEOUT_S = 5.0
 _MAX_ERROR_CHARS = 2000
 
@@ -243,6 +245,7 @@ class AdminServer:
                     f"line too long: at most {self._max_line_bytes} bytes per line; closing the connection"
                 )
                 await self._send(writer, encode_reply({"ok": False, "error": error}))
+                await _lingering_close(reader, writer)
                 return
             await self._send(writer, await self._reply(line, peer, conn_id))
             if last:
@@ -343,3 +346,21 @@ def _prepare_directory(directory: Path) -> None:
     if stat.S_IMODE(st.st_mode) != 0o700:
         os.chmod(directory, 0o700)
         _log.info("admin.socket_dir_chmod", path=str(directory), old_mode=oct(stat.S_IMODE(st.st_mode)))
+
+
+async def _lingering_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Half-close, then read and drop what the peer is still sending before the socket is closed.
+
+    Closing a socket whose receive queue still holds bytes makes the kernel reset the connection, and the
+    peer's read of our error reply then fails with ECONNRESET instead of returning it: the reply would be
+    lost exactly when it explains why we hang up. Bounded in bytes and time so a flood cannot hold us."""
+    with contextlib.suppress(Exception):
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(_LINGER_S):
+            dropped = 0
+            while dropped < _LINGER_MAX_BYTES:
+                chunk = await reader.read(65_536)
+                if not chunk:
+                    return
+                dropped += len(chunk)
