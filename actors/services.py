@@ -163,11 +163,14 @@ def periodic_jobs(system: EngineSystem) -> list[tuple[str, float, Callable[[], N
         system.reconcile()
         system.router.tell(SweepStale())
 
-    day = [datetime.now(UTC).date()]
+    day = [system.clock().date()]
 
     def day_roll() -> None:
-        today = datetime.now(UTC).date()
+        # Each follower's first snapshot of a new day closes the old one (Portfolio.snapshot): its balances
+        # are read when the follower takes it, hence a check every second, not every snapshot interval.
+        today = system.clock().date()
         if today != day[0]:
+            log.info("portfolio.day_rolled", day_closed=day[0].isoformat(), day=today.isoformat())
             day[0] = today
             take_snapshots(system)
 
@@ -175,7 +178,7 @@ def periodic_jobs(system: EngineSystem) -> list[tuple[str, float, Callable[[], N
         ("timer-stats", cfg.stats_interval_s, lambda: report_stats(system)),
         ("timer-venue-health", 1.0, health),
         ("timer-reconcile", 10.0, reconcile),
-        ("timer-day-roll", 30.0, day_roll),
+        ("timer-day-roll", 1.0, day_roll),
         ("timer-snapshots", cfg.snapshot_interval_s, lambda: _discard(take_snapshots(system))),
     ]
 

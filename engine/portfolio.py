@@ -11,11 +11,15 @@
 * ``credit`` / ``debit`` change free for cash that does not pass through a reservation (a closing fill's
   ``Realized.cash_returned_usdt``, deposits, fees taken later).
 * daily counters (trades today, realised PnL today) roll at 00:00 UTC.
+* day close: the first ``snapshot`` after the counters rolled closes the day that ended. It is stamped at that
+  day's last microsecond (``day_end``) with that day's trade count and the realised total at the boundary:
+  the exact baseline from which a restart on the next day computes "realised today". Its balances and equity
+  are those when it is taken (the day-roll timer takes it within about a second of midnight).
 * equity = free + reserved + Σ margin of active positions + Σ their unrealised PnL, in USDT (only USDT
   balances count; unrealised at the given marks, else the position's last known value). For spot, "margin"
   is the cost of the holding, so margin + unrealised is its market value.
-* ``SnapshotRow.realized_pnl_usdt`` is the realised PnL this portfolio has recorded since it was loaded
-  (``realized_total_usdt``, which the caller seeds on load).
+* ``SnapshotRow.realized_pnl_usdt`` is the running realised total (``realized_total_usdt``, which the caller
+  seeds on load with the total of the user's positions).
 
 ``performance(...)`` summarises closed positions and an equity series: win rate (wins / closed, where a win
 is realised PnL > 0), realised PnL by UTC day of closing, and max drawdown (largest peak-to-trough fall of
@@ -26,14 +30,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
 from engine.messages import BalanceRow, PositionRow, PositionStatus, SnapshotRow
 from engine.positions import Position
 from engine.sizing import AccountView, HeldPosition
 
-__all__ = ["USDT", "Balance", "BalanceError", "Performance", "Portfolio", "max_drawdown", "performance"]
+__all__ = [
+    "USDT",
+    "Balance",
+    "BalanceError",
+    "DayClose",
+    "Performance",
+    "Portfolio",
+    "day_end",
+    "max_drawdown",
+    "performance",
+]
 
 _ZERO = Decimal(0)
 USDT = "USDT"
@@ -61,6 +75,20 @@ def _key(venue: str, asset: str) -> tuple[str, str]:
     return _keys.setdefault(key, key)
 
 
+def day_end(day: date) -> datetime:
+    """The last instant (microsecond) of the UTC ``day``: where a day-close snapshot is stamped."""
+    return datetime.combine(day + timedelta(days=1), time.min, UTC) - timedelta(microseconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class DayClose:
+    """A UTC day's figures, kept when the daily counters roll until the day-close snapshot is taken."""
+
+    day: date
+    trades: int
+    realized_total_usdt: Decimal  # the running total at the day's end: the next day's baseline
+
+
 def _non_negative(amount: Decimal, what: str) -> None:
     if not amount.is_finite() or amount < 0:
         raise BalanceError(f"{what} must be a non-negative amount, got {amount}")
@@ -72,6 +100,7 @@ class Portfolio:
     __slots__ = (
         "_balances",
         "_day",
+        "_day_close",
         "positions",
         "realized_today_usdt",
         "realized_total_usdt",
@@ -85,6 +114,7 @@ class Portfolio:
         self._balances: dict[tuple[str, str], Balance] = {}
         self.positions: dict[str, Position] = {}  # active positions by position id
         self._day: date = now.date()
+        self._day_close: DayClose | None = None  # a day that ended, its closing snapshot not yet taken
         self.trades_today = 0
         self.realized_today_usdt = _ZERO
         self.realized_total_usdt = realized_total_usdt
@@ -182,6 +212,8 @@ class Portfolio:
     def _roll(self, now: datetime) -> None:
         today = now.date()  # callers pass UTC, so this is the UTC day
         if today != self._day:
+            # Before anything of the new day is counted: the total now is the total at the boundary.
+            self._day_close = DayClose(self._day, self.trades_today, self.realized_total_usdt)
             self._day, self.trades_today, self.realized_today_usdt = today, 0, _ZERO
 
     def record_trade(self, now: datetime) -> None:
@@ -261,19 +293,24 @@ class Portfolio:
         return free, reserved, margin, unrealized
 
     def snapshot(self, now: datetime, marks: Mapping[str, Decimal]) -> SnapshotRow:
-        """Equity and counters at ``now`` (see the module docstring for the definitions)."""
+        """Equity and counters at ``now``; but when a UTC day ended since the last snapshot, that day's closing
+        snapshot (see the module docstring for the definitions)."""
         self._roll(now)
         free, reserved, margin, unrealized = self.equity_parts(marks)
+        taken_at, realized, trades = now, self.realized_total_usdt, self.trades_today
+        if (closed := self._day_close) is not None:
+            self._day_close = None
+            taken_at, realized, trades = day_end(closed.day), closed.realized_total_usdt, closed.trades
         return SnapshotRow(
             user_id=self.user_id,
-            taken_at=now,
+            taken_at=taken_at,
             equity_usdt=free + reserved + margin + unrealized,
             free_usdt=free,
             reserved_usdt=reserved,
             unrealized_pnl_usdt=unrealized,
-            realized_pnl_usdt=self.realized_total_usdt,
+            realized_pnl_usdt=realized,
             open_positions=sum(1 for p in self.positions.values() if p.is_active),
-            trades_today=self.trades_today,
+            trades_today=trades,
         )
 
 

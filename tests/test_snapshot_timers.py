@@ -1,0 +1,151 @@
+"""The snapshot timers on their own, and the day close that a restart on the next day counts "today" from.
+
+* ``Portfolio.snapshot``: the first snapshot after 00:00 UTC closes the day that ended (no I/O);
+* the periodic job writes ``portfolio_snapshots`` rows every ``snapshot_interval_s`` with nobody asking;
+* the day-roll job, driven by the engine's injected clock (no waiting for midnight), writes the day close, and
+  an engine started the next day counts only what was realised after midnight toward the daily loss limit.
+
+Engines here run one at a time (stopping one stops every pooled actor in the process), on this module's own
+database, with the markets and helpers of ``tests/test_snapshots.py``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from actors.stats import take_snapshots
+from actors.system import EngineSystem
+from adapters.paper import PaperVenue
+from engine.ids import position_id_for
+from engine.portfolio import Portfolio, day_end
+from tests.harness import engine_config, settle, wait_for
+from tests.pg import fetch
+from tests.test_snapshots import PRICES, copied, figures, follow, markets, signal, status, tick
+
+D = Decimal
+VENUES = '[{name = "paper", price_poll_interval_ms = 600000, price_stale_after_ms = 600000}]'
+
+
+class ManualClock:
+    """The engine's clock, set by the test. Read from actor and timer threads: one attribute, swapped whole."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def start_engine(dsn: str, data_dir: Path, venue: PaperVenue, clock: Any = None, **env: str) -> EngineSystem:
+    cfg = engine_config(dsn, data_dir, ENGINE_VENUES=VENUES, ENGINE_PERSISTENCE__FLUSH_INTERVAL_MS="10", **env)
+    system = EngineSystem(cfg, venue_adapters={"paper": venue}, **({"clock": clock} if clock else {}))
+    system.start()
+    return system
+
+
+def snapshots(dsn: str, user_id: int) -> list[dict[str, Any]]:
+    rows = fetch(dsn, "SELECT * FROM portfolio_snapshots WHERE user_id = $1 ORDER BY taken_at", user_id)
+    return [dict(r) for r in rows]
+
+
+def test_first_snapshot_of_a_day_closes_the_day_before() -> None:
+    midnight = datetime(2024, 3, 2, tzinfo=UTC)
+    p = Portfolio(7, now=midnight - timedelta(hours=1))
+    p.record_trade(midnight - timedelta(minutes=30))
+    p.record_realized(D(-5), midnight - timedelta(minutes=30))
+    periodic = p.snapshot(midnight - timedelta(minutes=5), {})
+    assert (periodic.taken_at, periodic.trades_today, periodic.realized_pnl_usdt) == (
+        midnight - timedelta(minutes=5), 1, D(-5)
+    )  # fmt: skip
+    p.record_realized(D(-3), midnight - timedelta(seconds=30))  # after the last periodic snapshot
+    p.record_realized(D(-1), midnight + timedelta(milliseconds=200))  # the new day's, before the day roll
+    close = p.snapshot(midnight + timedelta(seconds=1), {})
+    assert close.taken_at == day_end(midnight.date() - timedelta(days=1)) == midnight - timedelta(microseconds=1)
+    assert (close.trades_today, close.realized_pnl_usdt) == (1, D(-8))  # the closed day's, the total at 00:00
+    assert (p.trades_today, p.realized_today_usdt, p.realized_total_usdt) == (0, D(-1), D(-9))
+    later = p.snapshot(midnight + timedelta(minutes=5), {})
+    assert (later.taken_at, later.trades_today, later.realized_pnl_usdt) == (
+        midnight + timedelta(minutes=5), 0, D(-9)
+    )  # fmt: skip
+
+
+def test_periodic_job_writes_snapshots_on_its_own(pg_dsn: str, tmp_path: Path) -> None:
+    user, whale = 4001, 401
+    venue = PaperVenue(markets=markets(), initial_marks=PRICES, latency_ms=0)
+    system = start_engine(pg_dsn, tmp_path, venue, ENGINE_SNAPSHOT_INTERVAL_S="0.2")
+    try:
+        follow(system, pg_dsn, user, whale)
+        assert copied(system, pg_dsn, signal(pg_dsn, whale, "SNF/USDT:USDT"))["copied"] == 1
+        settle(system)
+        # Nothing here asks for a snapshot: rows come from the timer alone, one per interval.
+        rows = wait_for(lambda: (r := snapshots(pg_dsn, user)) and len(r) >= 3 and r)
+    finally:
+        system.stop()
+    assert len({r["taken_at"] for r in rows}) == len(rows)
+    # A copy of 100 USDT of margin at x5 on SNF @ 100: fee 0.25; the mark has not moved.
+    assert figures(rows[-1]) == {
+        "free_usdt": D("9899.75"),
+        "reserved_usdt": D(0),
+        "unrealized_pnl_usdt": D(0),
+        "realized_pnl_usdt": D("-0.25"),
+        "equity_usdt": D("9999.75"),
+        "open_positions": 1,
+        "trades_today": 1,
+    }
+
+
+def test_day_roll_closes_the_day_and_a_restart_counts_only_today(pg_dsn: str, tmp_path: Path) -> None:
+    user, whale = 4002, 402
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)  # the loader's "today"
+    clock = ManualClock(midnight - timedelta(minutes=10))
+    venue = PaperVenue(markets=markets(), initial_marks=PRICES, latency_ms=0)
+    # The periodic timer is off (an hour): the test takes the periodic snapshot itself, at a chosen time.
+    system = start_engine(pg_dsn, tmp_path, venue, clock, ENGINE_SNAPSHOT_INTERVAL_S="3600")
+    try:
+        follow(system, pg_dsn, user, whale, stop_loss_pct=D(10), daily_loss_limit_usdt=D(20))
+        a, b = signal(pg_dsn, whale, "DLA/USDT:USDT"), signal(pg_dsn, whale, "DLB/USDT:USDT")
+        assert copied(system, pg_dsn, a)["copied"] == 1 and copied(system, pg_dsn, b)["copied"] == 1
+
+        clock.now = midnight - timedelta(minutes=5)  # the last periodic snapshot of the day
+        take_snapshots(system)
+        settle(system)
+        clock.now = midnight - timedelta(minutes=2)  # DLA's SL (90) at 89: -55 gross, exit fee 0.2225
+        venue.set_mark("DLA/USDT:USDT", D(89))
+        tick(system)
+        wait_for(lambda: status(pg_dsn, position_id_for(a, user)) == "closed")
+        settle(system)
+
+        clock.now = midnight + timedelta(milliseconds=500)  # the day-roll timer notices by itself
+        day_close = midnight - timedelta(microseconds=1)
+        wait_for(lambda: any(r["taken_at"] == day_close for r in snapshots(pg_dsn, user)))
+        rows = {r["taken_at"]: r for r in snapshots(pg_dsn, user)}
+        assert (rows[midnight - timedelta(minutes=5)]["realized_pnl_usdt"], rows[day_close]["trades_today"]) == (
+            D("-0.5"), 3
+        )  # fmt: skip
+        assert rows[day_close]["realized_pnl_usdt"] == D("-55.7225")  # entry fees 0.5 + DLA -55.2225
+        proxy = system.supervisor.ref(user).proxy()  # type: ignore[union-attr]
+        described = proxy.describe().get(timeout=30)
+        assert (described["trades_today"], described["realized_pnl_today_usdt"]) == (0, D(0))
+
+        clock.now = midnight + timedelta(minutes=1)  # today: the whale closes DLB, exit fee 0.25
+        assert (
+            copied(system, pg_dsn, signal(pg_dsn, whale, "DLB/USDT:USDT", side="sell", action="close"))["copied"] == 1
+        )
+        wait_for(lambda: status(pg_dsn, position_id_for(b, user)) == "closed")
+        settle(system)
+    finally:
+        system.stop()
+
+    # The next engine runs on the real clock: today is the same day. Yesterday's -55.7225, even the part
+    # realised after the last periodic snapshot, is not today's; the exit fee is, and stays under the limit.
+    system = start_engine(pg_dsn, tmp_path, venue, ENGINE_SNAPSHOT_INTERVAL_S="3600")
+    try:
+        proxy = system.supervisor.ref(user).proxy()  # type: ignore[union-attr]
+        assert proxy.describe().get(timeout=30)["realized_pnl_today_usdt"] == D("-0.25")
+        entry = copied(system, pg_dsn, signal(pg_dsn, whale, "DLC/USDT:USDT"))
+        assert (entry["copied"], entry["skip_reasons"]) == (1, {})
+    finally:
+        system.stop()
