@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -187,6 +188,57 @@ def test_users_and_user(engine: EngineSystem) -> None:
         reply["performance"]
     )
     assert "no user 99999" in refused(engine, "user", "99999")
+
+
+_CLOSED_SQL = """INSERT INTO positions (position_id, user_id, venue, symbol, trade_type, side, qty, entry_price,
+    leverage, margin_usdt, status, realized_pnl_usdt, opened_at, closed_at, close_reason)
+    VALUES ($1, $2, 'paper', 'HIS/USDT:USDT', 'futures', 'long', 1, 100, 2, 50, $3, $4, $5, $6, $7)"""
+_SNAPSHOT_SQL = """INSERT INTO portfolio_snapshots (user_id, taken_at, equity_usdt, free_usdt, reserved_usdt,
+    unrealized_pnl_usdt, realized_pnl_usdt, open_positions, trades_today) VALUES ($1, $2, $3, $4, 0, $5, $6, $7, $8)"""
+
+
+def test_user_reports_latest_snapshot_and_performance(engine: EngineSystem, pg_dsn: str) -> None:
+    # Carol has no closed position and no snapshot yet (file order): history as the engine writes it.
+    day = [datetime(2024, 5, d, tzinfo=UTC) for d in (1, 2, 3)]
+    closed = [  # (status, realised PnL, closed at): wins are PnL > 0, so the break-even one is a loss
+        ("closed", "30", day[0] + timedelta(hours=9)),
+        ("closed", "-10", day[0] + timedelta(hours=23, minutes=59)),
+        ("closed", "5", day[1] + timedelta(minutes=1)),  # UTC day 2, though 1 minute after day 1 ended
+        ("liquidated", "-100", day[1] + timedelta(hours=12)),
+        ("closed", "0", day[2] + timedelta(hours=1)),
+        ("closed", "15", day[2] + timedelta(hours=2)),
+    ]
+    for i, (status, pnl, at) in enumerate(closed):
+        reason = "liquidation" if status == "liquidated" else "signal"
+        execute(pg_dsn, _CLOSED_SQL, f"his-{i}", CAROL, status, Decimal(pnl), at - timedelta(hours=1), at, reason)
+    # Equity 1000 -> 900 (-100, 10 %) -> 1600 -> 1200 (-400, 25 %: the deepest fall, not the lowest point) -> 1300
+    for hour, equity in enumerate((1000, 900, 1600, 1200, 1300)):
+        taken_at = day[2] + timedelta(hours=hour)
+        execute(pg_dsn, _SNAPSHOT_SQL, CAROL, taken_at, equity, equity - 50, -10 + hour, -60, 1, hour)
+
+    reply = ok(engine, "user", str(CAROL))
+    latest = reply["latest_snapshot"]
+    assert datetime.fromisoformat(latest.pop("taken_at")) == day[2] + timedelta(hours=4)
+    assert {k: v if isinstance(v, int) else Decimal(v) for k, v in latest.items()} == {
+        "user_id": CAROL,
+        "equity_usdt": Decimal(1300),
+        "free_usdt": Decimal(1250),
+        "reserved_usdt": Decimal(0),
+        "unrealized_pnl_usdt": Decimal(-6),
+        "realized_pnl_usdt": Decimal(-60),
+        "open_positions": 1,
+        "trades_today": 4,
+    }
+    perf = reply["performance"]
+    assert (perf["closed_positions"], perf["wins"], perf["losses"]) == (6, 3, 3)
+    assert Decimal(perf["win_rate"]) == Decimal("0.5")
+    assert Decimal(perf["realized_pnl_usdt"]) == Decimal(-60)  # 30 - 10 + 5 - 100 + 0 + 15
+    assert {d: Decimal(v) for d, v in perf["realized_pnl_by_day"].items()} == {
+        "2024-05-01": Decimal(20),
+        "2024-05-02": Decimal(-95),
+        "2024-05-03": Decimal(15),
+    }
+    assert (Decimal(perf["max_drawdown_usdt"]), Decimal(perf["max_drawdown_pct"])) == (Decimal(400), Decimal(25))
 
 
 def test_dry_run_places_nothing(engine: EngineSystem, pg_dsn: str) -> None:
