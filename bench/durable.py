@@ -22,6 +22,7 @@ from adapters import database as db
 from adapters.paper import DEFAULT_MARKS, PaperVenue
 from bench._engine import insert_signal_row, make_signal, new_database, running_engine, seed
 from bench._report import row
+from engine import metrics
 
 SCENARIO = "2 durable end to end"
 SYMBOLS = [f"{b}/USDT:USDT" for b in ("ETH", "SOL", "BNB", "XRP", "LINK", "LTC", "AVAX", "ADA", "DOGE")]
@@ -29,11 +30,18 @@ _TIMEOUT_S = 60.0
 _POLL_S = 0.01
 
 
-async def _wait_persisted(dsn: str, signal_id: int, symbol: str, expected: int, started: float) -> float:
+async def _wait_persisted(
+    dsn: str, signal_id: int, symbol: str, expected: int, started: float, filled_before: int
+) -> float:
     conn = await db.connect(dsn)
     try:
         deadline = time.monotonic() + _TIMEOUT_S
         while time.monotonic() < deadline:
+            # The database is only asked once the engine has seen every fill: until then the answer cannot be
+            # yes, and a count(*) every 10 ms would take GIL and server time from the run it measures.
+            if metrics.counters().get("orders.filled", 0) - filled_before < expected:
+                await asyncio.sleep(_POLL_S / 5)
+                continue
             filled = await conn.fetchval(
                 "SELECT count(*) FROM trades WHERE signal_id = $1 AND status = 'filled'", signal_id
             )
@@ -73,9 +81,11 @@ def run(*, quick: bool = False) -> list[dict[str, Any]]:
                 signal = make_signal(1000 + i, whale_id=1, symbol=symbol, price=price)
                 insert_signal_row(dsn, signal)
                 before = system.persistence.proxy().stats().get()["durable_commits"]
+                filled_before = metrics.counters().get("orders.filled", 0)
                 started = time.perf_counter()
                 system.router.tell(RouteSignal(signal=signal, received_at_ns=time.monotonic_ns()))
-                elapsed = asyncio.run(_wait_persisted(dsn, signal.signal_id, symbol, followers, started))
+                waiting = _wait_persisted(dsn, signal.signal_id, symbol, followers, started, filled_before)
+                elapsed = asyncio.run(waiting)
                 if i > 0:  # the first signal warms pools and caches
                     times.append(elapsed)
                     commits.append(system.persistence.proxy().stats().get()["durable_commits"] - before)
@@ -84,6 +94,7 @@ def run(*, quick: bool = False) -> list[dict[str, Any]]:
             SCENARIO, f"signal → {followers:,} filled + persisted", times, unit="s",
             target="p50 ≤ 1 s", ok=sorted(times)[len(times) // 2] <= 1.0,
             note=f"fsync on; group commits per signal: {min(commits):.0f}–{max(commits):.0f}; clock stops when a "
-            "10 ms poll of PostgreSQL sees every trade FILLED and every position row",
+            "10 ms poll of PostgreSQL (started once the engine has counted every fill) sees every trade FILLED and "
+            "every position row",
         )
     ]  # fmt: skip
