@@ -172,7 +172,7 @@ def periodic_jobs(system: EngineSystem) -> list[tuple[str, float, Callable[[], N
         if today != day[0]:
             log.info("portfolio.day_rolled", day_closed=day[0].isoformat(), day=today.isoformat())
             day[0] = today
-            take_snapshots(system)
+            take_snapshots(system, reason="day_roll")
 
     return [
         ("timer-stats", cfg.stats_interval_s, lambda: report_stats(system)),

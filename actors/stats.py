@@ -80,8 +80,9 @@ def report_stats(system: EngineSystem) -> None:
     log.info("engine.stats", **collect_stats(system))
 
 
-def take_snapshots(system: EngineSystem) -> int:
-    """Ask every follower to persist a portfolio snapshot (``portfolio_snapshots``). Returns how many."""
+def take_snapshots(system: EngineSystem, *, reason: str = "interval") -> int:
+    """Ask every follower to persist a portfolio snapshot (``portfolio_snapshots``). Returns how many.
+    ``reason``: ``interval`` (the periodic timer), ``day_roll`` or ``shutdown``, for the log line."""
     if system.supervisor is None:
         return 0
     count = 0
@@ -90,5 +91,5 @@ def take_snapshots(system: EngineSystem) -> int:
         with contextlib.suppress(pykka.ActorDeadError):
             ref.tell(message)
             count += 1
-    log.info("portfolio.snapshots", followers=count)
+    log.info("portfolio.snapshots", followers=count, reason=reason)
     return count

@@ -5,7 +5,9 @@ their exchange actors -> followers rebuilt from the database (start-up recovery 
 signal intake and admin socket -> timers. ``engine.ready`` is logged when signals are accepted.
 
 Stop (SIGINT/SIGTERM, admin ``shutdown``): stop taking signals, let in-flight orders settle (bounded by
-``shutdown_grace_s``), flush persistence, stop actors, close venues, stop the embedded server if we started it.
+``shutdown_grace_s``), stop the services, take one portfolio snapshot per follower (the baseline a restart on a
+later day counts "realised today" from), stop the actors, close venues, flush persistence, stop the embedded
+server if we started it.
 
 ``start``/``stop`` run on the main thread and may block on futures; nothing here runs inside an actor handler.
 """
@@ -318,6 +320,7 @@ class EngineSystem:
         steps: list[tuple[str, Callable[[], None]]] = [
             ("drain", self._drain_and_settle),
             ("services", lambda: stop_services(self)),
+            ("snapshots", self._final_snapshots),
             ("followers", lambda: runtime.stop_all_pooled(timeout_s=60)),
             ("router", lambda: self.router.stop() if self.router is not None else None),
             ("venues", self._stop_venues),
@@ -341,6 +344,16 @@ class EngineSystem:
         if self.router is not None and self.router.is_alive():
             self.set_draining(True)
             self._settle(self.config.shutdown_grace_s)
+
+    def _final_snapshots(self) -> None:
+        """One snapshot per follower at its settled books, so a restart after midnight takes "realised today"
+        from it (``adapters/state_loader.py``) and not from the last periodic one, which misses what was realised
+        since. After ``services``: no price tick or signal changes the books any more. Before ``followers``: each
+        follower handles the request before its stop (stops queue behind it) and tells persistence the row, which
+        the ``persistence`` step then flushes."""
+        from actors.stats import take_snapshots
+
+        take_snapshots(self, reason="shutdown")
 
     def _stop_venues(self) -> None:
         for venue in self.venues.values():

@@ -121,8 +121,9 @@ def _queries(ids: list[int] | None) -> dict[str, tuple[str, list[Any]]]:
             GROUP BY position_id""",  # noqa: S608
         # Today (UTC) so far: filled trades, and realised PnL = the total now minus the total at the last
         # snapshot taken before midnight. With the engine up at midnight that is the day-close snapshot
-        # (engine/portfolio.py), stamped 23:59:59.999999 with the total at the boundary: exact. Without any
-        # snapshot before midnight, the realised PnL of positions opened or closed today.
+        # (engine/portfolio.py), stamped 23:59:59.999999 with the total at the boundary: exact. Stopped cleanly
+        # before midnight, it is the shutdown snapshot (EngineSystem.stop), taken with the books settled: exact
+        # too. Without any snapshot before midnight, the realised PnL of positions opened or closed today.
         "today": f"""SELECT user_id, count(*) AS n FROM trades
             WHERE status IN ('filled', 'partially_filled')
               AND updated_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' {and_uid}

@@ -3,7 +3,9 @@
 * ``Portfolio.snapshot``: the first snapshot after 00:00 UTC closes the day that ended (no I/O);
 * the periodic job writes ``portfolio_snapshots`` rows every ``snapshot_interval_s`` with nobody asking;
 * the day-roll job, driven by the engine's injected clock (no waiting for midnight), writes the day close, and
-  an engine started the next day counts only what was realised after midnight toward the daily loss limit.
+  an engine started the next day counts only what was realised after midnight toward the daily loss limit;
+* a clean stop before midnight writes one snapshot per follower with its settled books, so an engine started
+  the next day does not count a loss realised after the last periodic snapshot as today's.
 
 Engines here run one at a time (stopping one stops every pooled actor in the process), on this module's own
 database, with the markets and helpers of ``tests/test_snapshots.py``.
@@ -145,6 +147,49 @@ def test_day_roll_closes_the_day_and_a_restart_counts_only_today(pg_dsn: str, tm
     try:
         proxy = system.supervisor.ref(user).proxy()  # type: ignore[union-attr]
         assert proxy.describe().get(timeout=30)["realized_pnl_today_usdt"] == D("-0.25")
+        entry = copied(system, pg_dsn, signal(pg_dsn, whale, "DLC/USDT:USDT"))
+        assert (entry["copied"], entry["skip_reasons"]) == (1, {})
+    finally:
+        system.stop()
+
+
+def test_clean_stop_snapshots_so_a_restart_the_next_day_counts_nothing_from_yesterday(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    user, whale = 4003, 403
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)  # the loader's "today"
+    clock = ManualClock(midnight - timedelta(minutes=10))
+    venue = PaperVenue(markets=markets(), initial_marks=PRICES, latency_ms=0)
+    system = start_engine(pg_dsn, tmp_path, venue, clock, ENGINE_SNAPSHOT_INTERVAL_S="3600")
+    try:
+        follow(system, pg_dsn, user, whale, stop_loss_pct=D(10), daily_loss_limit_usdt=D(20))
+        a = signal(pg_dsn, whale, "DLA/USDT:USDT")
+        assert copied(system, pg_dsn, a)["copied"] == 1
+
+        clock.now = midnight - timedelta(minutes=5)  # the last periodic snapshot of the day: the entry fee only
+        take_snapshots(system)
+        settle(system)
+        clock.now = midnight - timedelta(minutes=2)  # DLA's SL (90) at 89: -55 gross, exit fee 0.2225
+        venue.set_mark("DLA/USDT:USDT", D(89))
+        tick(system)
+        wait_for(lambda: status(pg_dsn, position_id_for(a, user)) == "closed")
+        settle(system)
+        assert [r["taken_at"] for r in snapshots(pg_dsn, user)] == [midnight - timedelta(minutes=5)]
+    finally:
+        system.stop()  # still yesterday on the engine's clock: no day roll wrote the loss down
+
+    rows = {r["taken_at"]: r["realized_pnl_usdt"] for r in snapshots(pg_dsn, user)}
+    assert rows == {
+        midnight - timedelta(minutes=5): D("-0.25"),
+        midnight - timedelta(minutes=2): D("-55.4725"),  # the shutdown's: entry fee 0.25 + DLA -55.2225
+    }
+
+    # The next engine runs on the real clock: today. The loss was yesterday's, though no periodic snapshot
+    # caught it; counted as today's, -55.2225 would be past the 20 USDT limit and skip the next entry.
+    system = start_engine(pg_dsn, tmp_path, venue, ENGINE_SNAPSHOT_INTERVAL_S="3600")
+    try:
+        proxy = system.supervisor.ref(user).proxy()  # type: ignore[union-attr]
+        assert proxy.describe().get(timeout=30)["realized_pnl_today_usdt"] == D(0)
         entry = copied(system, pg_dsn, signal(pg_dsn, whale, "DLC/USDT:USDT"))
         assert (entry["copied"], entry["skip_reasons"]) == (1, {})
     finally:
