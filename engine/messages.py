@@ -356,7 +356,7 @@ class PositionRow(msgspec.Struct, frozen=True, kw_only=True):
 class DomainEventRow(msgspec.Struct, frozen=True, kw_only=True):
     event_id: str  # deterministic: replaying the same fact gives the same id (idempotent insert)
     event_type: str
-    payload: dict[str, Any]
+    payload: Any  # a JSON object: builtins, or a frozen Struct (an engine.events event) encoded as one
     user_id: int | None = None
     signal_id: int | None = None
     occurred_at: datetime | None = None

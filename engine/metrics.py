@@ -1,8 +1,12 @@
 """Process-wide counters and latency samples for the ``engine.stats`` line and the admin ``stats`` command.
 
 Counters are monotonic (never reset); the stats reporter computes per-interval deltas. Latency samples are
-kept per interval in a bounded buffer and drained by the reporter. Updates come from many threads, hence the
-lock; it costs far less than the message that caused the update.
+kept per interval in a bounded buffer and drained by the reporter.
+
+Counters are bumped several times per copy on every thread, so each thread counts into a dict of its own (no
+lock: a shared lock held by a thread that then loses the GIL made the others queue behind it); a read sums
+the threads' dicts. Copying a dict of str -> int happens under the GIL in one step, so a read never sees a
+dict mid-change. Samples are rarer and keep the lock.
 """
 
 from __future__ import annotations
@@ -13,13 +17,25 @@ from collections import Counter
 _MAX_SAMPLES = 100_000
 
 _lock = threading.Lock()
-_counters: Counter[str] = Counter()
+_local = threading.local()
+_thread_counts: list[dict[str, int]] = []  # one per thread that ever counted; kept so totals never go down
 _samples: dict[str, list[float]] = {}
 
 
-def incr(name: str, amount: int = 1) -> None:
+def _own_counts() -> dict[str, int]:
+    counts: dict[str, int] = {}
     with _lock:
-        _counters[name] += amount
+        _thread_counts.append(counts)
+    _local.counts = counts
+    return counts
+
+
+def incr(name: str, amount: int = 1) -> None:
+    try:
+        counts: dict[str, int] = _local.counts
+    except AttributeError:
+        counts = _own_counts()
+    counts[name] = counts.get(name, 0) + amount
 
 
 def observe(name: str, value: float) -> None:
@@ -32,7 +48,11 @@ def observe(name: str, value: float) -> None:
 
 def counters() -> dict[str, int]:
     with _lock:
-        return dict(_counters)
+        per_thread = [dict(counts) for counts in _thread_counts]
+    total: Counter[str] = Counter()
+    for counts in per_thread:
+        total.update(counts)
+    return dict(total)
 
 
 def peek_samples() -> dict[str, list[float]]:
@@ -61,5 +81,6 @@ def percentile(values: list[float], pct: float) -> float | None:
 def reset_for_tests() -> None:
     global _samples
     with _lock:
-        _counters.clear()
+        for counts in _thread_counts:
+            counts.clear()
         _samples = {}
