@@ -2,7 +2,8 @@
 
 The feed runs against the test PostgreSQL (its holdings query is real) and a paper venue, with the rest of the
 system replaced by a stand-in: followers are recorders that keep every ``PriceUpdate`` they are told. So a test
-sees exactly what each follower received, and drives each tick itself.
+sees exactly what each follower received, and drives each tick itself. Last, the feed's share of a venue's
+weight budget, which ``actors.venues`` takes out of the exchange actor's.
 """
 
 from __future__ import annotations
@@ -211,3 +212,44 @@ def test_marks_go_stale_when_the_venue_stops_answering(pg_dsn: str, captured: li
     events = [e["event"] for e in captured if e.get("symbol") == bnb or e["event"] == "prices.tick_failed"]
     assert events.count("price.stale") == 1 and events.count("price.fresh") == 1
     assert events.count("prices.tick_failed") == 2
+
+
+# ---- the feed's share of a venue's weight budget (actors.venues.order_weight_per_minute) ------------------
+# The feed calls the adapter itself (one fetch_marks per poll), outside the exchange actor's budget, so the
+# exchange actor gets the rest. Weights are the real adapter profiles': Binance fetch_marks (every symbol's
+# ticker) 40, Bybit 1; the paper venue's feed reads its own book and costs nothing.
+@pytest.mark.parametrize(
+    ("kind", "weight_per_minute", "poll_ms", "for_orders", "warned_feed_weight"),
+    [
+        ("binance", 2400, 5000.0, 2400 - 480, None),  # 12 polls/min x 40
+        ("binance", 2400, 7000.0, 2400 - 343, None),  # 342.86/min, rounded up: never over budget
+        ("binance", 4800, 1000.0, 4800 - 2400, None),  # exactly half: no warning yet
+        ("binance", 4798, 1000.0, 4798 - 2400, 2400),  # over half: warned
+        ("binance", 2400, 1000.0, 1, 2400),  # the feed alone takes it all: orders keep a floor of 1/min
+        ("bybit", 7200, 1000.0, 7200 - 60, None),
+        ("paper", 6000, 1.0, 6000, None),
+    ],
+)
+def test_order_budget_is_the_venue_budget_minus_the_feed(
+    captured: list[dict[str, Any]], kind: str, weight_per_minute: int, poll_ms: float, for_orders: int,
+    warned_feed_weight: int | None,
+) -> None:  # fmt: skip
+    from actors.venues import _make_adapter, order_weight_per_minute
+
+    cfg = VenueConfig(name=f"{kind}-futures", kind=kind, trade_types=("futures",),  # type: ignore[arg-type]
+                      weight_per_minute=weight_per_minute, price_poll_interval_ms=poll_ms)  # fmt: skip
+    adapter = _make_adapter(None, cfg)  # type: ignore[arg-type]
+    try:
+        assert order_weight_per_minute(cfg, adapter) == for_orders
+    finally:
+        if kind != "paper":
+            asyncio.run(adapter.close())
+    warnings = [e for e in captured if e["event"] == "venue.price_feed_weight_high"]
+    if warned_feed_weight is None:
+        assert warnings == []
+    else:
+        assert warnings == [
+            {"event": "venue.price_feed_weight_high", "log_level": "warning", "venue": cfg.name,
+             "feed_weight_per_minute": warned_feed_weight, "weight_per_minute": weight_per_minute,
+             "hint": "raise price_poll_interval_ms"},
+        ]  # fmt: skip
