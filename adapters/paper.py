@@ -7,6 +7,12 @@ id returns the existing order, never a second one.
 
 Marks come from ``set_mark`` (the admin socket's ``price`` command) or, in demo mode, ``random_walk``.
 
+Liquidation: a futures position whose mark crosses its liquidation price (the engine's own isolated-margin
+estimate, ``paper_markets.liquidation_estimate``, or ``set_liquidation_price``'s) is liquidated by the venue
+itself when the price feed polls the marks (``fetch_marks``): the position is gone and its margin, taken at
+entry, never comes back. On the paper venue the engine books a liquidation by the same estimate on the marks
+that poll returns, so venue and books agree on which positions are gone.
+
 Threads: the coroutines run on the I/O loop. ``set_mark``, ``deposit``, ``inject`` and the test accessors may
 be called from any thread; one lock guards the state, and it is never held across an ``await``.
 """
@@ -23,7 +29,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal
 
-from adapters.paper_markets import DEFAULT_MARKS, default_markets, implied_leverage, venue_position
+from adapters.paper_markets import (
+    DEFAULT_MARKS,
+    default_markets,
+    implied_leverage,
+    liquidation_estimate,
+    venue_position,
+)
 from adapters.paper_traffic import CallRecord, InjectedFault, PaperTraffic
 from engine.logs import get_logger
 from engine.messages import MarketInfo, OrderRequest, Side, TradeStatus, TradeType, VenueOrder, VenuePosition
@@ -41,7 +53,19 @@ class _Position:
     entry_price: Decimal
     margin: Decimal
     leverage: int
+    liquidation_estimate: Decimal | None = None  # ``liquidation_estimate`` at this entry; None: market unknown
     liquidation_override: Decimal | None = None  # ``set_liquidation_price``; cleared when the position grows
+
+    @property
+    def liquidation_price(self) -> Decimal | None:
+        return self.liquidation_estimate if self.liquidation_override is None else self.liquidation_override
+
+    def crossed(self, mark: Decimal) -> bool:
+        """``mark`` is at or beyond the liquidation price (below it for a long, above it for a short)."""
+        level = self.liquidation_price
+        if level is None:
+            return False
+        return mark <= level if self.qty > 0 else mark >= level
 
 
 class PaperVenue(PaperTraffic):
@@ -125,11 +149,14 @@ class PaperVenue(PaperTraffic):
         """Put back a futures position the engine's books hold (``qty`` signed: > 0 long, < 0 short). The paper
         venue lives in memory, so after a restart this is how it learns what it "had"; margin is not re-debited
         (the engine's books already count it as committed). ``leverage`` defaults to value / margin."""
+        market = self._markets.get(symbol)
         if leverage is None:
-            market = self._markets.get(symbol)
             leverage = implied_leverage(qty * (market.contract_size if market else 1), entry_price, margin)
+        estimate = None
+        if market is not None:
+            estimate = liquidation_estimate(market, qty=qty, entry_price=entry_price, leverage=leverage)
         with self._lock:
-            self._positions[(user_id, symbol)] = _Position(qty, entry_price, margin, leverage)
+            self._positions[(user_id, symbol)] = _Position(qty, entry_price, margin, leverage, estimate)
 
     def liquidate(self, user_id: int, symbol: str) -> Decimal:
         """The venue liquidates a futures position: it is gone and its margin (debited at entry) is lost.
@@ -240,10 +267,23 @@ class PaperVenue(PaperTraffic):
             ]
 
     async def fetch_marks(self, symbols: list[str]) -> dict[str, Decimal]:
+        """The marks of ``symbols``; positions those marks cross are liquidated first (see the module docstring)."""
         self._arrive("fetch_marks", None)
         await self._round_trip()
         with self._lock:
-            return {s: self._marks[s] for s in symbols if s in self._marks}
+            marks = {s: self._marks[s] for s in symbols if s in self._marks}
+            liquidated = self._liquidate_crossed(marks)
+        for (user_id, symbol), position in liquidated:
+            log.info(
+                "paper.liquidated",
+                user_id=user_id,
+                symbol=symbol,
+                qty=position.qty,
+                mark=marks[symbol],
+                liquidation_price=position.liquidation_price,
+                margin_usdt=position.margin,
+            )
+        return marks
 
     async def close(self) -> None:
         return None
@@ -276,6 +316,19 @@ class PaperVenue(PaperTraffic):
     # ----------------------------------------------------------------------------------------------------
     # Internals
     # ----------------------------------------------------------------------------------------------------
+
+    def _liquidate_crossed(self, marks: Mapping[str, Decimal]) -> list[tuple[tuple[int, str], _Position]]:
+        """Remove the futures positions ``marks`` cross; their margin is lost. Under the lock."""
+        if not marks:
+            return []
+        crossed = [
+            (key, position)
+            for key, position in self._positions.items()
+            if (mark := marks.get(key[1])) is not None and position.crossed(mark)
+        ]
+        for key, _ in crossed:
+            del self._positions[key]
+        return crossed
 
     async def _round_trip(self) -> None:
         if self.latency_ms > 0:
@@ -381,13 +434,16 @@ class PaperVenue(PaperTraffic):
                 position = None
         if opening > 0:
             if position is None:
-                self._positions[key] = _Position(opening * direction, price, margin, request.leverage)
+                position = self._positions[key] = _Position(opening * direction, price, margin, request.leverage)
             else:  # adding to a position in the same direction: average the entry
                 total = abs(position.qty) + opening
                 position.entry_price = (position.entry_price * abs(position.qty) + price * opening) / total
                 position.qty += opening * direction
                 position.margin += margin
                 position.liquidation_override = None
+            position.liquidation_estimate = liquidation_estimate(
+                market, qty=position.qty, entry_price=position.entry_price, leverage=position.leverage
+            )
 
 
 def _round_to(value: Decimal, step: Decimal, rounding: str) -> Decimal:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from engine.messages import MarketInfo, PositionSide, TradeType, VenuePosition
-from engine.positions import Position
+from engine.protection import isolated_liquidation_price
 
 # Like Binance. base: spot (qty_step, price_tick),
 #                futures (qty_step, price_tick, min_notional, max_leverage, maintenance margin rate).
@@ -60,6 +60,14 @@ def implied_leverage(base_qty: Decimal, entry_price: Decimal, margin: Decimal) -
     return max(1, round(abs(base_qty) * entry_price / margin))
 
 
+def liquidation_estimate(market: MarketInfo, *, qty: Decimal, entry_price: Decimal, leverage: int) -> Decimal:
+    """The liquidation price of a futures position (``qty`` signed) by the engine's own isolated-margin rule
+    (``engine.protection.isolated_liquidation_price``, the market's maintenance margin rate): on the paper venue
+    the engine books a liquidation by this estimate, so the venue liquidates by it too."""
+    side = PositionSide.LONG if qty > 0 else PositionSide.SHORT
+    return isolated_liquidation_price(side, entry_price, leverage, market.maintenance_margin_rate)
+
+
 def venue_position(
     market: MarketInfo,
     *,
@@ -70,28 +78,13 @@ def venue_position(
     liquidation_override: Decimal | None = None,
 ) -> VenuePosition:
     """What the paper venue says about a futures position (``qty`` signed, in venue units). Its liquidation
-    price is the engine's own isolated-margin estimate (``engine.positions.Position.liquidation_price``):
-    the paper venue liquidates by the same rule the engine predicts, unless a test overrides it."""
-    side = PositionSide.LONG if qty > 0 else PositionSide.SHORT
-    estimate = Position(
-        position_id="paper",
-        user_id=0,
-        venue="paper",
-        symbol=market.symbol,
-        trade_type=TradeType.FUTURES,
-        side=side,
-        qty=abs(qty),
-        entry_price=entry_price,
-        leverage=leverage,
-        margin_usdt=margin,
-        maintenance_margin_rate=market.maintenance_margin_rate,
-        contract_size=market.contract_size,
-    )
+    price is ``liquidation_estimate`` (the engine's own), unless a test overrides it."""
+    estimate = liquidation_estimate(market, qty=qty, entry_price=entry_price, leverage=leverage)
     return VenuePosition(
         symbol=market.symbol,
-        side=side,
+        side=PositionSide.LONG if qty > 0 else PositionSide.SHORT,
         qty=abs(qty) * market.contract_size,
         entry_price=entry_price,
-        liquidation_price=estimate.liquidation_price if liquidation_override is None else liquidation_override,
+        liquidation_price=estimate if liquidation_override is None else liquidation_override,
         margin_usdt=margin,
     )

@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 import pytest
 
 from adapters.paper import PaperVenue, default_markets
-from engine.messages import OrderRequest, Side, TradeStatus, TradeType, VenueOrder
+from engine.messages import OrderRequest, PositionSide, Side, TradeStatus, TradeType, VenueOrder
+from engine.protection import isolated_liquidation_price
 from engine.venue import OrderRejected, OutcomeUnknown, RetryableError, VenueBanned
 
 T = TypeVar("T")
@@ -148,6 +149,38 @@ def test_futures_margin_reduce_only_and_pnl() -> None:
     assert paper.balance(1, "USDT") == Decimal(397) + 300 + 50 - Decimal("1.525")
     run(paper.create_order(close("r2", "0.05")))
     assert paper.position_qty(1, FUT) == 0
+
+
+@pytest.mark.parametrize(
+    ("side", "liq", "short_of"),
+    [
+        (Side.BUY, "54240", "54240.1"),  # long x10 @ 60,000, mmr 0.4 %: 60,000 × (1 - 0.1 + 0.004)
+        (Side.SELL, "65760", "65759.9"),  # short: 60,000 × (1 + 0.1 - 0.004)
+    ],
+)
+def test_a_polled_mark_at_the_liquidation_price_liquidates_the_position(side: Side, liq: str, short_of: str) -> None:
+    paper = PaperVenue(initial_marks={"BTC": Decimal(60000)})
+    paper.deposit(1, "USDT", Decimal(1000))
+    run(paper.create_order(order("o1", symbol=FUT, side=side, qty="0.1", leverage=10)))  # 600 margin + 3 fee
+    assert paper.balance(1, "USDT") == Decimal(397)
+    (held,) = run(paper.fetch_positions(user_id=1, symbols=[FUT]))
+    # The engine's own estimate, by which the engine books a liquidation on the paper venue.
+    engine_side = PositionSide.LONG if side is Side.BUY else PositionSide.SHORT
+    estimate = isolated_liquidation_price(engine_side, Decimal(60000), 10, Decimal("0.004"))
+    assert held.liquidation_price == estimate == Decimal(liq)
+
+    paper.set_mark("BTC", Decimal(short_of))
+    assert run(paper.fetch_marks([FUT])) == {FUT: Decimal(short_of)}
+    assert paper.position_qty(1, FUT) != 0  # one tick short of it: still held
+    paper.set_mark("BTC", Decimal(liq))
+    assert paper.position_qty(1, FUT) != 0  # the venue acts on the marks the price feed polls, not before
+    assert run(paper.fetch_marks([FUT])) == {FUT: Decimal(liq)}  # touching it is enough, as for the engine
+    assert paper.position_qty(1, FUT) == 0
+    assert run(paper.fetch_positions(user_id=1, symbols=[])) == []
+    assert paper.balance(1, "USDT") == Decimal(397)  # the margin left at entry and never comes back
+    with pytest.raises(OrderRejected, match="reduce-only"):
+        close_side = Side.SELL if side is Side.BUY else Side.BUY
+        run(paper.create_order(order("x1", symbol=FUT, side=close_side, qty="0.1", reduce_only=True, leverage=10)))
 
 
 def test_opposite_order_without_reduce_only_flips_the_position() -> None:

@@ -340,10 +340,16 @@ def test_liquidation(
     # margin 100 × 10 = notional 1000 → 10 units, entry fee 0.5
     assert (opened["qty"], opened["margin_usdt"], opened["liquidation_price"]) == (D(10), D(100), D(liq))
     assert usdt(pg_dsn, user) == (D("9899.5"), D(0))
+    held = D(10) if side == "buy" else D(-10)  # the venue's signed quantity
+    assert (venue.position_qty(user, symbol), venue.balance(user, "USDT")) == (held, D("9899.5"))
 
     venue.set_mark(symbol, D(mark))
     tick(engine)
     row = wait_position(pg_dsn, pid, "liquidated")
+    # The venue liquidated it too, on the mark the same poll returned: no position there, its margin gone with it.
+    assert venue.position_qty(user, symbol) == 0
+    assert asyncio.run(venue.fetch_positions(user_id=user, symbols=[symbol])) == []
+    assert venue.balance(user, "USDT") == D("9899.5")  # the margin left at entry and never comes back
     assert row["close_reason"] == "liquidation"
     assert row["realized_pnl_usdt"] == D("-100.5")  # the whole margin, plus the entry fee paid earlier
     assert (row["qty"], row["margin_usdt"]) == (0, 0)
