@@ -29,6 +29,7 @@ SCENARIOS = {
     "startstop": ("bench.startstop", True),
     "logging": ("bench.logging_decode", False),
     "sustained": ("bench.sustained", True),
+    "price_tick": ("bench.bench_price_tick", True),
 }
 _CHILD_TIMEOUT_S = 1200
 
