@@ -36,6 +36,7 @@ from engine.messages import (
     SkipReason,
     TradeRow,
     TradeStatus,
+    TradeType,
     VenuePositions,
 )
 from engine.sizing import EntryPlan, ExitPlan, Skip, decide
@@ -296,6 +297,16 @@ class FollowerActor(FollowerRisk):
                 # That close id is spent at the venue; the next attempt needs a new one.
                 self._close_attempts[trade.position_id] = self._close_attempts.get(trade.position_id, 0) + 1
             self._finish(order, undo_order(self._portfolio, order, now=now), position)
+            if (
+                status is TradeStatus.REJECTED
+                and order.kind == "close"
+                and position is not None
+                and position.trade_type is TradeType.FUTURES
+                and position.is_active
+            ):
+                # A refused reduce-only close often means the venue holds nothing to reduce: ask before the
+                # next tick tries again with a new id (and again, and again).
+                self._ask_venue(trade.venue, [position], 0.0, reason="close_rejected")
         elif status is TradeStatus.UNKNOWN and changed:
             metrics.incr("orders.unknown")
             self._publish(

@@ -88,8 +88,13 @@ class FollowerRisk(FollowerBase):
         if to_ask and check is not None:
             self._ask_venue(update.venue, to_ask, check.interval_s)
 
-    def _ask_venue(self, venue: str, positions: list[Position], interval_s: float) -> None:
-        """Ask the venue about positions near liquidation, at most once per position per interval."""
+    def _ask_venue(
+        self, venue: str, positions: list[Position], interval_s: float, reason: str = "near_liquidation"
+    ) -> None:
+        """Ask the venue about positions near liquidation, at most once per position per interval; or, with
+        ``reason="close_rejected"``, about a position whose reduce-only close the venue refused (it may hold
+        nothing any more: liquidated between our last mark and the close). Flat there -> LIQUIDATED, booked
+        once instead of a new close attempt on every tick."""
         asked = self._liquidation_asked
         if asked is None:
             asked = self._liquidation_asked = {}
@@ -107,6 +112,7 @@ class FollowerRisk(FollowerBase):
                 symbol=position.symbol,
                 mark=self._marks.get(position.symbol),
                 liquidation_price=position.liquidation_price,
+                reason=reason,
             )
         symbols = tuple(sorted({p.symbol for p in due}))
         exchange.tell(CheckPositions(user_id=self._user_id, symbols=symbols, reply_to=self.actor_ref))

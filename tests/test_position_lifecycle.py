@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from actors.follower_risk import close_attempt_id
 from actors.price_feed import PriceFeed
 from actors.system import EngineSystem
 from adapters.database import apply_schema, connect, create_database
@@ -40,7 +41,7 @@ D = Decimal
 START_USDT = D(10_000)  # paper_starting_usdt: a follower without a balances row starts with this
 FAR_MS = "600000"  # the feed never ticks by itself during a test
 
-BASES = ("SLL", "SLS", "TPL", "TPS", "SPL", "GAP", "STL", "LQL", "LQS", "MAN", "MAA", "MAB", "RST", "BRK", "BRE")
+BASES = ("SLL", "SLS", "TPL", "TPS", "SPL", "GAP", "STL", "LQL", "LQS", "MAN", "MAA", "MAB", "RST", "BRK", "BRE", "LQR")
 
 
 def markets(bases: tuple[str, ...] = BASES) -> list[MarketInfo]:
@@ -366,6 +367,40 @@ def test_liquidation(
     assert stored == 1
     tick(engine)  # a liquidated position is gone from the books: no second liquidation
     assert len(events.of(PositionLiquidated, pid)) == 1
+
+
+def test_close_refused_by_a_venue_that_liquidated_meanwhile(
+    engine: EngineSystem, pg_dsn: str, venue: PaperVenue, events: Events
+) -> None:
+    """The SL close is in flight when the venue liquidates the position; the mark comes back; the close is then
+    refused (nothing to reduce). The follower asks the venue instead of trying again with a new close id on
+    every tick: flat there, so the position is booked LIQUIDATED, once, and the books match the venue."""
+    whale, user, symbol = 100 + BASES.index("LQR"), 1000 + BASES.index("LQR"), "LQR/USDT:USDT"
+    follow([user], whale, pg_dsn, engine, stop_loss_pct=D(5))
+    signal_id = open_copy(engine, pg_dsn, whale_id=whale, symbol=symbol, leverage=10)
+    pid = position_id_for(signal_id, user)
+    cid = close_order_id(pid)
+    opened = wait_position(pg_dsn, pid, "open")
+    assert (opened["stop_loss_price"], opened["liquidation_price"]) == (D(95), D("90.5"))
+    venue.inject("latency", client_order_id=cid, delay_ms=1500)  # the close reaches the venue late
+
+    venue.set_mark(symbol, D(94))  # through the SL (95), not the liquidation (90.5)
+    tick(engine)
+    wait_for(lambda: cid in in_flight(engine, user))
+    venue.set_mark(symbol, D(90))  # the venue liquidates on this poll; the engine waits for its close
+    tick(engine)
+    assert venue.position_qty(user, symbol) == 0
+    venue.set_mark(symbol, D(94))  # back above the liquidation price, still below the SL
+    tick(engine)
+
+    row = wait_position(pg_dsn, pid, "liquidated")
+    assert fetchval(pg_dsn, "SELECT status FROM trades WHERE client_order_id = $1", cid) == "rejected"
+    assert row["realized_pnl_usdt"] == D("-100.5")  # the margin, plus the entry fee
+    tick(engine)  # gone from the books: no new close, no second liquidation
+    assert venue.create_calls(close_attempt_id(pid, 1)) == 0
+    assert len(events.of(PositionLiquidated, pid)) == 1
+    settle(engine)
+    assert usdt(pg_dsn, user) == (venue.balance(user, "USDT"), D(0))
 
 
 @pytest.mark.parametrize(
