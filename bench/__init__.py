@@ -1,8 +1,8 @@
 """Benchmarks: ``make bench`` (``python -m bench``) runs every scenario and writes docs/benchmarks.md.
 
 One module per scenario (``fanout``, ``durable``, ``persistence_mixed``, ``startstop``, ``logging_decode``,
-``sustained``), each with ``run(quick=...) -> list[row]``; each runs in its own process (clean RSS, pool and
-metrics). ``bench_runtime``, ``bench_persistence`` and ``bench_price_tick`` are component benchmarks that the
+``sustained``, ``bench_price_tick``), each with ``run(quick=...) -> list[row]``; each runs in its own process
+(clean RSS, pool and metrics). ``bench_runtime`` and ``bench_persistence`` are component benchmarks that the
 scenarios reuse.
 """
 
