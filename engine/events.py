@@ -50,7 +50,7 @@ __all__ = [
 _TAGS: dict[type, str] = {}  # event class -> its tag (see ``_Event.event_type``)
 
 
-class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="event_type"):
+class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="event_type", gc=False):
     """Common shape. Subclasses set ``_key_fields``: the natural key that ``event_id`` is built from."""
 
     _key_fields: ClassVar[tuple[str, ...]] = ()

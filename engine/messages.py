@@ -125,7 +125,7 @@ class SkipReason(enum.StrEnum):
 # --------------------------------------------------------------------------------------------------------------
 
 
-class Signal(msgspec.Struct, frozen=True, kw_only=True):
+class Signal(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A whale trade, as detected elsewhere. ``signal_id`` is the ``whale_signals`` row id."""
 
     signal_id: int
@@ -145,7 +145,7 @@ class Signal(msgspec.Struct, frozen=True, kw_only=True):
     fraction: Decimal | None = None
 
 
-class UserSettings(msgspec.Struct, frozen=True, kw_only=True):
+class UserSettings(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A ``users`` row, as the engine needs it."""
 
     user_id: int
@@ -156,7 +156,7 @@ class UserSettings(msgspec.Struct, frozen=True, kw_only=True):
     credential_ref: str | None = None  # a secret-store reference (adapters/credentials.py), never a secret
 
 
-class FollowSettings(msgspec.Struct, frozen=True, kw_only=True):
+class FollowSettings(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A ``user_whale_follows`` row: how one user copies one whale."""
 
     user_id: int
@@ -179,7 +179,7 @@ class FollowSettings(msgspec.Struct, frozen=True, kw_only=True):
     paused: bool = False
 
 
-class MarketInfo(msgspec.Struct, frozen=True, kw_only=True):
+class MarketInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A venue's rules for one symbol, from ccxt ``load_markets`` or the paper venue."""
 
     symbol: str
@@ -196,7 +196,7 @@ class MarketInfo(msgspec.Struct, frozen=True, kw_only=True):
     taker_fee_rate: Decimal = Decimal("0.001")
 
 
-class OrderRequest(msgspec.Struct, frozen=True, kw_only=True):
+class OrderRequest(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One order for one follower account on one venue. ``qty`` and ``price_hint`` are already rounded."""
 
     client_order_id: str
@@ -218,7 +218,7 @@ class OrderRequest(msgspec.Struct, frozen=True, kw_only=True):
         return self.reduce_only
 
 
-class VenueOrder(msgspec.Struct, frozen=True, kw_only=True):
+class VenueOrder(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What a venue says about one order."""
 
     client_order_id: str
@@ -232,7 +232,7 @@ class VenueOrder(msgspec.Struct, frozen=True, kw_only=True):
     fee_base: Decimal = Decimal(0)
 
 
-class VenuePosition(msgspec.Struct, frozen=True, kw_only=True):
+class VenuePosition(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What a venue says about one open futures position of an account (``fetch_positions``)."""
 
     symbol: str
@@ -248,7 +248,7 @@ class VenuePosition(msgspec.Struct, frozen=True, kw_only=True):
 # --------------------------------------------------------------------------------------------------------------
 
 
-class CopySignal(msgspec.Struct, frozen=True, kw_only=True):
+class CopySignal(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Router -> follower: decide and act on one signal. The follower answers with ``FollowerDecision``."""
 
     signal: Signal
@@ -256,7 +256,7 @@ class CopySignal(msgspec.Struct, frozen=True, kw_only=True):
     mark_price: Decimal | None = None  # the venue's latest mark for the symbol when routed, if known
 
 
-class FollowerDecision(msgspec.Struct, frozen=True, kw_only=True):
+class FollowerDecision(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Follower -> router: what the follower did with a signal."""
 
     signal_id: int
@@ -265,7 +265,7 @@ class FollowerDecision(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None = None
 
 
-class OrderOutcome(msgspec.Struct, frozen=True, kw_only=True):
+class OrderOutcome(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Exchange actor -> follower: the outcome of a ``PlaceOrder``.
 
     ``status`` is FILLED / PARTIALLY_FILLED (with qty, price, fee), REJECTED or FAILED (definitive, with
@@ -283,7 +283,7 @@ class OrderOutcome(msgspec.Struct, frozen=True, kw_only=True):
     fee_base: Decimal = Decimal(0)  # see VenueOrder.fee_base
 
 
-class PriceUpdate(msgspec.Struct, frozen=True, kw_only=True):
+class PriceUpdate(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Price feed -> follower: new marks for the symbols that follower holds on that venue."""
 
     venue: str
@@ -292,7 +292,7 @@ class PriceUpdate(msgspec.Struct, frozen=True, kw_only=True):
     at_ns: int = 0
 
 
-class IntentAck(msgspec.Struct, frozen=True, kw_only=True):
+class IntentAck(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Persistence -> requester: the intent row is committed (``durable``) or not (then no order may go)."""
 
     client_order_id: str
@@ -305,7 +305,7 @@ class IntentAck(msgspec.Struct, frozen=True, kw_only=True):
 # Rows for the batched lane. The persistence actor upserts each kind by its natural key.
 
 
-class TradeRow(msgspec.Struct, frozen=True, kw_only=True):
+class TradeRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     client_order_id: str
     user_id: int
     venue: str
@@ -329,7 +329,7 @@ class TradeRow(msgspec.Struct, frozen=True, kw_only=True):
     version: int = 1
 
 
-class PositionRow(msgspec.Struct, frozen=True, kw_only=True):
+class PositionRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     position_id: str
     user_id: int
     venue: str
@@ -353,7 +353,7 @@ class PositionRow(msgspec.Struct, frozen=True, kw_only=True):
     version: int = 1
 
 
-class DomainEventRow(msgspec.Struct, frozen=True, kw_only=True):
+class DomainEventRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     event_id: str  # deterministic: replaying the same fact gives the same id (idempotent insert)
     event_type: str
     payload: Any  # a JSON object: builtins, or a frozen Struct (an engine.events event) encoded as one
@@ -362,7 +362,7 @@ class DomainEventRow(msgspec.Struct, frozen=True, kw_only=True):
     occurred_at: datetime | None = None
 
 
-class SignalStatusRow(msgspec.Struct, frozen=True, kw_only=True):
+class SignalStatusRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     signal_id: int
     status: SignalStatus
     copied: int = 0
@@ -372,7 +372,7 @@ class SignalStatusRow(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
 
 
-class BalanceRow(msgspec.Struct, frozen=True, kw_only=True):
+class BalanceRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     user_id: int
     venue: str
     asset: str
@@ -381,7 +381,7 @@ class BalanceRow(msgspec.Struct, frozen=True, kw_only=True):
     version: int = 1
 
 
-class SnapshotRow(msgspec.Struct, frozen=True, kw_only=True):
+class SnapshotRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     user_id: int
     taken_at: datetime
     equity_usdt: Decimal
@@ -406,7 +406,7 @@ class PersistIntent(msgspec.Struct, frozen=True, kw_only=True):
     reply_to: Any = None
 
 
-class PersistRows(msgspec.Struct, frozen=True, kw_only=True):
+class PersistRows(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Batched lane: upsert these rows by their natural keys within ≤ flush interval. Fire and forget."""
 
     rows: tuple[Any, ...]  # BatchRow items
@@ -441,7 +441,7 @@ class CheckPositions(msgspec.Struct, frozen=True, kw_only=True):
     reply_to: Any = None
 
 
-class VenuePositions(msgspec.Struct, frozen=True, kw_only=True):
+class VenuePositions(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The answer to ``CheckPositions``: ``positions`` lists what the venue holds on the asked symbols (a symbol
     missing from it is flat at the venue); ``error`` is set, and ``positions`` empty, when the venue could not tell."""
 
