@@ -28,6 +28,7 @@ from engine.config import load_config
 from engine.messages import (
     FollowSettings,
     IntentAck,
+    OrderOutcome,
     PersistIntent,
     PlaceOrder,
     Priority,
@@ -35,6 +36,7 @@ from engine.messages import (
     Signal,
     SignalAction,
     SizingMode,
+    TradeStatus,
     TradeType,
     UserSettings,
 )
@@ -233,7 +235,9 @@ class AckingPersistence(SingletonActor):
 
 
 class CountingExchange(SingletonActor):
-    """Counts ``PlaceOrder`` requests; sets ``done`` when ``expect(n)``'s n have arrived. Never answers.
+    """Counts ``PlaceOrder`` requests; sets ``done`` when ``expect(n)``'s n have arrived. Answers only when told
+    to (``cancel_all``, after the clock has stopped): then every order it holds is CANCELLED, so its follower
+    releases the reservation and forgets the order, as it would after a venue's answer.
 
     Its intake is the real ``ExchangeActor``'s (``SingletonActor``): a tell costs the sender the same."""
 
@@ -242,6 +246,21 @@ class CountingExchange(SingletonActor):
         self.count = 0
         self._target = -1
         self.done = threading.Event()
+        self._unanswered: list[PlaceOrder] = []
+
+    def cancel_all(self) -> int:
+        """Answer every order held so far with CANCELLED (nothing filled); returns how many."""
+        orders, self._unanswered = self._unanswered, []
+        for order in orders:
+            if order.reply_to is not None:
+                order.reply_to.tell(
+                    OrderOutcome(
+                        client_order_id=order.request.client_order_id,
+                        status=TradeStatus.CANCELLED,
+                        error="bench: cancelled once counted",
+                    )
+                )
+        return len(orders)
 
     def expect(self, total: int) -> None:
         """Set ``done`` once ``total`` orders (counted since the start) have arrived."""
@@ -252,6 +271,7 @@ class CountingExchange(SingletonActor):
     def on_receive(self, message: Any) -> None:
         if isinstance(message, PlaceOrder):
             self.count += 1
+            self._unanswered.append(message)
             if self.count == self._target:
                 self.done.set()
 
