@@ -13,6 +13,7 @@ import gc
 import itertools
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -246,6 +247,7 @@ class CountingExchange(SingletonActor):
         self.count = 0
         self._target = -1
         self.done = threading.Event()
+        self.done_at = 0.0  # perf_counter() when the expected order arrived, on this actor's thread
         self._unanswered: list[PlaceOrder] = []
 
     def cancel_all(self) -> int:
@@ -266,6 +268,7 @@ class CountingExchange(SingletonActor):
         """Set ``done`` once ``total`` orders (counted since the start) have arrived."""
         self._target = total
         if self.count >= total:
+            self.done_at = time.perf_counter()
             self.done.set()
 
     def on_receive(self, message: Any) -> None:
@@ -273,6 +276,8 @@ class CountingExchange(SingletonActor):
             self.count += 1
             self._unanswered.append(message)
             if self.count == self._target:
+                # Stamped here: the waiting thread may need up to a GIL switch interval (5 ms) to wake up.
+                self.done_at = time.perf_counter()
                 self.done.set()
 
 
