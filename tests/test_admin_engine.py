@@ -25,6 +25,7 @@ from actors.system import EngineSystem
 from adapters.admin_cli import EXIT_ERROR, EXIT_OK, EXIT_UNREACHABLE, main
 from engine import logs
 from engine.config import load_config
+from engine.ids import close_order_id
 from tests.pg import execute, fetch, fetchval
 
 T = TypeVar("T")
@@ -334,8 +335,12 @@ def test_pause_and_resume_all(engine: EngineSystem, pg_dsn: str) -> None:
 def test_close_and_close_all(engine: EngineSystem, pg_dsn: str) -> None:
     assert inject(engine, pg_dsn, W1, "ADA")["copied"] == 2
     (position,) = wait_for(lambda: open_positions(pg_dsn, ALICE, "ADA"), "alice's ADA position")
+    paper = engine.venues["paper"].adapter
+    paper.inject("latency", client_order_id=close_order_id(position["position_id"]), delay_ms=1000)
     reply = ok(engine, "close", position["position_id"])
     assert (reply["user_id"], reply["closing"]) == (ALICE, True)
+    again = ok(engine, "close", position["position_id"])  # its close is still on the way: a no-op, said so
+    assert (again["closing"], again["detail"]) == (False, "already closing")
 
     def closed() -> bool:
         status = fetchval(pg_dsn, "SELECT status FROM positions WHERE position_id = $1", position["position_id"])
