@@ -53,6 +53,21 @@ def snapshots(dsn: str, user_id: int) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
+def snapshot_then_stop_loss(
+    system: EngineSystem, dsn: str, venue: PaperVenue, clock: ManualClock, midnight: datetime, position_id: str
+) -> None:
+    """The day's last periodic snapshot at 23:55, then DLA's stop loss (90) hit at 89 at 23:58: -55 gross, exit
+    fee 0.2225, realised after that snapshot."""
+    clock.now = midnight - timedelta(minutes=5)
+    take_snapshots(system)
+    settle(system)
+    clock.now = midnight - timedelta(minutes=2)
+    venue.set_mark("DLA/USDT:USDT", D(89))
+    tick(system)
+    wait_for(lambda: status(dsn, position_id) == "closed")
+    settle(system)
+
+
 def test_first_snapshot_of_a_day_closes_the_day_before() -> None:
     midnight = datetime(2024, 3, 2, tzinfo=UTC)
     p = Portfolio(7, now=midnight - timedelta(hours=1))
@@ -111,14 +126,7 @@ def test_day_roll_closes_the_day_and_a_restart_counts_only_today(pg_dsn: str, tm
         a, b = signal(pg_dsn, whale, "DLA/USDT:USDT"), signal(pg_dsn, whale, "DLB/USDT:USDT")
         assert copied(system, pg_dsn, a)["copied"] == 1 and copied(system, pg_dsn, b)["copied"] == 1
 
-        clock.now = midnight - timedelta(minutes=5)  # the last periodic snapshot of the day
-        take_snapshots(system)
-        settle(system)
-        clock.now = midnight - timedelta(minutes=2)  # DLA's SL (90) at 89: -55 gross, exit fee 0.2225
-        venue.set_mark("DLA/USDT:USDT", D(89))
-        tick(system)
-        wait_for(lambda: status(pg_dsn, position_id_for(a, user)) == "closed")
-        settle(system)
+        snapshot_then_stop_loss(system, pg_dsn, venue, clock, midnight, position_id_for(a, user))
 
         clock.now = midnight + timedelta(milliseconds=500)  # the day-roll timer notices by itself
         day_close = midnight - timedelta(microseconds=1)
@@ -166,14 +174,7 @@ def test_clean_stop_snapshots_so_a_restart_the_next_day_counts_nothing_from_yest
         a = signal(pg_dsn, whale, "DLA/USDT:USDT")
         assert copied(system, pg_dsn, a)["copied"] == 1
 
-        clock.now = midnight - timedelta(minutes=5)  # the last periodic snapshot of the day: the entry fee only
-        take_snapshots(system)
-        settle(system)
-        clock.now = midnight - timedelta(minutes=2)  # DLA's SL (90) at 89: -55 gross, exit fee 0.2225
-        venue.set_mark("DLA/USDT:USDT", D(89))
-        tick(system)
-        wait_for(lambda: status(pg_dsn, position_id_for(a, user)) == "closed")
-        settle(system)
+        snapshot_then_stop_loss(system, pg_dsn, venue, clock, midnight, position_id_for(a, user))
         assert [r["taken_at"] for r in snapshots(pg_dsn, user)] == [midnight - timedelta(minutes=5)]
     finally:
         system.stop()  # still yesterday on the engine's clock: no day roll wrote the loss down
