@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -27,9 +27,22 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 
+# How far back each poll looks again. ``updated_at`` is the writer's transaction start, so a row can commit with a
+# timestamp older than the last poll; NOTIFY (sent at commit) catches it first, the overlap catches it if the
+# notification was lost. Rows already applied at the same ``updated_at`` are not reloaded twice.
+FOLLOWS_POLL_OVERLAP_S = 60.0
+
+_CHANGED_SQL = """
+SELECT 'u' AS kind, id AS user_id, 0::bigint AS whale_id, updated_at FROM users WHERE updated_at >= $1
+UNION ALL
+SELECT 'f', user_id, whale_id, updated_at FROM user_whale_follows WHERE updated_at >= $1"""
+
+
 class FollowsWatcher:
     """Picks up users / follows written by another application: NOTIFY ``follows_changed`` (debounced) plus a
-    poll on ``updated_at`` in case a notification was missed."""
+    poll on ``updated_at`` (database clock, with an overlap) in case a notification was missed. When the LISTEN
+    connection had to be opened again, every follower is reloaded: notifications sent while it was down are
+    lost, deletes among them, and a deleted row leaves nothing for the poll to find."""
 
     def __init__(self, system: EngineSystem) -> None:
         self._system = system
@@ -37,7 +50,14 @@ class FollowsWatcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
-        self._since: datetime = datetime.now(UTC)
+        self._since: datetime | None = None  # database clock of the last poll
+        self._applied: dict[tuple[str, int, int], datetime] = {}  # row -> updated_at already applied
+
+    async def prepare(self) -> None:
+        """LISTEN, and note the rows as they are now, before the engine loads its followers: whatever commits
+        after this is notified, whatever committed before is in the load."""
+        await self._listen()
+        await self._changed_since()
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="follows-watcher")
@@ -60,31 +80,56 @@ class FollowsWatcher:
         while True:
             try:
                 if self._conn is None or self._conn.is_closed():
-                    self._conn = await asyncpg.connect(self._system.dsn, timeout=10)
-                    await self._conn.add_listener("follows_changed", self._on_notify)
+                    await self._listen()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), interval_s)
                 self._wake.clear()
                 await asyncio.sleep(0.05)  # debounce a burst of row changes into one reload
-                changed = set(self._pending) | await self._changed_since()
-                self._pending.clear()
+                # Take the ids before any await: a notification that arrives during the poll below stays for
+                # the next round (and has set the wake event again).
+                changed, self._pending = self._pending, set()
+                changed |= await self._changed_since()
                 if changed and self._system.supervisor is not None:
                     await self._system.supervisor.reload(sorted(changed))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep watching; the next round retries
                 log.warning("follows.watch_error", error=f"{type(exc).__name__}: {exc}")
-                self._conn = None
+                # A closed connection is opened again (and everything reloaded) at the top of the loop.
                 await asyncio.sleep(1.0)
 
+    async def _listen(self) -> None:
+        reconnect = self._conn is not None
+        conn = await asyncpg.connect(self._system.dsn, timeout=10)
+        try:
+            await conn.add_listener("follows_changed", self._on_notify)
+            # A lost connection wakes the loop, which opens it again at once rather than at the next poll.
+            conn.add_termination_listener(lambda _conn: self._wake.set())
+            if reconnect and self._system.supervisor is not None:
+                log.warning("follows.listen_restored", action="full_reload")
+                await self._system.supervisor.reload()
+        except BaseException:
+            await conn.close(timeout=2)  # listening without the reload would hide what was missed; retry both
+            raise
+        self._conn = conn
+
     async def _changed_since(self) -> set[int]:
-        since, self._since = self._since, datetime.now(UTC)
-        rows = await self._system.pool.fetch(
-            """SELECT id AS user_id FROM users WHERE updated_at >= $1
-               UNION SELECT user_id FROM user_whale_follows WHERE updated_at >= $1""",
-            since,
-        )
-        return {r["user_id"] for r in rows}
+        """Users whose ``users`` or ``user_whale_follows`` rows changed since the last poll (minus the overlap),
+        leaving out rows already reloaded at the same ``updated_at``."""
+        async with self._system.pool.acquire() as conn:
+            now: datetime = await conn.fetchval("SELECT now()")
+            since = (self._since or now) - timedelta(seconds=FOLLOWS_POLL_OVERLAP_S)
+            rows = await conn.fetch(_CHANGED_SQL, since)
+        self._since = now
+        changed: set[int] = set()
+        for r in rows:
+            key = (r["kind"], r["user_id"], r["whale_id"])
+            if self._applied.get(key) != r["updated_at"]:
+                self._applied[key] = r["updated_at"]
+                changed.add(r["user_id"])
+        for key in [k for k, at in self._applied.items() if at < since]:
+            del self._applied[key]
+        return changed
 
 
 def route_signal(system: EngineSystem, signal: Signal) -> None:
@@ -117,7 +162,8 @@ def start_services(system: EngineSystem) -> None:
                 max_age_s=cfg.signals.max_signal_age_s,
             )
         )
-    services.append(FollowsWatcher(system))
+    if system.follows_watcher is not None:  # prepared (LISTEN) before the followers were loaded
+        system.io.run(system.follows_watcher.start(), 30)
     if cfg.admin.enabled:
         from actors.admin_handler import EngineAdminHandler
         from adapters.admin_socket import AdminServer

@@ -121,14 +121,15 @@ class Supervisor:
                     self._refs[uid] = ref
                 added += 1
             self._system.router.tell(UpdateFollower(user_id=uid, ref=ref, whale_ids=whale_ids))
-        if user_ids is not None:
-            for uid in set(user_ids) - seen:  # deleted users: stop copying for them
-                gone = self.ref(uid)
-                if gone is not None:
-                    self._system.router.tell(UpdateFollower(user_id=uid, ref=gone, whale_ids=()))
-                    with contextlib.suppress(pykka.ActorDeadError):
-                        gone.stop(block=False)
-                    removed += 1
+        asked = set(user_ids) if user_ids is not None else set(self.refs())
+        for uid in asked - seen:  # deleted users: stop copying for them
+            with self._lock:
+                gone = self._refs.pop(uid, None)
+            if gone is not None:
+                self._system.router.tell(UpdateFollower(user_id=uid, ref=gone, whale_ids=()))
+                with contextlib.suppress(pykka.ActorDeadError):
+                    gone.stop(block=False)
+                removed += 1
         self._system.router.tell(SetKnownWhales(whale_ids=await load_whale_ids(self._system.pool)))
         log.info("follows.reloaded", added=added, updated=updated, removed=removed)
         return {"added": added, "updated": updated, "removed": removed}

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pykka
@@ -41,6 +41,9 @@ from engine.config import EngineConfig, effective_config
 from engine.events import DomainEvent
 from engine.logs import get_logger
 from engine.messages import PersistRows
+
+if TYPE_CHECKING:
+    from actors.services import FollowsWatcher
 
 log = get_logger(__name__)
 
@@ -70,6 +73,7 @@ class EngineSystem:
         self.venues: dict[str, Venue] = {}
         self.supervisor: Supervisor | None = None
         self.services: list[Any] = []  # things with async start()/stop() on the I/O loop (intake, admin, feeds)
+        self.follows_watcher: FollowsWatcher | None = None
         self.draining = False
         self.shutdown_requested = False
         self.started_at = time.monotonic()
@@ -114,6 +118,12 @@ class EngineSystem:
             from adapters.demo import seed_demo
 
             self.io.run(seed_demo(self.pool, cfg.demo), 120)
+        from actors.services import FollowsWatcher
+
+        # LISTEN before the load: a follow change committed during the load is then notified, not lost.
+        self.follows_watcher = FollowsWatcher(self)
+        self.io.run(self.follows_watcher.prepare(), 60)
+        self.services.append(self.follows_watcher)
         with runtime.long_lived_allocations():
             states = self._load_states()
             whales = self.io.run(load_whale_ids(self.pool), 60)

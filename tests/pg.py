@@ -152,3 +152,27 @@ def execute(dsn: str, sql: str, *args: Any) -> None:
             await conn.close()
 
     asyncio.run(run())
+
+
+class HeldConnection:
+    """One connection kept open across a test's steps (a transaction or a lock held while the engine runs).
+    Blocking; its own event loop, run only while a statement runs."""
+
+    def __init__(self, dsn: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._conn: asyncpg.Connection = self._loop.run_until_complete(connect(dsn))
+
+    def execute(self, sql: str, *args: Any) -> str:
+        status: str = self._loop.run_until_complete(self._conn.execute(sql, *args))
+        return status
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._loop.run_until_complete(self._conn.close(timeout=5))
+        self._loop.close()
+
+    def __enter__(self) -> HeldConnection:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
