@@ -1,5 +1,6 @@
-"""``python -m bench [SCENARIO ...] [--quick] [--no-write]``: run the scenarios, print the table, write
-docs/benchmarks.md.
+"""``python -m bench [SCENARIO ...] [--quick] [--write | --no-write]``: run the scenarios, print the table and,
+for a full run (every scenario, not ``--quick``), rewrite the results block of docs/benchmarks.md. A partial or
+quick run writes only with ``--write``: the block is one run's table, not a mix of runs.
 
 One embedded PostgreSQL (fsync on) serves the whole run; each scenario runs in a child process
 (``python -m bench --child NAME``) that prints its rows as JSON on its last line.
@@ -38,7 +39,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("scenarios", nargs="*", help="default: all")
     parser.add_argument("--quick", action="store_true", help="smaller N and fewer repeats")
-    parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    write = parser.add_mutually_exclusive_group()
+    write.add_argument("--write", action="store_true", help="update docs/benchmarks.md even for a partial run")
+    write.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--child", metavar="NAME", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -118,9 +121,12 @@ def main(argv: list[str]) -> int:
     print(f"{info['cores']} cores, Python {info['python']}, PostgreSQL {info['postgresql']}; {elapsed:.0f} s")
     print(_report.table(rows))
     print(_report.notes(rows))
-    if not args.no_write:
+    full_run = set(names) == set(SCENARIOS) and not args.quick
+    if args.write or (full_run and not args.no_write):
         path = _report.write_docs(rows, info, command, elapsed)
         print(f"\nwritten to {path}")
+    else:
+        print("\ndocs/benchmarks.md not updated (a partial or quick run; --write to update it)")
     return 0
 
 
