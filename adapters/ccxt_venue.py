@@ -377,11 +377,12 @@ class CcxtVenue:
             clients.append(self._market_client)
         self._clients.clear()
         self._market_client = None
-        for client in clients:
-            try:
-                await client.close()
-            except Exception as exc:  # noqa: BLE001 - closing is best effort; a broken session must not stop shutdown
-                _log.warning("venue.close_failed", venue=self.name, error=type(exc).__name__)
+        # All at once: each ccxt close() ends with a 250 ms sleep (``timeout_on_exit``), so one after the other
+        # a venue with 1,000 accounts would take four minutes to shut down.
+        results = await asyncio.gather(*(client.close() for client in clients), return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):  # closing is best effort; a broken session must not stop shutdown
+                _log.warning("venue.close_failed", venue=self.name, error=type(result).__name__)
 
     # -- helpers ---------------------------------------------------------------------------------------
 
