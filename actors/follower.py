@@ -30,6 +30,7 @@ from engine.messages import (
     OrderOutcome,
     PersistIntent,
     PlaceOrder,
+    PositionStatus,
     PriceUpdate,
     ResolveOrder,
     Signal,
@@ -211,6 +212,8 @@ class FollowerActor(FollowerRisk):
             self._busy.discard((trade.venue, trade.symbol))
             if order.reserved_usdt > 0:
                 self._portfolio.release(trade.venue, order.reserved_usdt)
+            if order.kind == "close":
+                self._close_id_taken(order)
             metrics.incr("copies.duplicate")
             log.info("copy.duplicate", user_id=self._user_id, client_order_id=trade.client_order_id)
             self._answer_router(order, "copied", "already_copied")
@@ -227,6 +230,18 @@ class FollowerActor(FollowerRisk):
             return
         self._send(order)
         self._answer_router(order, "copied", None)
+
+    def _close_id_taken(self, order: OrderContext) -> None:
+        """A close whose id already has a trade row, and which no order of ours tracks: that attempt ended
+        earlier (e.g. filled in part before a restart). Reopen the position; the next trigger tries a new id."""
+        position_id = order.trade.position_id
+        position = self._portfolio.positions.get(position_id or "")
+        if position_id is None or position is None:
+            return
+        self._close_attempts[position_id] = self._close_attempts.get(position_id, 0) + 1
+        if position.status is PositionStatus.CLOSING:
+            position.abort_closing()
+            self._persist(position.to_row())
 
     def _send(self, order: OrderContext) -> None:
         trade = order.trade
@@ -281,6 +296,10 @@ class FollowerActor(FollowerRisk):
             return
         status = trade.status
         position = self._portfolio.positions.get(trade.position_id or "")
+        if order.kind == "close" and trade.position_id is not None and trade.is_final:
+            # That close id is spent at the venue (filled in part, refused, failed): the next attempt needs a new
+            # one, or the venue would answer it with this order and the rest of the position never closes.
+            self._close_attempts[trade.position_id] = self._close_attempts.get(trade.position_id, 0) + 1
         if status in (TradeStatus.FILLED, TradeStatus.PARTIALLY_FILLED):
             metrics.incr("orders.filled")
             if order.kind in ("open", "increase"):
@@ -293,9 +312,6 @@ class FollowerActor(FollowerRisk):
             self._finish(order, events, position)
         elif status in (TradeStatus.REJECTED, TradeStatus.FAILED, TradeStatus.CANCELLED):
             metrics.incr("orders.rejected" if status is TradeStatus.REJECTED else "orders.failed")
-            if order.kind == "close" and trade.position_id is not None:
-                # That close id is spent at the venue; the next attempt needs a new one.
-                self._close_attempts[trade.position_id] = self._close_attempts.get(trade.position_id, 0) + 1
             self._finish(order, undo_order(self._portfolio, order, now=now), position)
             if (
                 status is TradeStatus.REJECTED

@@ -3,8 +3,9 @@
 A mixin of ``FollowerActor`` (its methods run inside the actor's handlers, on its pool worker). An engine close (SL, TP,
 manual, liquidation by the venue's rules) is a reduce-only order with the position's deterministic close id
 (``engine.ids.close_order_id``), so a retry, a restart or a gap through SL and TP in one tick can only ever
-close a position once. After a *definitive* failure of that close (rejected: the venue certainly did not
-execute it) the next attempt gets the next attempt id (``close_attempt_id``).
+close a position once. Once an attempt has ended without closing the whole position (rejected or failed: the
+venue certainly did not execute it; or filled in part, the rest expired) the next attempt gets the next attempt
+id (``close_attempt_id``): the venue would answer a spent id with the old order.
 
 No decision is taken on a stale price: symbols in ``PriceUpdate.stale_symbols`` are ignored.
 
@@ -43,11 +44,22 @@ log = get_logger(__name__)
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
+CLOSE_ATTEMPTS_MAX = 36**4 - 1
+
+
 def close_attempt_id(position_id: str, attempt: int) -> str:
-    """Attempt 0 is ``close_order_id``; later attempts (after a definitive failure) ``r{n}{position}``."""
+    """Attempt 0 is ``close_order_id``; later attempts (after one ended without closing everything)
+    ``r{n:4}{position}``: four base-36 digits, a fixed width so that no two (attempt, position) pairs share an
+    id, and at most 32 characters with the longest position id."""
     if attempt == 0:
         return close_order_id(position_id)
-    return f"r{_ALPHABET[attempt % 36]}{position_id[1:]}"
+    if not 0 < attempt <= CLOSE_ATTEMPTS_MAX:
+        raise ValueError(f"close attempt out of range [0, {CLOSE_ATTEMPTS_MAX}]: {attempt}")
+    digits = ""
+    for _ in range(4):
+        attempt, rem = divmod(attempt, 36)
+        digits = _ALPHABET[rem] + digits
+    return f"r{digits}{position_id[1:]}"
 
 
 class FollowerRisk(FollowerBase):
@@ -191,6 +203,9 @@ class FollowerRisk(FollowerBase):
         if busy:
             return {"position_id": position_id, "closing": False, "detail": "an order on this position is in flight"}
         attempt = self._close_attempts.get(position_id, 0)
+        if attempt > CLOSE_ATTEMPTS_MAX:
+            log.error("position.close_attempts_exhausted", user_id=position.user_id, position_id=position_id)
+            return {"position_id": position_id, "closing": False, "detail": "close attempts exhausted"}
         cid = close_attempt_id(position_id, attempt)
         position.begin_closing(reason)
         price = mark or self._marks.get(position.symbol) or position.entry_price

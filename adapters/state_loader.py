@@ -117,7 +117,7 @@ def _queries(ids: list[int] | None) -> dict[str, tuple[str, list[Any]]]:
         "trades": f"SELECT {_TRADES.columns}, created_at FROM trades WHERE status = ANY({statuses}) {and_uid}",  # noqa: S608
         "failed_closes": f"""SELECT position_id, count(*) AS n FROM trades
             WHERE reduce_only AND position_id IS NOT NULL AND left(client_order_id, 1) IN ('x', 'r')
-              AND status IN ('rejected', 'failed', 'cancelled') {and_uid}
+              AND status IN ('rejected', 'failed', 'cancelled', 'partially_filled', 'filled') {and_uid}
             GROUP BY position_id""",  # noqa: S608
         # Today (UTC) so far: filled trades, and realised PnL = the total now minus the total at the last
         # snapshot taken before midnight. With the engine up at midnight that is the day-close snapshot

@@ -41,7 +41,10 @@ D = Decimal
 START_USDT = D(10_000)  # paper_starting_usdt: a follower without a balances row starts with this
 FAR_MS = "600000"  # the feed never ticks by itself during a test
 
-BASES = ("SLL", "SLS", "TPL", "TPS", "SPL", "GAP", "STL", "LQL", "LQS", "MAN", "MAA", "MAB", "RST", "BRK", "BRE", "LQR")
+BASES = (
+    "SLL", "SLS", "TPL", "TPS", "SPL", "GAP", "STL", "LQL", "LQS", "MAN", "MAA", "MAB", "RST", "BRK", "BRE", "LQR",
+    "PCL", "PCR",
+)  # fmt: skip
 
 
 def markets(bases: tuple[str, ...] = BASES) -> list[MarketInfo]:
@@ -401,6 +404,66 @@ def test_close_refused_by_a_venue_that_liquidated_meanwhile(
     assert len(events.of(PositionLiquidated, pid)) == 1
     settle(engine)
     assert usdt(pg_dsn, user) == (venue.balance(user, "USDT"), D(0))
+
+
+def test_partly_filled_close_is_followed_by_a_close_of_the_rest(
+    engine: EngineSystem, pg_dsn: str, venue: PaperVenue
+) -> None:
+    """The SL close fills 2 of 5 and the venue expires the rest. That close id is spent: the next tick past the
+    SL closes the other 3 under the next attempt id, instead of the spent id again (which left the position
+    CLOSING for good, with SL, TP and manual closes all refused)."""
+    whale, user, symbol = 100 + BASES.index("PCL"), 1000 + BASES.index("PCL"), "PCL/USDT:USDT"
+    follow([user], whale, pg_dsn, engine, stop_loss_pct=D(5))
+    signal_id = open_copy(engine, pg_dsn, whale_id=whale, symbol=symbol, leverage=5)
+    pid = position_id_for(signal_id, user)
+    cid, second = close_order_id(pid), close_attempt_id(pid, 1)
+    venue.inject("partial_fill", client_order_id=cid, fill_fraction=D("0.4"))
+
+    venue.set_mark(symbol, D(94))  # through the SL (95)
+    tick(engine)
+    wait_for(lambda: (row := position(pg_dsn, pid)) and row["qty"] == D(3) and row["status"] == "open")
+    tick(engine)  # still past the SL: the rest goes, under a new id
+    closed = wait_position(pg_dsn, pid, "closed")
+    assert venue.create_calls(cid) == 1 and venue.create_calls(second) == 1
+    assert venue.position_qty(user, symbol) == 0
+    closes = fetch(pg_dsn, "SELECT client_order_id, status FROM trades WHERE position_id = $1 AND reduce_only", pid)
+    statuses = {r["client_order_id"]: r["status"] for r in closes}
+    assert statuses == {cid: "partially_filled", second: "filled"}
+    # 5 @ 100 → 94: -30; fees 0.25 entry, 2 × 94 × 0.0005 = 0.094 and 3 × 94 × 0.0005 = 0.141 on the way out
+    assert closed["realized_pnl_usdt"] == D("-30.485")
+    settle(engine)
+    assert usdt(pg_dsn, user) == (venue.balance(user, "USDT"), D(0))
+
+
+def test_restart_after_a_partly_filled_close_uses_the_next_attempt_id(private_dsn: str, tmp_path: Path) -> None:
+    """The engine stops after a close filled in part. The next engine counts that attempt as spent (from the
+    trades table) and closes the rest on its first tick past the SL with the next attempt id."""
+    venue = new_venue()
+    whale, user, symbol = 100 + BASES.index("PCR"), 1000 + BASES.index("PCR"), "PCR/USDT:USDT"
+    follow([user], whale, private_dsn, stop_loss_pct=D(5))
+    env = engine_env()
+    with running_engine(private_dsn, tmp_path / "a", venue=venue, **env) as system:
+        signal_id = open_copy(system, private_dsn, whale_id=whale, symbol=symbol, leverage=5)
+        pid = position_id_for(signal_id, user)
+        venue.inject("partial_fill", client_order_id=close_order_id(pid), fill_fraction=D("0.4"))
+        venue.set_mark(symbol, D(94))
+        tick(system)
+        wait_for(lambda: (row := position(private_dsn, pid)) and row["qty"] == D(3) and row["status"] == "open")
+
+    with running_engine(private_dsn, tmp_path / "b", venue=venue, **env) as system:
+        tick(system)
+        wait_position(private_dsn, pid, "closed")
+        assert venue.create_calls(close_attempt_id(pid, 1)) == 1
+        assert venue.position_qty(user, symbol) == 0
+
+
+def test_close_attempt_ids_are_distinct_and_fit_every_venue() -> None:
+    longest = position_id_for(2**64 - 1, 2**64 - 1)
+    ids = {close_attempt_id(longest, n) for n in (0, 1, 35, 36, 37, 1295, 1296, 36**4 - 1)}
+    assert len(ids) == 8
+    assert all(len(cid) <= 32 and cid.isalnum() and cid.islower() for cid in ids)
+    with pytest.raises(ValueError, match="close attempt out of range"):
+        close_attempt_id(longest, 36**4)
 
 
 @pytest.mark.parametrize(
