@@ -139,6 +139,7 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
         self._delayed: list[tuple[float, int, Job]] = []  # heap of retries waiting for their backoff
         self._in_flight: dict[int, Job] = {}
         self._unknown_since: dict[str, float] = {}  # client order id -> when it went UNKNOWN
+        self._placing: dict[str, int] = {}  # client order id -> PlaceOrders taken and not yet answered
         self._job_ids = itertools.count(1)
         self._drain_pending = False
         self._timer_at: float | None = None
@@ -163,6 +164,8 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
                 self._on_completed(message)
             elif isinstance(message, PlaceOrder):
                 self._on_place(message)
+            elif isinstance(message, ResolveOrder) and message.client_order_id in self._placing:
+                self._still_placing(message)
             elif isinstance(message, ResolveOrder | CheckPositions):
                 self._enqueue(message, _RESOLVES)
             elif isinstance(message, _Drain):
@@ -213,6 +216,7 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
 
     def _on_place(self, message: PlaceOrder) -> None:
         request = message.request
+        self._placing[request.client_order_id] = self._placing.get(request.client_order_id, 0) + 1
         if request.venue != self._venue:
             self._finish(message, TradeStatus.FAILED, error="wrong_venue")
             return

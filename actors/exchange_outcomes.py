@@ -81,6 +81,7 @@ class ExchangeOutcomes:
     _delayed: list[tuple[float, int, Job]]  # heap of retries waiting for their backoff
     _in_flight: dict[int, Job]
     _unknown_since: dict[str, float]  # client order id -> when it went UNKNOWN
+    _placing: dict[str, int]  # client order id -> PlaceOrders taken and not yet answered
     _banned_until: float | None
     _retry_max_attempts: int
     _retry_base_s: float
@@ -273,8 +274,23 @@ class ExchangeOutcomes:
         self._reply(message, OrderOutcome(client_order_id=cid, status=TradeStatus.FAILED, error="venue_unavailable"))
 
     def _reply(self, message: PlaceOrder | ResolveOrder, outcome: OrderOutcome) -> None:
+        if isinstance(message, PlaceOrder):
+            cid = message.request.client_order_id
+            left = self._placing.get(cid, 0) - 1
+            if left > 0:
+                self._placing[cid] = left
+            else:
+                self._placing.pop(cid, None)
         if message.reply_to is not None:
             tell_quietly(message.reply_to, outcome)
+
+    def _still_placing(self, message: ResolveOrder) -> None:
+        """A resolve for an order this actor has not sent or not heard back about yet (queued behind the rate
+        budget or a ban, waiting for a retry, in flight): the venue's "not found" would prove nothing, and its
+        ``PlaceOrder`` will be answered in time. SUBMITTED tells the follower to keep waiting."""
+        cid = message.client_order_id
+        log.info("order.resolve_deferred", venue=self._venue, user_id=message.user_id, client_order_id=cid)
+        self._reply(message, OrderOutcome(client_order_id=cid, status=TradeStatus.SUBMITTED, error="still_placing"))
 
     def _apply(self, transition: Transition | None) -> None:
         if transition is None:

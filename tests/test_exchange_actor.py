@@ -419,6 +419,30 @@ def test_exits_go_before_entries_under_a_saturated_budget(
     assert all(o.status is TradeStatus.FILLED for o in inbox.items)
 
 
+def test_resolve_of_an_order_still_queued_waits_for_its_own_outcome(
+    start_actor: Callable[..., pykka.ActorRef[Any]], venue: PaperVenue
+) -> None:
+    """A reconciliation asks about an entry that still waits behind the rate budget. The venue has never seen
+    it, but that proves nothing: the answer is SUBMITTED ("still placing"), not FAILED "not found" (which
+    released the funds of an order that was then sent and filled, a position missing from the books)."""
+    ref, inbox = start_actor(weight_per_minute=100, weight_window_s=3.0, unknown_grace_s=0.0), Inbox()
+    entries = [request(user_id=u) for u in range(1, 8)]
+    place(ref, inbox, *entries)
+    wait_until(lambda: status(ref)["queued_entries"] == 2)
+    queued = entries[-1]
+    ref.tell(resolve(queued, inbox))
+    inbox.wait_for(8)
+    answers = [o for o in inbox.items if o.client_order_id == queued.client_order_id]
+    assert [(o.status, o.error) for o in answers] == [
+        (TradeStatus.SUBMITTED, "still_placing"),
+        (TradeStatus.FILLED, None),
+    ]
+    assert venue.order_count(queued.client_order_id) == 1
+    # Answered: a resolve now asks the venue, which has the order.
+    ref.tell(resolve(queued, inbox))
+    assert inbox.wait_for(9)[-1].status is TradeStatus.FILLED
+
+
 def funded_venue(users: int, **kwargs: Any) -> PaperVenue:
     paper = PaperVenue(**kwargs)
     for user_id in range(1, users + 1):
