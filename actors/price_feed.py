@@ -7,7 +7,14 @@ read-only dict replaced wholesale, so readers never see a half-written one) and 
 ``price_stale_after_ms`` is listed in ``stale_symbols``: followers take no SL/TP or liquidation decision on it.
 
 Who holds what comes from the followers' open positions, read from PostgreSQL every few intervals (the books
-are there, and a feed must not ask 100,000 actors). Runs on the I/O loop.
+are there, and a feed must not ask 100,000 actors). A failed read keeps the last holders and is retried the
+next round: nothing but cancellation ends the feed, since without it no follower checks SL/TP.
+
+A venue that bans the feed (``VenueBanned``) is not asked again before the ban ends, and one that rate-limits
+it (``RetryableError``) is asked after a pause that doubles per refusal (at least its ``Retry-After``, at most
+``_MAX_BACKOFF_S``) until it answers: asking anyway escalates the ban (Binance: 2 minutes up to 3 days), and a
+banned venue takes no stop-loss close from the exchange actor either. Marks go stale meanwhile. Runs on the
+I/O loop.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import pykka
 from engine import metrics
 from engine.logs import get_logger
 from engine.messages import PriceUpdate
+from engine.venue import RetryableError, VenueBanned
 
 if TYPE_CHECKING:
     from actors.system import EngineSystem
@@ -34,6 +42,7 @@ log = get_logger(__name__)
 _HOLDINGS_SQL = """
 SELECT user_id, symbol FROM positions WHERE venue = $1 AND status IN ('open', 'closing')
 """
+_MAX_BACKOFF_S = 30.0  # the longest pause after 429s (a ban's own length is always waited out in full)
 
 
 class PriceFeed:
@@ -49,6 +58,9 @@ class PriceFeed:
         self._fresh_at: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._holdings_due = True
+        self._venue_paused_until = 0.0  # monotonic: no ticker call before (a ban or a 429 back-off)
+        self._venue_refusals = 0  # 429s / bans in a row; the back-off doubles with each
         self._stale_logged: set[str] = set()
         self.ticks = 0
 
@@ -67,19 +79,28 @@ class PriceFeed:
 
     async def _run(self) -> None:
         while True:
-            try:
-                if self.ticks % self._refresh_every == 0:
-                    await self._refresh_holdings()
-                await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a failed tick leaves marks to go stale, visibly
-                log.warning("prices.tick_failed", venue=self._venue.name, error=f"{type(exc).__name__}: {exc}")
+            await self._round()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval_s)
             if self._wake.is_set():
                 self._wake.clear()
-                await self._refresh_holdings()  # a poke follows a change: fills may have opened positions
+                self._holdings_due = True  # a poke follows a change: fills may have opened positions
+
+    async def _round(self) -> None:
+        """Refresh the holdings when due, then tick. Never raises: only cancellation ends the loop."""
+        if self._holdings_due or self.ticks % self._refresh_every == 0:
+            try:
+                await self._refresh_holdings()
+                self._holdings_due = False
+            except Exception as exc:  # noqa: BLE001 - database away: the last holders keep getting prices
+                self._holdings_due = True  # retried next round
+                log.warning(
+                    "prices.holdings_refresh_failed", venue=self._venue.name, error=f"{type(exc).__name__}: {exc}"
+                )
+        try:
+            await self.tick()
+        except Exception as exc:  # noqa: BLE001 - a failed tick leaves marks to go stale, visibly
+            log.warning("prices.tick_failed", venue=self._venue.name, error=f"{type(exc).__name__}: {exc}")
 
     async def _refresh_holdings(self) -> None:
         rows = await self._system.pool.fetch(_HOLDINGS_SQL, self._venue.name)
@@ -93,16 +114,7 @@ class PriceFeed:
         self.ticks += 1
         symbols = sorted(self._holders)
         now = time.monotonic()
-        marks: dict[str, Decimal] = {}
-        try:
-            if self._venue.kind != "paper":
-                # A ccxt venue answers every symbol's mark with the one call it makes for a few: take them all, so
-                # the router has a fresh mark for a signal on a symbol nobody holds yet.
-                marks = await self._venue.adapter.fetch_marks([])
-            elif symbols:
-                marks = await self._venue.adapter.fetch_marks(symbols)
-        except Exception as exc:  # noqa: BLE001 - no new marks: the old ones age, and followers are told they are stale
-            log.warning("prices.tick_failed", venue=self._venue.name, error=f"{type(exc).__name__}: {exc}")
+        marks = await self._fetch_marks(symbols) if now >= self._venue_paused_until else {}
         for symbol in marks:
             self._fresh_at[symbol] = now
         self._venue.marks = {**self._venue.marks, **marks}
@@ -128,6 +140,44 @@ class PriceFeed:
                 told += 1
         metrics.incr("prices.ticks")
         return told
+
+    async def _fetch_marks(self, symbols: list[str]) -> dict[str, Decimal]:
+        """The venue's marks; none (the old ones age, followers are told they are stale) when it fails."""
+        if self._venue.kind == "paper" and not symbols:
+            return {}  # the paper venue's own book: nothing to read when nobody holds anything
+        # A ccxt venue answers every symbol's mark with the one call it makes for a few: take them all, so the
+        # router has a fresh mark for a signal on a symbol nobody holds yet.
+        wanted = symbols if self._venue.kind == "paper" else []
+        try:
+            marks: dict[str, Decimal] = await self._venue.adapter.fetch_marks(wanted)
+        except (VenueBanned, RetryableError) as exc:
+            self._back_off(exc)
+            return {}
+        except Exception as exc:  # noqa: BLE001 - no new marks: the old ones age, and followers are told they are stale
+            log.warning("prices.tick_failed", venue=self._venue.name, error=f"{type(exc).__name__}: {exc}")
+            return {}
+        if self._venue_refusals:
+            log.info("prices.venue_resumed", venue=self._venue.name, refusals=self._venue_refusals)
+            self._venue_refusals = 0
+        return marks
+
+    def _back_off(self, exc: VenueBanned | RetryableError) -> None:
+        """No ticker call until the ban ends, or for a pause doubling per 429 in a row (the Retry-After at least)."""
+        self._venue_refusals += 1
+        if isinstance(exc, VenueBanned):
+            reason, pause_s = "banned", exc.ban_s
+        else:
+            doubled_s = min(_MAX_BACKOFF_S, self._interval_s * 2 ** min(self._venue_refusals, 20))  # no overflow
+            reason, pause_s = "rate_limited", max(doubled_s, exc.retry_after_s or 0.0)
+        self._venue_paused_until = time.monotonic() + pause_s  # from now: the call itself took time
+        log.warning(
+            "prices.venue_backoff",
+            venue=self._venue.name,
+            reason=reason,
+            pause_ms=round(pause_s * 1000),
+            refusals=self._venue_refusals,
+            error=f"{type(exc).__name__}: {exc}",
+        )
 
     def _log_stale(self, stale: frozenset[str]) -> None:
         for symbol in stale - self._stale_logged:

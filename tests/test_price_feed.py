@@ -2,13 +2,16 @@
 
 The feed runs against the test PostgreSQL (its holdings query is real) and a paper venue, with the rest of the
 system replaced by a stand-in: followers are recorders that keep every ``PriceUpdate`` they are told. So a test
-sees exactly what each follower received, and drives each tick itself. Last, the feed's share of a venue's
-weight budget, which ``actors.venues`` takes out of the exchange actor's.
+sees exactly what each follower received, and drives each tick itself (or runs the feed's own loop, for what
+only the loop does: a database outage, through ``tests.pg.TcpProxy``). Then the back-off from a venue that
+bans or rate-limits the feed. Last, the feed's share of a venue's weight budget, which ``actors.venues`` takes
+out of the exchange actor's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -25,7 +28,8 @@ from adapters.paper import PaperVenue
 from engine import logs as engine_logs
 from engine.config import VenueConfig
 from engine.messages import PriceUpdate
-from tests.pg import execute
+from engine.venue import RetryableError, VenueBanned
+from tests.pg import TcpProxy, execute
 
 D = Decimal
 T = TypeVar("T")
@@ -57,18 +61,27 @@ class System:
 
 
 class FlakyVenue(PaperVenue):
-    """A paper venue whose ticker call can leave symbols out (``frozen``) or fail outright (``down``)."""
+    """A paper venue whose ticker call can leave symbols out (``frozen``), fail outright (``down``), answer
+    418 until ``banned_until`` (monotonic s) or 429 while ``limited`` (with ``retry_after_s``), as the ccxt
+    adapter classifies them."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.frozen: set[str] = set()
         self.down = False
+        self.banned_until = 0.0
+        self.limited = False
+        self.retry_after_s: float | None = None
         self.fetches: list[list[str]] = []
 
     async def fetch_marks(self, symbols: list[str]) -> dict[str, Decimal]:
         self.fetches.append(list(symbols))
         if self.down:
             raise ConnectionError("paper: connection reset (test)")
+        if (ban_s := self.banned_until - time.monotonic()) > 0:
+            raise VenueBanned("paper: 418 IP banned (test)", ban_s=ban_s)
+        if self.limited:
+            raise RetryableError("paper: 429 too many requests (test)", retry_after_s=self.retry_after_s)
         marks = await super().fetch_marks(symbols)
         return {s: m for s, m in marks.items() if s not in self.frozen}
 
@@ -99,13 +112,18 @@ def seed_positions(dsn: str, rows: list[tuple[int, str, str, str]]) -> None:
 
 
 def run_with_feed(
-    dsn: str, venue: PaperVenue, users: list[int], body: Callable[[PriceFeed, Supervisor], Awaitable[T]]
+    dsn: str,
+    venue: PaperVenue,
+    users: list[int],
+    body: Callable[[PriceFeed, Supervisor], Awaitable[T]],
+    *,
+    poll_ms: float = 1000.0,
 ) -> T:
     async def main() -> T:
         pool = await connect_pool(dsn, min_size=1, max_size=2)
         try:
             supervisor = Supervisor({uid: Recorder() for uid in users})
-            config = VenueConfig(name="paper", price_stale_after_ms=STALE_MS)
+            config = VenueConfig(name="paper", price_stale_after_ms=STALE_MS, price_poll_interval_ms=poll_ms)
             feed = PriceFeed(System(pool, supervisor), Venue(config, venue, None, {}))  # type: ignore[arg-type]
             return await body(feed, supervisor)
         finally:
@@ -116,6 +134,23 @@ def run_with_feed(
 
 async def wait_past_stale() -> None:
     await asyncio.sleep(STALE_MS / 1000 * 3)
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
+
+
+async def tick_for(feed: PriceFeed, seconds: float) -> None:
+    """Tick as fast as the loop allows: far more often than any back-off lets the venue be asked."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        await feed.tick()
+        await asyncio.sleep(0.002)
 
 
 def test_each_follower_gets_only_the_symbols_it_holds(pg_dsn: str) -> None:
@@ -212,6 +247,112 @@ def test_marks_go_stale_when_the_venue_stops_answering(pg_dsn: str, captured: li
     events = [e["event"] for e in captured if e.get("symbol") == bnb or e["event"] == "prices.tick_failed"]
     assert events.count("price.stale") == 1 and events.count("price.fresh") == 1
     assert events.count("prices.tick_failed") == 2
+
+
+def test_prices_keep_flowing_when_the_holdings_read_fails(pg_dsn: str, captured: list[dict[str, Any]]) -> None:
+    """The database goes away just as a poke asks for fresh holdings: the feed logs it, keeps telling the
+    holders it knows, and reads the holdings again once the database is back (a new holder gets prices)."""
+    seed_positions(pg_dsn, [(231, "paper", "LTC/USDT:USDT", "open")])
+    venue = FlakyVenue()
+    proxy = TcpProxy.for_dsn(pg_dsn)
+
+    async def body(feed: PriceFeed, supervisor: Supervisor) -> None:
+        updates, newcomer = supervisor.recorders[231].updates, supervisor.recorders[232].updates
+        await feed.start()
+        try:
+            assert await until(lambda: len(updates) >= 1)
+            proxy.refuse()
+            proxy.cut()  # the database is unreachable
+            during_outage = len(updates)
+            feed.poke()  # a fill: the feed reads the holdings now, and that read fails
+            assert await until(lambda: len(updates) >= during_outage + 3), "prices stopped with the database away"
+            await asyncio.to_thread(seed_positions, pg_dsn, [(232, "paper", "LTC/USDT:USDT", "open")])  # no proxy
+            proxy.resume()
+            assert await until(lambda: len(newcomer) >= 1), "holdings not read again after the database came back"
+            assert feed._task is not None and not feed._task.done()
+        finally:
+            await feed.stop()
+
+    try:
+        run_with_feed(proxy.dsn(pg_dsn), venue, [231, 232], body, poll_ms=10.0)
+    finally:
+        proxy.close()
+    failed = [e for e in captured if e["event"] == "prices.holdings_refresh_failed"]
+    assert failed[0]["log_level"] == "warning" and failed[0]["venue"] == "paper" and failed[0]["error"]
+
+
+def test_no_ticker_call_while_banned(pg_dsn: str, captured: list[dict[str, Any]]) -> None:
+    """A 418 bans the client for ``ban_s``: asking again before its end only lengthens the ban (Binance
+    escalates), so the feed waits it out; the marks go stale meanwhile, as for any venue that stops answering."""
+    seed_positions(pg_dsn, [(241, "paper", "ADA/USDT:USDT", "open")])
+    venue = FlakyVenue()
+    ada = "ADA/USDT:USDT"
+    ban_s = 1.0
+
+    async def body(feed: PriceFeed, supervisor: Supervisor) -> tuple[int, list[PriceUpdate]]:
+        await feed._refresh_holdings()
+        await feed.tick()
+        venue.banned_until = time.monotonic() + ban_s
+        await feed.tick()  # asks, is banned
+        await wait_past_stale()
+        for _ in range(5):
+            await feed.tick()  # within the ban (~0.2 s of 1 s): does not ask
+        calls_during_ban = len(venue.fetches)
+        await asyncio.sleep(venue.banned_until - time.monotonic() + 0.05)
+        await feed.tick()  # the ban is over: asks again
+        return calls_during_ban, supervisor.recorders[241].updates
+
+    calls_during_ban, updates = run_with_feed(pg_dsn, venue, [241], body)
+    assert calls_during_ban == 2
+    assert len(venue.fetches) == 3
+    assert [u.stale_symbols for u in updates] == [frozenset(), frozenset()] + [{ada}] * 5 + [frozenset()]
+    (backoff,) = [e for e in captured if e["event"] == "prices.venue_backoff"]
+    assert backoff["reason"] == "banned" and backoff["log_level"] == "warning"
+    assert 0 < backoff["pause_ms"] <= ban_s * 1000
+    assert [e["event"] for e in captured if e["event"] == "prices.venue_resumed"] == ["prices.venue_resumed"]
+
+
+def test_rate_limited_feed_backs_off_exponentially_until_an_answer(pg_dsn: str) -> None:
+    """429s double the pause from two poll intervals on; an answer ends the back-off, so the next 429 starts
+    it again from the shortest pause. Counts calls, with a poll of 10 ms: timing bounds stay generous."""
+    seed_positions(pg_dsn, [(251, "paper", "SOL/USDT", "open")])
+    venue = FlakyVenue()
+
+    async def body(feed: PriceFeed, supervisor: Supervisor) -> tuple[int, int]:
+        updates = supervisor.recorders[251].updates
+        await feed._refresh_holdings()
+        await feed.tick()
+        venue.limited = True
+        await tick_for(feed, 0.6)  # pauses 20, 40, 80, 160, 320 ms: ~5 calls, where every tick would be ~300
+        limited_calls = len(venue.fetches) - 1
+        venue.limited = False
+        for _ in range(1000):  # until the feed asks again (after <= 640 ms) and gets an answer
+            if not updates[-1].stale_symbols:
+                break
+            await feed.tick()
+            await asyncio.sleep(0.002)
+        assert not updates[-1].stale_symbols
+        venue.limited = True
+        before = len(venue.fetches)
+        await tick_for(feed, 0.2)  # back to 20, 40, 80 ms pauses: not the 640 ms the next doubling would be
+        return limited_calls, len(venue.fetches) - before
+
+    limited_calls, calls_after_reset = run_with_feed(pg_dsn, venue, [251], body, poll_ms=10.0)
+    assert 3 <= limited_calls <= 8
+    assert calls_after_reset >= 2
+
+
+def test_rate_limited_feed_waits_the_retry_after(pg_dsn: str) -> None:
+    seed_positions(pg_dsn, [(261, "paper", "XRP/USDT", "open")])
+    venue = FlakyVenue()
+
+    async def body(feed: PriceFeed, supervisor: Supervisor) -> None:
+        await feed._refresh_holdings()
+        venue.limited, venue.retry_after_s = True, 1.0
+        await tick_for(feed, 0.4)  # the exponential pause alone would allow 4 calls by now
+
+    run_with_feed(pg_dsn, venue, [261], body, poll_ms=10.0)
+    assert len(venue.fetches) == 1
 
 
 # ---- the feed's share of a venue's weight budget (actors.venues.order_weight_per_minute) ------------------
