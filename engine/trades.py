@@ -147,6 +147,10 @@ class Trade:
         )
 
     @property
+    def _spot_buy(self) -> bool:
+        return self.trade_type is TradeType.SPOT and self.side is Side.BUY and not self.reduce_only
+
+    @property
     def is_final(self) -> bool:
         """No further transition is possible."""
         return self.status in FINAL_STATUSES
@@ -164,7 +168,10 @@ class Trade:
         """Move to ``target``, recording what is given. ``True`` if it moved, ``False`` if already there.
 
         FILLED and PARTIALLY_FILLED need ``filled_qty > 0`` and ``avg_price``; filled qty may not exceed
-        the ordered qty. Raises ``IllegalTransition`` or ``ValueError``; on error nothing changes.
+        the ordered qty, except for a spot market buy: a venue that sizes those in the quote coin (Bitget)
+        spends the ordered notional (qty x hint), so the base it fills is larger whenever the price fell since
+        the hint, and the account holds what the venue filled. Raises ``IllegalTransition`` or ``ValueError``;
+        on error nothing changes.
         """
         if target is self.status:
             return False
@@ -173,7 +180,7 @@ class Trade:
         if target in (TradeStatus.FILLED, TradeStatus.PARTIALLY_FILLED):
             if filled_qty is None or filled_qty <= 0 or avg_price is None or avg_price <= 0:
                 raise ValueError(f"trade {self.client_order_id}: {target} needs filled qty and avg price")
-            if filled_qty > self.qty:
+            if filled_qty > self.qty and not self._spot_buy:
                 raise ValueError(f"trade {self.client_order_id}: filled {filled_qty} > ordered {self.qty}")
             self.executed_qty, self.executed_price = filled_qty, avg_price
         self.status = target

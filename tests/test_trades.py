@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal as D
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -89,6 +90,22 @@ def test_fill_needs_numbers() -> None:
     with pytest.raises(ValueError):
         t.transition(S.FILLED, filled_qty=D(1), avg_price=D(1))  # more than ordered
     assert t.status is S.SUBMITTED and t.version == 2
+
+
+def test_spot_buy_may_fill_more_base_than_ordered() -> None:
+    """A spot market buy sized in the quote coin (Bitget) spends qty x hint: at a lower price it fills more
+    base. The trade books what the venue filled; any other order filled beyond its qty is refused."""
+    spot_buy = msgspec.structs.replace(trade().to_row(), symbol="BTC/USDT", trade_type=TradeType.SPOT)
+    t = Trade.from_row(spot_buy)
+    t.transition(S.SUBMITTED)
+    assert t.transition(S.FILLED, filled_qty=D("0.02004"), avg_price=D(49_900))  # 1,000 USDT at 49,900
+    assert t.executed_qty == D("0.02004")
+    for side in (Side.SELL, Side.BUY):
+        kind = TradeType.SPOT if side is Side.SELL else TradeType.FUTURES
+        other = Trade.from_row(msgspec.structs.replace(trade().to_row(), side=side, trade_type=kind))
+        other.transition(S.SUBMITTED)
+        with pytest.raises(ValueError, match=r"filled 0\.02004 > ordered 0\.02"):
+            other.transition(S.FILLED, filled_qty=D("0.02004"), avg_price=D(49_900))
 
 
 def test_final_states_have_no_exit() -> None:
