@@ -122,7 +122,20 @@ class FollowerBase(PooledActor):
                 self._portfolio.add_position(self._restore_position(position_row))
         for trade_row in state.open_trades:
             self._recover_trade(trade_row, state.trade_created_at.get(trade_row.client_order_id, now))
+        self._reopen_abandoned_closes()
         self._restore_reservations()
+
+    def _reopen_abandoned_closes(self) -> None:
+        """A position loaded CLOSING with no close order of its own on the way: the batched lane wrote the
+        CLOSING row, and the engine stopped before the close's intent was durable (so no order was sent), or
+        the attempt ended in a write the crash lost. Left CLOSING, no trigger and no close would ever touch it
+        again: it is OPEN, and the next trigger closes it."""
+        closing = {o.trade.position_id for o in self._orders.values() if o.kind == "close"}
+        for position in self._portfolio.positions.values():
+            if position.status is PositionStatus.CLOSING and position.position_id not in closing:
+                position.abort_closing()
+                self._persist(position.to_row())
+                log.warning("position.close_abandoned", user_id=self._user_id, position_id=position.position_id)
 
     def _restore_reservations(self) -> None:
         """Re-derive each USDT balance's reserved part from the open trades' ``reserved_usdt``, keeping its total.

@@ -35,7 +35,7 @@ from engine.ids import close_order_id, position_id_for
 from engine.messages import MarketInfo, PositionSide, PriceUpdate, TradeType
 from engine.positions import Position
 from tests.harness import insert_signal, running_engine, seed_followers, seed_whale, settle, wait_for, wait_signal_done
-from tests.pg import fetch, fetchval
+from tests.pg import execute, fetch, fetchval
 
 D = Decimal
 START_USDT = D(10_000)  # paper_starting_usdt: a follower without a balances row starts with this
@@ -43,7 +43,7 @@ FAR_MS = "600000"  # the feed never ticks by itself during a test
 
 BASES = (
     "SLL", "SLS", "TPL", "TPS", "SPL", "GAP", "STL", "LQL", "LQS", "MAN", "MAA", "MAB", "RST", "BRK", "BRE", "LQR",
-    "PCL", "PCR",
+    "PCL", "PCR", "PCA",
 )  # fmt: skip
 
 
@@ -454,6 +454,30 @@ def test_restart_after_a_partly_filled_close_uses_the_next_attempt_id(private_ds
         tick(system)
         wait_position(private_dsn, pid, "closed")
         assert venue.create_calls(close_attempt_id(pid, 1)) == 1
+        assert venue.position_qty(user, symbol) == 0
+
+
+def test_restart_reopens_a_close_that_never_became_durable(private_dsn: str, tmp_path: Path) -> None:
+    """The batched lane wrote the CLOSING row, and the engine stopped before the close's intent was durable: no
+    order went out. The next engine finds the position CLOSING with no close on its way, opens it again, and
+    its first tick past the SL closes it (left CLOSING, nothing would ever have closed it)."""
+    venue = new_venue()
+    whale, user, symbol = 100 + BASES.index("PCA"), 1000 + BASES.index("PCA"), "PCA/USDT:USDT"
+    follow([user], whale, private_dsn, stop_loss_pct=D(5))
+    env = engine_env()
+    with running_engine(private_dsn, tmp_path / "a", venue=venue, **env) as system:
+        signal_id = open_copy(system, private_dsn, whale_id=whale, symbol=symbol, leverage=5)
+        pid = position_id_for(signal_id, user)
+        wait_position(private_dsn, pid, "open")
+    closing_sql = "UPDATE positions SET status = 'closing', close_reason = 'stop_loss' WHERE position_id = $1"
+    execute(private_dsn, closing_sql, pid)
+    venue.set_mark(symbol, D(94))
+
+    with running_engine(private_dsn, tmp_path / "b", venue=venue, **env) as system:
+        tick(system)
+        closed = wait_position(private_dsn, pid, "closed")
+        assert closed["close_reason"] == "stop_loss"
+        assert venue.create_calls(close_order_id(pid)) == 1
         assert venue.position_qty(user, symbol) == 0
 
 
