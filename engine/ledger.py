@@ -31,6 +31,7 @@ from engine.events import (
     TradeExecuted,
     TradeFailed,
 )
+from engine.ids import position_id_for
 from engine.messages import FollowSettings, MarketInfo, PositionSide, Side, TradeRow, TradeStatus
 from engine.portfolio import BalanceError, Portfolio
 from engine.positions import Position, protection_prices
@@ -68,8 +69,13 @@ def settle_entry(
     # A fee taken in the base asset never reaches the account: the position holds what the venue credited.
     qty = trade.executed_qty - (trade.fee_base if trade.side is Side.BUY else _ZERO)
     venue = trade.venue
-    events: list[DomainEvent] = [_executed(trade, now)]
     position = portfolio.positions.get(trade.position_id or "")
+    if order.kind == "increase" and (position is None or not position.is_active) and trade.signal_id is not None:
+        # The position this increase was for is gone (liquidated while the order was on its way): what filled is
+        # a position of its own, as at the venue, under the id its signal would have opened. The old id keeps
+        # its final row; reopening it would write an OPEN row the database refuses as older.
+        trade.position_id = position_id_for(trade.signal_id, trade.user_id)
+    events: list[DomainEvent] = [_executed(trade, now)]
     tick = market.price_tick if market is not None else Decimal("0.00000001")
     side = PositionSide.LONG if trade.side is Side.BUY else PositionSide.SHORT
     sl_pct = follow.stop_loss_pct if follow is not None else None
@@ -142,8 +148,13 @@ def settle_exit(
     0.0001 lot): it is closed in the books at the fill price as dust, so the position does not stay open forever.
     """
     trade = order.trade
-    events: list[DomainEvent] = [_executed(trade, now)]
     position = portfolio.positions.get(trade.position_id or "")
+    if order.kind == "increase" and (position is None or not position.is_active) and trade.signal_id is not None:
+        # The position this increase was for is gone (liquidated while the order was on its way): what filled is
+        # a position of its own, as at the venue, under the id its signal would have opened. The old id keeps
+        # its final row; reopening it would write an OPEN row the database refuses as older.
+        trade.position_id = position_id_for(trade.signal_id, trade.user_id)
+    events: list[DomainEvent] = [_executed(trade, now)]
     if position is None or not position.is_active:
         # The venue filled an exit for a position we no longer hold (e.g. liquidated meanwhile): the fill is
         # recorded on the trade; there is nothing left on our books to reduce.

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal as D
 
-from engine.ledger import OrderContext, settle_entry, settle_exit
+from engine.ids import position_id_for
+from engine.ledger import OrderContext, liquidate, settle_entry, settle_exit
 from engine.messages import MarketInfo, OrderOutcome, PositionStatus, Side, TradeStatus, TradeType
 from engine.portfolio import Portfolio
 from engine.trades import Trade
@@ -52,3 +53,46 @@ def test_base_asset_fee_reduces_the_holding_and_dust_is_closed_on_exit() -> None
     assert [e.event_type for e in events] == ["trade_executed", "position_closed"]
     # Everything the holding was worth at 3100 came back: 0.032967 x 3100.
     assert portfolio.balance("v").free == D(1000) - D("0.033") * 3000 + D("0.032967") * 3100
+
+
+BTC_PERP = MarketInfo(
+    symbol="BTC/USDT:USDT", trade_type=TradeType.FUTURES, base="BTC", quote="USDT", qty_step=D("0.001"),
+    price_tick=D("0.1"), max_leverage=50, maintenance_margin_rate=D("0.005"), taker_fee_rate=D("0.0005"),
+)  # fmt: skip
+
+
+def _perp_fill(cid: str, signal_id: int, position_id: str, qty: str) -> Trade:
+    trade = Trade(
+        client_order_id=cid, user_id=1, venue="v", symbol=BTC_PERP.symbol, trade_type=TradeType.FUTURES,
+        side=Side.BUY, qty=D(qty), price=D(50_000), leverage=10, signal_id=signal_id, whale_id=1,
+        position_id=position_id,
+    )  # fmt: skip
+    trade.transition(TradeStatus.SUBMITTED)
+    trade.apply_outcome(
+        OrderOutcome(client_order_id=cid, status=TradeStatus.FILLED, filled_qty=D(qty), avg_price=D(50_000))
+    )
+    return trade
+
+
+def test_increase_that_fills_after_its_position_was_liquidated_opens_a_position_of_its_own() -> None:
+    """The increase was on its way when the mark crossed the liquidation price. The venue liquidated the old
+    position and opened a new one with what the increase filled; so do the books, under the id the increase's
+    signal would have opened. Reopening the liquidated id wrote an OPEN row at a lower version than the
+    LIQUIDATED one, which the database then kept: the new position vanished at the next restart."""
+    portfolio = Portfolio(1, now=NOW)
+    portfolio.set_free("v", D(10_000))
+    old_id, new_id = position_id_for(1, 1), position_id_for(2, 1)
+    opening = _perp_fill("c1", 1, old_id, "0.1")
+    settle_entry(portfolio, OrderContext(trade=opening, kind="open"), market=BTC_PERP, follow=None, now=NOW)
+    increase = _perp_fill("c2", 2, old_id, "0.05")  # decided while the old position was open
+    liquidated = portfolio.positions[old_id]
+    liquidate(portfolio, liquidated, D(45_000), now=NOW)
+    assert liquidated.status is PositionStatus.LIQUIDATED and old_id not in portfolio.positions
+
+    context = OrderContext(trade=increase, kind="increase")
+    events = settle_entry(portfolio, context, market=BTC_PERP, follow=None, now=NOW)
+    assert increase.position_id == new_id and increase.to_row().position_id == new_id
+    fresh = portfolio.positions[new_id]
+    assert (fresh.status, fresh.qty, fresh.entry_price) == (PositionStatus.OPEN, D("0.05"), D(50_000))
+    assert old_id not in portfolio.positions and liquidated.status is PositionStatus.LIQUIDATED
+    assert [e.event_type for e in events] == ["trade_executed", "position_opened"]
