@@ -1,8 +1,8 @@
 """ccxt exceptions → the outcome classes of ``engine/venue.py``.
 
-The split that matters is *was anything possibly accepted?* For ``create_order`` a timeout, a cut connection
-or a body we cannot read means the order may exist: ``OutcomeUnknown``, never a retry. For read-only calls
-the same faults are simply retryable.
+The split that matters is *was anything possibly accepted?* For ``create_order`` a timeout, a cut connection,
+an HTTP 5xx or a body we cannot read means the order may exist: ``OutcomeUnknown``, never a retry. For
+read-only calls the same faults are simply retryable.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ __all__ = ["CredentialRejected", "classify", "sanitize"]
 
 _BANNED_UNTIL = re.compile(r"banned until (\d{10,13})")
 _QUERY = re.compile(r"\?[^\s\"']*")
+# ccxt's message for an HTTP status it maps by code: "<exchange> <METHOD> <url> <status> <reason> <body>".
+_HTTP_STATUS = re.compile(r"^\S+ [A-Z]+ \S+ (\d{3}) ")
 _MAX_MESSAGE = 300
 _DEFAULT_BAN_S = 120.0
 
@@ -72,6 +74,12 @@ def _ban_s(message: str, headers: Mapping[str, str] | None) -> float:
     return _DEFAULT_BAN_S
 
 
+def _is_server_error(exc: BaseException) -> bool:
+    """Whether ccxt raised ``exc`` for an HTTP 5xx answer."""
+    match = _HTTP_STATUS.match(str(exc))
+    return match is not None and match.group(1).startswith("5")
+
+
 def _is_ban(message: str) -> bool:
     # Binance: HTTP 418 with "banned until <ms>"; Bybit: HTTP 403 "access too frequent" (an IP ban).
     return " 418 " in message or "banned until" in message or "access too frequent" in message
@@ -110,10 +118,16 @@ def classify(
         return OrderRejected(message)
     if isinstance(exc, ccxt.ExchangeNotAvailable):
         cause = exc.__cause__
-        if cause is None or isinstance(cause, aiohttp.ClientConnectorError):
-            # An HTTP 5xx status (the venue answered, with no order), or the connection was never made.
+        if isinstance(cause, aiohttp.ClientConnectorError):
+            # The connection was never made: nothing reached the venue.
             return RetryableError(message, retry_after_s=_retry_after_s(headers))
-        # The connection broke after the request went out.
+        if cause is None and not (order_sent and _is_server_error(exc)):
+            # An error status or an "unavailable" code: a read can simply be asked again, and on create a 4xx or
+            # a venue code says the request was not taken. A 5xx on create does not: Binance documents its
+            # execution status as unknown (it may have filled).
+            return RetryableError(message, retry_after_s=_retry_after_s(headers))
+        # A 5xx on create, or the connection broke after the request went out: the order may exist. Binance
+        # refuses a client order id only while its order is open, so a re-send of a filled order fills again.
         return OutcomeUnknown(message) if order_sent else RetryableError(message)
     if isinstance(exc, ccxt.NetworkError | ccxt.BadResponse | ccxt.ExchangeError):
         # Timeouts, disconnects, unreadable or unexpected bodies.

@@ -210,6 +210,13 @@ class CcxtVenue:
                 existing = await self._fetch_existing(request, client, credential)
                 if existing is not None:
                     return existing
+                # ccxt calls the duplicate an invalid order (REJECTED, funds released), yet it proves the order
+                # exists; the read can lag (Bybit's order history). Resolution by client order id will find it.
+                unknown = OutcomeUnknown(
+                    f"{self.name} holds client order id {request.client_order_id} (duplicate) but cannot read it back"
+                )
+                log.warning("order.create_failed", outcome=type(unknown).__name__, error=str(unknown))
+                raise unknown from None
             error = self._classify(exc, client, credential, order_sent=True)
             log.warning("order.create_failed", outcome=type(error).__name__, error=str(error))
             raise error from None

@@ -306,20 +306,67 @@ def test_418_is_a_ban(case: tuple[str, TradeType]) -> None:
     run(case, body)
 
 
-def test_5xx_on_create_is_retryable(case: tuple[str, TradeType]) -> None:
+def test_5xx_on_create_is_unknown_and_resolved_by_client_id(case: tuple[str, TradeType]) -> None:
+    """Binance: a 5xx means the execution status is unknown, and it only refuses a client order id held by an
+    open order, so re-sending a market order that filled fills it twice. A read is safe to repeat."""
+
     async def body(h: Harness) -> None:
-        await h.venue.fetch_balance(user_id=1, trade_type=h.trade_type)  # leverage and markets out of the way
-        h.emu.inject(h.name, "5xx", path_contains="order")
-        with pytest.raises(RetryableError):
+        await h.venue.fetch_balance(user_id=1, trade_type=h.trade_type)  # markets out of the way
+        h.emu.inject(h.name, "5xx", path_contains=_create_path(h.name, h.trade_type))
+        with pytest.raises(OutcomeUnknown):
             await h.venue.create_order(h.order("c1u1five", leverage=1))
         assert h.emu.order_count("c1u1five") == 0
-        order = await h.venue.create_order(h.order("c1u1five", leverage=1))  # the retry, same id
-        assert order.status is TradeStatus.FILLED
+        missing = await h.venue.fetch_order_by_client_id(
+            user_id=1, symbol=h.symbol, trade_type=h.trade_type, client_order_id="c1u1five"
+        )
+        assert missing is None  # resolution: not found (after the grace period: FAILED)
+        h.emu.inject(h.name, "5xx")
+        with pytest.raises(RetryableError):
+            await h.venue.fetch_balance(user_id=1, trade_type=h.trade_type)
 
     run(case, body)
 
 
-@pytest.mark.parametrize("fault", ["accept_then_timeout", "accept_then_disconnect", "html", "truncated_json"])
+@pytest.mark.parametrize("fault", ["429", "refused"])
+def test_create_that_never_reached_the_venue_is_retryable(case: tuple[str, TradeType], fault: str) -> None:
+    async def body(h: Harness) -> None:
+        await h.venue.create_order(h.order("c1u2warm", user_id=2))  # markets and user 2's leverage set
+        if fault == "refused":
+            h.venue.register_account(2, "mem:2-fresh")  # a new client: no pooled connection to reuse
+            h.store.register("mem:2-fresh", Credential(API_KEY + "2", SECRET + "2", PASSPHRASE))
+            await h.emu.stop()  # nothing listens: connection refused
+        else:
+            h.emu.inject(h.name, fault, path_contains=_create_path(h.name, h.trade_type))
+        with pytest.raises(RetryableError):
+            await h.venue.create_order(h.order("c2u2never", user_id=2))
+        assert h.emu.order_count("c2u2never") == 0
+
+    run(case, body)
+
+
+def test_duplicate_whose_read_back_misses_is_unknown_not_rejected(case: tuple[str, TradeType]) -> None:
+    """The venue says the client order id is taken: the order exists, even when the read-back cannot see it
+    yet (Bybit's order history lags). Booking it REJECTED would release funds the venue holds."""
+
+    async def body(h: Harness) -> None:
+        await h.venue.create_order(h.order("c1u1seen"))
+        path, reads = _read_path(h.name, h.trade_type)
+        h.emu.inject(h.name, "order_not_found", count=reads, path_contains=path)
+        with pytest.raises(OutcomeUnknown, match="duplicate"):
+            await h.venue.create_order(h.order("c1u1seen"))
+        assert h.emu.order_count("c1u1seen") == 1
+        found = await h.venue.fetch_order_by_client_id(
+            user_id=1, symbol=h.symbol, trade_type=h.trade_type, client_order_id="c1u1seen"
+        )
+        assert found is not None
+        assert found.status is TradeStatus.FILLED
+
+    run(case, body)
+
+
+@pytest.mark.parametrize(
+    "fault", ["accept_then_timeout", "accept_then_disconnect", "accept_then_5xx", "html", "truncated_json"]
+)
 def test_lost_answer_after_create_is_unknown(case: tuple[str, TradeType], fault: str) -> None:
     async def body(h: Harness) -> None:
         await h.venue.load_markets()
@@ -344,6 +391,15 @@ def _create_path(name: str, trade_type: TradeType) -> str:
     if name == "bybit":
         return "/v5/order/create"
     return "/place-order"
+
+
+def _read_path(name: str, trade_type: TradeType) -> tuple[str, int]:
+    """The path reading one order back by client order id, and how many requests that read takes."""
+    if name == "binance":
+        return _create_path(name, trade_type), 1  # a GET on the create path
+    if name == "bybit":
+        return "/v5/order/", 2  # the open orders, then the history
+    return ("orderInfo" if trade_type is TradeType.SPOT else "/order/detail"), 1
 
 
 def test_partial_fill(case: tuple[str, TradeType]) -> None:

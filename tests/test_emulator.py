@@ -26,9 +26,10 @@ KEY, SECRET = "emu-test-key", "emu-test-secret"
 def run(
     body: Callable[[EmulatorServer, aiohttp.ClientSession], Awaitable[None]],
     venues: tuple[str, ...] = ("binance",),
+    client_id_scope: str = "all",
 ) -> None:
     async def main() -> None:
-        emu = EmulatorServer(venues)
+        emu = EmulatorServer(venues, client_id_scope=client_id_scope)
         await emu.start()
         for venue in venues:
             emu.add_account(venue, KEY, SECRET, "pp")
@@ -85,6 +86,28 @@ def test_binance_dedupes_client_order_id() -> None:
         assert emu.order_count("dup1") == 1
 
     run(body)
+
+
+async def _binance_get_order(emu: EmulatorServer, session: aiohttp.ClientSession, cid: str) -> tuple[int, Any]:
+    query = _binance_signed({"symbol": "BTCUSDT", "origClientOrderId": cid})
+    async with session.get(f"{emu.url_for('binance')}/api/v3/order?{query}", headers={"X-MBX-APIKEY": KEY}) as response:
+        return response.status, orjson.loads(await response.read())
+
+
+def test_open_scope_refuses_a_client_order_id_only_while_its_order_is_open() -> None:
+    """Binance's rule: newClientOrderId is unique among open orders; a filled order's id makes a new order."""
+
+    async def body(emu: EmulatorServer, session: aiohttp.ClientSession) -> None:
+        assert (await _binance_order(emu, session, "again1"))[0] == 200
+        assert (await _binance_order(emu, session, "again1"))[0] == 200
+        assert emu.order_count("again1") == 2
+        emu.inject("binance", "delayed_fill", path_contains="/order")  # rests open
+        assert (await _binance_order(emu, session, "open1"))[0] == 200
+        status, raw = await _binance_order(emu, session, "open1")
+        assert (status, orjson.loads(raw)["code"]) == (400, -2010)
+        assert emu.order_count("open1") == 1
+
+    run(body, client_id_scope="open")
 
 
 def test_market_order_fills_at_mark_and_moves_balances() -> None:
@@ -145,6 +168,27 @@ def test_accept_then_timeout_creates_the_order() -> None:
             async with asyncio.timeout(0.5):
                 await _binance_order(emu, session, "hang1")
         assert emu.order_count("hang1") == 1
+
+    run(body)
+
+
+def test_accept_then_5xx_creates_the_order() -> None:
+    async def body(emu: EmulatorServer, session: aiohttp.ClientSession) -> None:
+        emu.inject("binance", "accept_then_5xx", path_contains="/order")
+        assert (await _binance_order(emu, session, "five1"))[0] == 503
+        assert emu.order_count("five1") == 1
+
+    run(body)
+
+
+def test_order_not_found_hides_the_order_from_reads_only() -> None:
+    async def body(emu: EmulatorServer, session: aiohttp.ClientSession) -> None:
+        emu.inject("binance", "order_not_found", path_contains="/api/v3/order")
+        assert (await _binance_order(emu, session, "lag1"))[0] == 200  # a POST on that path: not taken
+        status, answer = await _binance_get_order(emu, session, "lag1")
+        assert (status, answer["code"]) == (400, -2013)
+        status, answer = await _binance_get_order(emu, session, "lag1")
+        assert (status, answer["status"]) == (200, "FILLED")  # the lag is over
 
     run(body)
 

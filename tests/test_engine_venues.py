@@ -4,9 +4,11 @@ For each of binance, bybit and bitget (USDT futures):
 
 * the engine copies one signal to 100 followers through the emulator; accounts come from
   ``users.credential_ref`` and their starting balances from the venue;
-* each fault class (429 with Retry-After, 418, 5xx, accept-then-timeout, partial fill, delayed fill, HTML body,
-  truncated JSON) ends, after ``reconcile(all_followers=True)``, with every trade final and correct, balances
-  consistent with the venue, and never two emulator orders for one client order id;
+* each fault class (429 with Retry-After, 418, 5xx, accept-then-timeout, accept-then-5xx, partial fill, delayed
+  fill, HTML body, truncated JSON) ends, after ``reconcile(all_followers=True)``, with every trade final and
+  correct, balances consistent with the venue, and never two emulator orders for one client order id. The
+  emulator refuses a client order id only while an order holds it open (Binance's documented rule), so a blind
+  re-send of an order that filled shows up as a second order;
 * a burst of 2,000 orders from 100 accounts never exceeds the venue-wide weight budget (the emulator counts
   weight per window and records any excess);
 * a 418 stops all traffic for the ban's length; reduce-only closes pass while the breaker is open for entries.
@@ -34,7 +36,7 @@ from adapters.ccxt_venue import CcxtVenue
 from adapters.credentials import CredentialStore
 from adapters.emulator import EmulatorServer, MarketSpec
 from adapters.ioloop import IoLoop
-from engine.messages import OrderOutcome, OrderRequest, PlaceOrder, Side, TradeStatus, TradeType
+from engine.messages import OrderOutcome, OrderRequest, PlaceOrder, ResolveOrder, Side, TradeStatus, TradeType
 from tests.harness import insert_signal, running_engine, seed_whale, wait_for, wait_signal_done
 from tests.pg import execute, fetch
 
@@ -44,10 +46,16 @@ FINAL = {"filled", "partially_filled", "rejected", "failed"}
 FOLLOWERS = 100
 START_USDT = Decimal(100_000)
 # 418 last: the ban opens the breaker, and it only closes on a successful probe (a later fault would be it).
-FAULTS = ("429", "5xx", "accept_then_timeout", "partial_fill", "delayed_fill", "html", "truncated_json", "418")
+FAULTS = (
+    "429", "5xx", "accept_then_timeout", "accept_then_5xx", "partial_fill", "delayed_fill", "html", "truncated_json",
+    "418",
+)  # fmt: skip
 # One symbol per fault class (and one for the clean copy): every signal opens fresh positions.
-BASES = ("BTC", "ETH", "SOL", "XRP", "ADA", "DOT", "LTC", "LINK", "AVAX")
-MARKS = {"BTC": 50000, "ETH": 3000, "SOL": 150, "XRP": 2, "ADA": 1, "DOT": 7, "LTC": 80, "LINK": 14, "AVAX": 30}
+BASES = ("BTC", "ETH", "SOL", "XRP", "ADA", "DOT", "LTC", "LINK", "AVAX", "ATOM")
+MARKS = {
+    "BTC": 50000, "ETH": 3000, "SOL": 150, "XRP": 2, "ADA": 1, "DOT": 7, "LTC": 80, "LINK": 14, "AVAX": 30,
+    "ATOM": 9,
+}  # fmt: skip
 MARKETS = tuple(
     MarketSpec(base, "USDT", Decimal("0.001"), Decimal("0.001"), Decimal("0.001"), Decimal(5), 100) for base in BASES
 )
@@ -64,7 +72,7 @@ class Emulator:
 
     def __init__(self, venues: tuple[str, ...]) -> None:
         self.io = IoLoop().start()
-        self.server = EmulatorServer(venues, markets=MARKETS, retry_after_s=2)
+        self.server = EmulatorServer(venues, markets=MARKETS, retry_after_s=2, client_id_scope="open")
         self.io.run(self.server.start(), 30)
         for base, mark in MARKS.items():
             self.call(self.server.set_mark, f"{base}/USDT:USDT", mark)
@@ -264,7 +272,12 @@ def test_fault_class_ends_final_and_consistent(engine_on: Setup, fault: str) -> 
     elif fault == "418":
         # The banned entry failed, and entries queued behind it were refused (the ban opens the breaker).
         assert statuses.count("failed") >= 1
-    else:  # retried (429, 5xx) or resolved by client order id (lost answers, delayed fill): all filled
+    elif fault == "5xx":
+        # A 5xx on create may hide a fill: never re-sent, resolved by client order id. These made no order, so
+        # they are not found after the grace period: FAILED, funds released.
+        assert statuses.count("failed") == count
+        assert statuses.count("filled") == FOLLOWERS - count
+    else:  # retried (429) or resolved by client order id (lost answers, accept-then-5xx, delayed fill): all filled
         assert statuses.count("filled") == FOLLOWERS, sorted(set(statuses))
     check_trades(s, trades)
     check_balances(s)
@@ -381,6 +394,32 @@ def test_418_stops_traffic_for_the_ban(actor_on: ActorSetup) -> None:
         actor.stop()
     assert all(outcomes[f"x3u{n + 2}wait"].status is TradeStatus.FILLED for n in range(5))
     assert a.requests() > seen
+
+
+def test_5xx_after_the_venue_accepted_is_resolved_not_resent(actor_on: ActorSetup) -> None:
+    """The venue filled the order and answered 503. Re-sending the same client order id would fill it again
+    (Binance only refuses an id held by an open order); the order goes UNKNOWN and is resolved by its id."""
+    a = actor_on
+    actor = a.start()
+    placed, resolved = Inbox(), Inbox()
+    request = a.request("c1u1accepted", 1)
+    try:
+        a.emu.call(a.emu.server.inject, a.venue, "accept_then_5xx", path_contains=create_path(a.venue))
+        actor.tell(PlaceOrder(request=request, reply_to=placed))
+        outcome = placed.wait(1)["c1u1accepted"]
+        assert outcome.status is TradeStatus.UNKNOWN, outcome
+        actor.tell(
+            ResolveOrder(
+                user_id=1, symbol=request.symbol, trade_type=request.trade_type,
+                client_order_id=request.client_order_id, reply_to=resolved,
+            )
+        )  # fmt: skip
+        found = resolved.wait(1)["c1u1accepted"]
+    finally:
+        actor.stop()
+    assert a.emu.call(a.emu.server.order_count, "c1u1accepted", a.venue) == 1
+    assert found.status is TradeStatus.FILLED
+    assert found.filled_qty == request.qty
 
 
 def test_reduce_only_close_passes_an_open_breaker(actor_on: ActorSetup) -> None:

@@ -67,6 +67,8 @@ def error_response(kind: str, retry_after_s: int) -> web.Response:
         until_ms = int((time.time() + retry_after_s) * 1000)
         msg = f"Way too much request weight used; IP banned until {until_ms}. Please use WebSocket Streams."
         return _json({"code": -1003, "msg": msg}, 418, headers)
+    if kind == "order_not_found":
+        return _error(-2013, "Order does not exist.")
     return web.Response(status=503, text="<html><body>503 Service Unavailable</body></html>", content_type="text/html")
 
 
@@ -107,7 +109,7 @@ async def create_order(request: web.Request) -> web.Response:
     client_order_id = params.get("newClientOrderId") or f"emu{state.next_order_id()}"
     if len(client_order_id) > 36:
         return _error(-4015 if category == "linear" else -1100, "Client order id is not valid.")
-    if state.find_order(account.api_key, client_order_id=client_order_id, category=category) is not None:
+    if state.client_order_id_taken(account.api_key, client_order_id, category):
         if category == "linear":
             return _error(-4116, "ClientOrderId is duplicated.")
         return _error(-2010, "Duplicate order sent.")

@@ -53,6 +53,8 @@ def error_response(kind: str, retry_after_s: int) -> web.Response:
         return _json({"code": "429", "msg": "Too Many Requests", "requestTime": 0, "data": None}, 429, headers)
     if kind == "418":
         return web.Response(status=418, text="I'm a teapot", headers=headers)
+    if kind == "order_not_found":
+        return _error("40109", "The data of the order cannot be found, please confirm the order number")
     return web.Response(status=503, text="<html><body>503 Service Unavailable</body></html>", content_type="text/html")
 
 
@@ -222,7 +224,7 @@ async def place_order(request: web.Request) -> web.Response:
     client_order_id = params.get("clientOid") or f"emu{state.next_order_id()}"
     if len(client_order_id) > 40:
         return _error("40017", "clientOid is too long")
-    if state.find_order(account.api_key, client_order_id=client_order_id) is not None:
+    if state.client_order_id_taken(account.api_key, client_order_id):
         return _error("40786", "Duplicate clientOid")
     if params.get("orderType") != "market":
         return _error("40017", "Parameter verification exception orderType")

@@ -66,6 +66,8 @@ def error_response(kind: str, retry_after_s: int) -> web.Response:
         )
     if kind == "418":  # the IP ban: HTTP 403, plain text
         return web.Response(status=403, text="access too frequent", headers={"Retry-After": str(retry_after_s)})
+    if kind == "order_not_found":  # the order lists (realtime, history) without it
+        return _ok({"list": [], "nextPageCursor": ""})
     return web.Response(status=503, text="<html><body>503 Service Unavailable</body></html>", content_type="text/html")
 
 
@@ -209,7 +211,7 @@ async def create_order(request: web.Request) -> web.Response:
     client_order_id = params.get("orderLinkId") or f"emu{state.next_order_id()}"
     if len(client_order_id) > 36:
         return _envelope(10001, "orderLinkId is too long")
-    if state.find_order(account.api_key, client_order_id=client_order_id) is not None:
+    if state.client_order_id_taken(account.api_key, client_order_id):
         return _envelope(110072, "OrderLinkedID is duplicate")
     if params.get("orderType") != "Market":
         return _envelope(10001, "params error: orderType")

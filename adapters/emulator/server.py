@@ -60,8 +60,8 @@ def _fault_middleware(module: VenueModule, state: VenueState, hang: asyncio.Even
         path = request.path
         state.requests.append((request.method, path))
         state.add_weight(module.request_weight(request.method, path))
-        fault = state.take_fault(path)
-        if fault in {"429", "418", "5xx"}:
+        fault = state.take_fault(path, request.method)
+        if fault in {"429", "418", "5xx", "order_not_found"}:
             return module.error_response(fault, retry_after_s)
         request[FAULT_KEY] = fault or ""
         try:
@@ -73,6 +73,8 @@ def _fault_middleware(module: VenueModule, state: VenueState, hang: asyncio.Even
         if fault == "truncated_json" and isinstance(response, web.Response) and response.body is not None:
             body = bytes(response.body)  # type: ignore[arg-type]
             return web.Response(status=200, body=body[: len(body) // 2], content_type="application/json")
+        if fault == "accept_then_5xx":
+            return module.error_response("5xx", retry_after_s)  # the order exists; the answer says 503
         if fault == "accept_then_timeout":
             await hang.wait()  # the order exists; the answer never comes (until the server stops)
         if fault == "accept_then_disconnect" and request.transport is not None:
@@ -95,7 +97,10 @@ class EmulatorServer:
         *,
         markets: tuple[MarketSpec, ...] = DEFAULT_MARKETS,
         retry_after_s: int = 2,
+        client_id_scope: str = "all",
     ) -> None:
+        """``client_id_scope``: ``"all"`` refuses any client order id used before; ``"open"`` only one held by an
+        open order, Binance's documented rule (the weakest), under which a blind re-send makes a second order."""
         self._marks: dict[str, Decimal] = {"BTCUSDT": Decimal(50000), "ETHUSDT": Decimal(3000)}
         self._modules = {name: _venue_module(name) for name in venues}
         self.venues = {
@@ -106,6 +111,7 @@ class EmulatorServer:
                 weight_limit=module.WEIGHT_LIMIT,
                 weight_window_s=module.WEIGHT_WINDOW_S,
                 taker_fee=module.TAKER_FEE,
+                client_id_scope=client_id_scope,
             )
             for name, module in self._modules.items()
         }

@@ -23,6 +23,8 @@ FAULTS = frozenset(
         "5xx",  # 503 before anything happened
         "accept_then_timeout",  # the order is created, the response never comes
         "accept_then_disconnect",  # the order is created, the connection is cut
+        "accept_then_5xx",  # the order is created, the answer is a 503 (Binance: execution status unknown)
+        "order_not_found",  # a read (GET) answers as if the order did not exist yet (order history lagging)
         "partial_fill",  # a market order fills half, the rest expires
         "delayed_fill",  # the order rests (NEW) and fills on the next read
         "html",  # an HTML error page with status 200 after the handler ran
@@ -30,6 +32,8 @@ FAULTS = frozenset(
         "reject_insufficient",  # a definitive insufficient-funds reject
     }
 )
+READ_FAULTS = frozenset({"order_not_found"})  # only a GET takes them (Binance creates and reads on one path)
+CLIENT_ID_SCOPES = frozenset({"all", "open"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +131,12 @@ class VenueState:
         weight_limit: int,
         weight_window_s: float,
         taker_fee: Decimal,
+        client_id_scope: str = "all",
     ) -> None:
+        if client_id_scope not in CLIENT_ID_SCOPES:
+            raise ValueError(f"client_id_scope {client_id_scope!r}; one of {sorted(CLIENT_ID_SCOPES)}")
         self.name = name
+        self.client_id_scope = client_id_scope
         self.markets = {m.venue_id: m for m in markets}
         self.marks = marks  # shared with the server: "BTCUSDT" -> price
         self.accounts: dict[str, Account] = {}
@@ -146,8 +154,10 @@ class VenueState:
 
     # -- faults and weight -----------------------------------------------------------------------------
 
-    def take_fault(self, path: str) -> str | None:
+    def take_fault(self, path: str, method: str = "GET") -> str | None:
         for fault in self.faults:
+            if fault.kind in READ_FAULTS and method != "GET":
+                continue
             if fault.path_contains is None or fault.path_contains in path:
                 fault.remaining -= 1
                 if fault.remaining <= 0:
@@ -184,6 +194,12 @@ class VenueState:
             if order_id is not None and order.order_id == order_id:
                 return order
         return None
+
+    def client_order_id_taken(self, api_key: str, client_order_id: str, category: Category | None = None) -> bool:
+        """Whether a create with ``client_order_id`` is refused as a duplicate. Scope ``"all"``: any order ever
+        made with it; ``"open"``: only an open one, as Binance documents (a filled order's id makes a new order)."""
+        order = self.find_order(api_key, client_order_id=client_order_id, category=category)
+        return order is not None and (self.client_id_scope == "all" or order.status == "new")
 
     def order_count(self, client_order_id: str) -> int:
         return sum(1 for order in self.orders if order.client_order_id == client_order_id)
