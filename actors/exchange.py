@@ -284,7 +284,8 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
                     blocked_accounts.append(job)
                     wake = min(wake, now + account_wait)
                     continue
-                if not self._bucket.try_acquire(job.weight, now, hold=True):
+                # Weight 0: a call the adapter answers without a request (spot positions): no budget to take.
+                if job.weight and not self._bucket.try_acquire(job.weight, now, hold=True):
                     lane.appendleft(job)
                     wake = min(wake, now + self._bucket.wait_time(job.weight, now))
                     budget_left = False

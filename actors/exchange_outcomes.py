@@ -98,7 +98,8 @@ class ExchangeOutcomes:
         job = self._in_flight.pop(result.job_id, None)
         if job is None:
             return
-        self._bucket.settle(job.weight, now)
+        if job.weight:
+            self._bucket.settle(job.weight, now)
         if result.error == "banned":
             self._on_ban(now, result.ban_s or 0.0)
         elif result.error in ("retryable", "unknown"):

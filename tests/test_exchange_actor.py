@@ -443,6 +443,23 @@ def test_resolve_of_an_order_still_queued_waits_for_its_own_outcome(
     assert inbox.wait_for(9)[-1].status is TradeStatus.FILLED
 
 
+class NoRequestPositions(PaperVenue):
+    """A venue whose position look-up makes no request (weight 0), as spot accounts on the ccxt venues."""
+
+    def request_weight(self, operation: str) -> int:
+        return 0 if operation == "fetch_positions" else super().request_weight(operation)
+
+
+def test_a_call_of_weight_zero_is_answered(start_actor: Callable[..., pykka.ActorRef[Any]]) -> None:
+    """A zero-weight job must not reach the rate budget (which refuses weight 0): it used to raise inside the
+    drain loop and lose the question (never answered) with every job popped in the same round."""
+    ref, inbox = start_actor(adapter=NoRequestPositions()), Inbox()
+    ref.tell(CheckPositions(user_id=3, symbols=("BTC/USDT:USDT",), reply_to=inbox))
+    answer = inbox.wait_for(1)[0]
+    assert isinstance(answer, VenuePositions) and answer.error is None and answer.positions == ()
+    assert status(ref)["weight_available"] == status(ref)["weight_capacity"]
+
+
 def funded_venue(users: int, **kwargs: Any) -> PaperVenue:
     paper = PaperVenue(**kwargs)
     for user_id in range(1, users + 1):
