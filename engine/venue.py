@@ -6,13 +6,13 @@ single I/O loop; only the exchange actor and the price feed call them.
 Order-outcome policy (the exchange actor follows it; see docs/architecture.md):
 
 * ``OrderRejected``   definitive "no" from the venue (insufficient funds, invalid order, bad symbol): REJECTED.
-* ``RetryableError``  known to have happened *before* the venue accepted anything (429, 5xx with no order,
-                      connection refused): retry with backoff and jitter, same client order id; counts
+* ``RetryableError``  known to have happened *before* the venue accepted anything (429, connection refused;
+                      a 5xx only on a read): retry with backoff and jitter, same client order id; counts
                       against the breaker. ``retry_after_s`` honours the venue's Retry-After.
 * ``VenueBanned``     HTTP 418 / IP ban: no traffic to the venue until ``until_monotonic_s``.
 * ``OutcomeUnknown``  the request was (or may have been) sent and no trustworthy answer came back (timeout,
-                      disconnect, malformed body): UNKNOWN. Never re-sent blindly; resolved by
-                      ``fetch_order_by_client_id``.
+                      disconnect, malformed body, an HTTP 5xx on create): UNKNOWN. Never re-sent blindly;
+                      resolved by ``fetch_order_by_client_id``.
 """
 
 from __future__ import annotations
