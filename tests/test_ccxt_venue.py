@@ -19,7 +19,8 @@ from adapters.ccxt_errors import CredentialRejected
 from adapters.ccxt_venue import CcxtVenue
 from adapters.credentials import Credential, CredentialStore
 from adapters.emulator import EmulatorServer
-from engine.messages import OrderRequest, Side, TradeStatus, TradeType
+from engine.messages import OrderOutcome, OrderRequest, Side, TradeStatus, TradeType
+from engine.trades import Trade
 from engine.venue import OrderRejected, OutcomeUnknown, RetryableError, VenueBanned
 
 API_KEY = "emu-key-0123456789abcdef"
@@ -457,3 +458,27 @@ def test_close_ends_every_account_session_at_once() -> None:
         assert elapsed_s < sequential_floor_s / 2, elapsed_s
 
     run(("binance", TradeType.FUTURES), body)
+
+
+def test_bitget_spot_buy_below_the_hint_fills_more_base_and_the_trade_books_it() -> None:
+    """Bitget sizes a spot market buy in USDT (qty x hint): at a mark below the hint it fills more base than
+    ordered. The trade takes the venue's figure (it used to refuse it and leave the order open for good)."""
+
+    async def body(h: Harness) -> None:
+        h.emu.set_mark(h.symbol, 45_000)
+        order = await h.venue.create_order(h.order("c1u1quote", qty="0.02", price_hint=50_000))
+        assert order.status is TradeStatus.FILLED
+        assert order.filled_qty == Decimal("0.022")  # 1,000 USDT at 45,000, in whole 0.001 lots
+        trade = Trade(
+            client_order_id="c1u1quote", user_id=1, venue="bitget", symbol=h.symbol, trade_type=TradeType.SPOT,
+            side=Side.BUY, qty=Decimal("0.02"), price=Decimal(50_000),
+        )  # fmt: skip
+        trade.transition(TradeStatus.SUBMITTED)
+        outcome = OrderOutcome(
+            client_order_id=order.client_order_id, status=order.status, filled_qty=order.filled_qty,
+            avg_price=order.avg_price, fee_usdt=order.fee_usdt, fee_base=order.fee_base,
+        )  # fmt: skip
+        assert trade.apply_outcome(outcome)
+        assert trade.executed_qty == Decimal("0.022")
+
+    run(("bitget", TradeType.SPOT), body)
