@@ -435,12 +435,18 @@ def test_partly_filled_close_is_followed_by_a_close_of_the_rest(
     assert usdt(pg_dsn, user) == (venue.balance(user, "USDT"), D(0))
 
 
+def own_case(base: str, dsn: str) -> tuple[PaperVenue, int, int, str]:
+    """A venue of its own and one follower (SL 5 %) of a whale of its own on ``base``'s perpetual, for a test
+    that starts its own engines on its own database."""
+    whale, user = 100 + BASES.index(base), 1000 + BASES.index(base)
+    follow([user], whale, dsn, stop_loss_pct=D(5))
+    return new_venue(), whale, user, f"{base}/USDT:USDT"
+
+
 def test_restart_after_a_partly_filled_close_uses_the_next_attempt_id(private_dsn: str, tmp_path: Path) -> None:
     """The engine stops after a close filled in part. The next engine counts that attempt as spent (from the
     trades table) and closes the rest on its first tick past the SL with the next attempt id."""
-    venue = new_venue()
-    whale, user, symbol = 100 + BASES.index("PCR"), 1000 + BASES.index("PCR"), "PCR/USDT:USDT"
-    follow([user], whale, private_dsn, stop_loss_pct=D(5))
+    venue, whale, user, symbol = own_case("PCR", private_dsn)
     env = engine_env()
     with running_engine(private_dsn, tmp_path / "a", venue=venue, **env) as system:
         signal_id = open_copy(system, private_dsn, whale_id=whale, symbol=symbol, leverage=5)
@@ -461,9 +467,7 @@ def test_restart_reopens_a_close_that_never_became_durable(private_dsn: str, tmp
     """The batched lane wrote the CLOSING row, and the engine stopped before the close's intent was durable: no
     order went out. The next engine finds the position CLOSING with no close on its way, opens it again, and
     its first tick past the SL closes it (left CLOSING, nothing would ever have closed it)."""
-    venue = new_venue()
-    whale, user, symbol = 100 + BASES.index("PCA"), 1000 + BASES.index("PCA"), "PCA/USDT:USDT"
-    follow([user], whale, private_dsn, stop_loss_pct=D(5))
+    venue, whale, user, symbol = own_case("PCA", private_dsn)
     env = engine_env()
     with running_engine(private_dsn, tmp_path / "a", venue=venue, **env) as system:
         signal_id = open_copy(system, private_dsn, whale_id=whale, symbol=symbol, leverage=5)
