@@ -2,7 +2,8 @@
 
 Runs as a ``pykka.ThreadingActor`` (one long-lived singleton). It keeps an in-memory index
 whale_id -> follower refs (the ``FollowerDirectory``, rebuilt from the database at start and on follow changes),
-orders queued signals by priority then age, and marks a signal PROCESSED with its counts once every follower
+orders queued signals by priority then age (never one ahead of an earlier one of the same whale and symbol: see
+``_WaitingSignals``), and marks a signal PROCESSED with its counts once every follower
 answered (``FollowerDecision``). Nothing here blocks: followers answer with messages.
 
 Back-pressure: while ``max_pending_copies`` follower copies are out (told and not yet answered; a follower
@@ -104,6 +105,67 @@ class SweepStale(msgspec.Struct, frozen=True, kw_only=True):
     answer_timeout_s: float = 60.0
 
 
+_Lane = tuple[int, str]  # (whale_id, symbol): the signals whose order matters to one another
+
+
+class _WaitingSignals:
+    """The held-back signals. Priority orders signals of different lanes (whale_id, symbol); within a lane they
+    leave in detection order (detected_at, then signal_id), so a high-priority CLOSE never overtakes the OPEN it
+    closes (every follower would skip the CLOSE, then open what nothing closes). A lane goes at the best priority
+    waiting in it: that CLOSE takes its OPEN along ahead of other lanes' signals instead of waiting behind it."""
+
+    def __init__(self) -> None:
+        self._lanes: dict[_Lane, list[tuple[float, int, RouteSignal]]] = {}  # heap by (detected_at, signal_id)
+        self._ranks: dict[_Lane, Counter[int]] = {}  # priority ranks waiting in each lane
+        # (lane's best rank, its head's detected_at and signal_id, lane). An entry whose rank or head no longer
+        # matches its lane is stale and dropped when it comes up (lazy deletion keeps push and pop O(log n)).
+        self._heads: list[tuple[int, float, int, _Lane]] = []
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def push(self, message: RouteSignal) -> None:
+        signal = message.signal
+        lane = (signal.whale_id, signal.symbol)
+        before = self._head_entry(lane)
+        heapq.heappush(self._lanes.setdefault(lane, []), (signal.detected_at.timestamp(), signal.signal_id, message))
+        self._ranks.setdefault(lane, Counter())[signal.priority.rank] += 1
+        self._count += 1
+        entry = self._head_entry(lane)
+        if entry is not None and entry != before:
+            heapq.heappush(self._heads, entry)
+
+    def peek(self) -> RouteSignal | None:
+        while self._heads and self._heads[0] != self._head_entry(self._heads[0][3]):
+            heapq.heappop(self._heads)
+        return self._lanes[self._heads[0][3]][0][2] if self._heads else None
+
+    def pop(self) -> RouteSignal:
+        if self.peek() is None:
+            raise IndexError("no signal is waiting")
+        lane = heapq.heappop(self._heads)[3]
+        message = heapq.heappop(self._lanes[lane])[2]
+        ranks, rank = self._ranks[lane], message.signal.priority.rank
+        ranks[rank] -= 1
+        if not ranks[rank]:
+            del ranks[rank]  # min(ranks) is the lane's best rank still waiting
+        self._count -= 1
+        entry = self._head_entry(lane)
+        if entry is None:
+            del self._lanes[lane], self._ranks[lane]
+        else:
+            heapq.heappush(self._heads, entry)
+        return message
+
+    def _head_entry(self, lane: _Lane) -> tuple[int, float, int, _Lane] | None:
+        waiting = self._lanes.get(lane)
+        if not waiting:
+            return None
+        detected_at, signal_id, _ = waiting[0]
+        return (min(self._ranks[lane]), detected_at, signal_id, lane)
+
+
 @dataclass
 class _InFlight:
     signal: Signal
@@ -136,7 +198,7 @@ class SignalRouterActor(SingletonActor):
         self._by_whale: dict[int, list[Any]] = {}
         self._follows: dict[int, tuple[int, ...]] = {}
         self._known_whales: frozenset[int] = frozenset()
-        self._queue: list[tuple[int, float, int, RouteSignal]] = []
+        self._queue = _WaitingSignals()
         self._seen: OrderedDict[str, int] = OrderedDict()
         self._in_flight: dict[int, _InFlight] = {}
         self._draining = False
@@ -242,8 +304,7 @@ class SignalRouterActor(SingletonActor):
         metrics.incr("signals.received")
         if message.received_at_ns == 0:
             message = RouteSignal(signal=signal, received_at_ns=time.monotonic_ns())
-        key = (signal.priority.rank, signal.detected_at.timestamp(), signal.signal_id, message)
-        heapq.heappush(self._queue, key)
+        self._queue.push(message)
         self._schedule_drain()  # after the mailbox's current burst, so a later high-priority signal can overtake
 
     def _is_duplicate(self, signal: Signal) -> bool:
@@ -255,12 +316,11 @@ class SignalRouterActor(SingletonActor):
         return False
 
     def _drain(self) -> None:
-        while self._queue:
-            if not self._admissible(self._queue[0][3]):
+        while (waiting := self._queue.peek()) is not None:
+            if not self._admissible(waiting):
                 self._hold()
                 return
-            _, _, _, message = heapq.heappop(self._queue)
-            self._fan_out(message)
+            self._fan_out(self._queue.pop())
         self._release()
 
     def _admissible(self, message: RouteSignal) -> bool:
@@ -351,7 +411,7 @@ class SignalRouterActor(SingletonActor):
         if state is None:
             return
         self._pending_copies -= 1
-        if self._held_since_ns and self._queue and self._admissible(self._queue[0][3]):
+        if self._held_since_ns and (waiting := self._queue.peek()) is not None and self._admissible(waiting):
             self._schedule_drain()
         if decision.outcome == "copied":
             state.copied += 1

@@ -46,14 +46,20 @@ class Recorder:
             return [m.signal.signal_id for m in self.items if isinstance(m, CopySignal)]
 
 
-def signal(signal_id: int, priority: Priority = Priority.MEDIUM) -> Signal:
+def signal(
+    signal_id: int,
+    priority: Priority = Priority.MEDIUM,
+    *,
+    symbol: str = "ETH/USDT:USDT",
+    action: SignalAction = SignalAction.OPEN,
+) -> Signal:
     return Signal(
         signal_id=signal_id,
         external_id=f"ext-{signal_id}",
         whale_id=WHALE,
-        symbol="ETH/USDT:USDT",
+        symbol=symbol,
         side=Side.BUY,
-        action=SignalAction.OPEN,
+        action=action,
         trade_type=TradeType.FUTURES,
         price=Decimal(3000),
         size_usdt=Decimal(1000),
@@ -85,9 +91,10 @@ def test_signals_wait_while_too_many_copies_are_out_and_priority_overtakes(
     ref, followers = router
     ref.tell(RouteSignal(signal=signal(1)))
     wait_for(lambda: all(f.signal_ids() == [1] for f in followers), 10)
-    # 3 copies out; another 3 would pass the limit of 4: both wait, the high-priority one first in line.
+    # 3 copies out; another 3 would pass the limit of 4: both wait, the high-priority one first in line
+    # (another symbol: within one whale and symbol, detection order wins, see the next test).
     ref.tell(RouteSignal(signal=signal(2, Priority.LOW)))
-    ref.tell(RouteSignal(signal=signal(3, Priority.HIGH)))
+    ref.tell(RouteSignal(signal=signal(3, Priority.HIGH, symbol="BTC/USDT:USDT")))
     wait_for(lambda: ref.proxy().counts().get(timeout=10)["queued"] == 2, 10)
     counts = ref.proxy().counts().get(timeout=10)
     assert counts["pending_copies"] == 3 and all(f.signal_ids() == [1] for f in followers)
@@ -101,6 +108,28 @@ def test_signals_wait_while_too_many_copies_are_out_and_priority_overtakes(
     answer(ref, 2, range(1, 4))
     wait_for(lambda: ref.proxy().counts().get(timeout=10)["in_flight"] == 0, 10)
     assert ref.proxy().counts().get(timeout=10)["pending_copies"] == 0
+
+
+def test_priority_never_overtakes_an_earlier_signal_of_the_same_whale_and_symbol(
+    router: tuple[pykka.ActorRef[Any], list[Recorder]],
+) -> None:
+    ref, followers = router
+    ref.tell(RouteSignal(signal=signal(1)))
+    wait_for(lambda: all(f.signal_ids() == [1] for f in followers), 10)
+    # All three wait. The high-priority CLOSE must not reach the followers before the OPEN it closes; it takes
+    # its OPEN along ahead of the medium-priority signal on another symbol.
+    ref.tell(RouteSignal(signal=signal(2, Priority.LOW)))
+    ref.tell(RouteSignal(signal=signal(3, symbol="BTC/USDT:USDT")))
+    ref.tell(RouteSignal(signal=signal(4, Priority.HIGH, action=SignalAction.CLOSE)))
+    wait_for(lambda: ref.proxy().counts().get(timeout=10)["queued"] == 3, 10)
+    routed = followers[0].signal_ids
+    for count in (2, 3, 4):
+        answer(ref, routed()[-1], range(1, 4))  # the last one routed comes back: the next one goes
+        wait_for(lambda count=count: all(len(f.signal_ids()) == count for f in followers), 10)
+    assert routed() == [1, 2, 4, 3]
+    assert all(f.signal_ids() == routed() for f in followers)
+    answer(ref, 3, range(1, 4))
+    wait_for(lambda: ref.proxy().counts().get(timeout=10)["in_flight"] == 0, 10)
 
 
 def test_a_signal_larger_than_the_limit_goes_when_nothing_is_out() -> None:
