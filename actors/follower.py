@@ -126,11 +126,14 @@ class FollowerActor(FollowerRisk):
             now = self._ctx.clock()
         follow = self._follows.get(signal.whale_id)
         held = self._portfolio.position_on(venue, signal.symbol)
+        orders = self._orders
         account = self._portfolio.account_view(
             venue=venue,
             symbol=signal.symbol,
             now=now,
             busy=(venue, signal.symbol) in self._busy,
+            opening=sum(1 for o in orders.values() if o.kind == "open") if orders else 0,
+            in_flight=len(orders),
             draining=self._ctx.draining(),
             venue_available=self._ctx.venue_available(venue),
         )

@@ -251,10 +251,14 @@ class Portfolio:
         symbol: str,
         now: datetime,
         busy: bool = False,
+        opening: int = 0,
+        in_flight: int = 0,
         draining: bool = False,
         venue_available: bool = True,
     ) -> AccountView:
-        """What ``sizing.decide`` needs for a signal on ``symbol``; ``busy``: an order on it is in flight."""
+        """What ``sizing.decide`` needs for a signal on ``symbol``; ``busy``: an order on it is in flight.
+        ``opening``: entries in flight that will each open a position; ``in_flight``: all orders in flight (each
+        will be a trade today). The limits count them, or a burst of signals would pass every limit at once."""
         self._roll(now)
         pos = self.position_on(venue, symbol)
         held = None
@@ -269,10 +273,11 @@ class Portfolio:
             )
         return AccountView(
             free_usdt=self.balance(venue).free,
-            open_positions=sum(1 for p in self.positions.values() if p.is_active),
-            trades_today=self.trades_today,
+            open_positions=sum(1 for p in self.positions.values() if p.is_active) + opening,
+            trades_today=self.trades_today + in_flight,
             realized_pnl_today_usdt=self.realized_today_usdt,
             held=held,
+            busy=busy,
             draining=draining,
             venue_available=venue_available,
         )

@@ -91,6 +91,7 @@ class AccountView(msgspec.Struct, frozen=True, kw_only=True):
     trades_today: int = 0
     realized_pnl_today_usdt: Decimal = Decimal(0)
     held: HeldPosition | None = None
+    busy: bool = False  # an order on this venue and symbol is in flight (a position may not exist yet)
     draining: bool = False
     venue_available: bool = True  # False when the venue's breaker is open (blocks entries only)
 
@@ -202,6 +203,8 @@ def _gates(
 def _held_conflict(signal: Signal, account: AccountView) -> Skip | None:
     held = account.held
     if held is None:
+        if account.busy:  # an entry on its way: a second one would book a second position on the symbol
+            return Skip(reason=SkipReason.POSITION_BUSY, detail=f"order in flight on {signal.symbol}, no fill yet")
         return None
     if held.whale_id != signal.whale_id:
         return Skip(
@@ -331,6 +334,9 @@ def _decide_exit(
     signal: Signal, user: UserSettings, market: MarketInfo, mark: Decimal | None, account: AccountView
 ) -> Decision:
     held = account.held
+    if held is None and account.busy:
+        # The entry has not filled yet: "no position" would be wrong, and the copy stays open after the fill.
+        return Skip(reason=SkipReason.POSITION_BUSY, detail=f"order in flight on {signal.symbol}, no fill yet")
     if held is None or held.whale_id != signal.whale_id or held.qty <= 0:
         detail = f"no copy of whale {signal.whale_id} on {signal.symbol}"
         return Skip(reason=SkipReason.NO_POSITION, detail=detail)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from adapters.paper import PaperVenue
 from engine.ids import client_order_id, position_id_for
-from tests.harness import running_engine, settle, wait_for, wait_signal_done
+from tests.harness import insert_signal, running_engine, settle, wait_for, wait_signal_done
 from tests.pg import fetchval
 from tests.test_copy_flow import (
     START_USDT,
@@ -165,3 +165,31 @@ def test_partial_fill_books_the_filled_quantity(pg_dsn: str, tmp_path: Path) -> 
         assert venue.position_qty(uid, symbol) == D("35.71")
         assert venue.order_count(cid) == 1
     assert fetchval(pg_dsn, "SELECT count(*) FROM trades WHERE signal_id = $1", signal_id) == len(users)
+
+
+def test_signals_while_an_entry_has_not_filled_yet(pg_dsn: str, tmp_path: Path) -> None:
+    """The entry waits at the venue (injected latency). Meanwhile: a second open on the symbol and the whale's
+    close are skipped as position_busy (not a second position on one symbol, not "no position" that leaves the
+    copy open after the fill), and an open on another symbol meets max_open_positions = 1, which counts the
+    entry on its way."""
+    whale, user = 2101, 21_001
+    btc, eth = "BTC/USDT:USDT", "ETH/USDT:USDT"
+    seed_simple(pg_dsn, whale, range(user, user + 1), max_open_positions=1)
+    first = next_signal_id(pg_dsn)
+    venue = PaperVenue(initial_marks={btc: D(60_000), eth: D(3_000)})
+    venue.inject("latency", client_order_id=client_order_id(first, user), delay_ms=8000)
+    with running_engine(pg_dsn, tmp_path, venue=venue) as system:
+        insert_signal_with_id(pg_dsn, first, whale_id=whale, symbol=btc, price=60_000, leverage=10)
+        assert wait_signal_done(pg_dsn, first)["copied"] == 1  # the order is on its way, not filled
+        again = insert_signal(pg_dsn, whale_id=whale, symbol=btc, price=60_000, leverage=10)
+        close = insert_signal(pg_dsn, whale_id=whale, symbol=btc, side="sell", action="close", price=60_000)
+        other = insert_signal(pg_dsn, whale_id=whale, symbol=eth, price=3_000, leverage=10)
+        signals = {"again": again, "close": close, "other": other}
+        rows = {name: wait_signal_done(pg_dsn, signal_id) for name, signal_id in signals.items()}
+        assert trade(pg_dsn, client_order_id(first, user))["status"] == "submitted"  # still no fill
+        settle(system)
+    assert rows["again"]["skip_reasons"] == {"position_busy": 1}
+    assert rows["close"]["skip_reasons"] == {"position_busy": 1}
+    assert rows["other"]["skip_reasons"] == {"max_open_positions": 1}
+    assert fetchval(pg_dsn, "SELECT count(*) FROM positions WHERE user_id = $1", user) == 1
+    assert trade(pg_dsn, client_order_id(first, user))["status"] == "filled"

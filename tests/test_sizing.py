@@ -310,6 +310,16 @@ def test_exit_busy() -> None:
     assert isinstance(res, Skip) and res.reason is SkipReason.POSITION_BUSY
 
 
+def test_entry_or_exit_while_an_entry_has_not_filled_yet_is_busy() -> None:
+    """An order on the symbol in flight and no position yet (the entry has not filled): a second entry would
+    book a second position, and a whale exit skipped as "no position" would leave the copy open after the fill."""
+    in_flight = account(busy=True)
+    for sig in (signal(), exit_signal(SignalAction.CLOSE, None)):
+        res = run(sig, account=in_flight)
+        assert isinstance(res, Skip) and res.reason is SkipReason.POSITION_BUSY, res
+        assert "no fill yet" in res.detail
+
+
 def test_spot_close() -> None:
     plan = run(
         signal(symbol="BTC/USDT", trade_type=TradeType.SPOT, side=Side.SELL, action=SignalAction.CLOSE),
