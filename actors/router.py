@@ -170,7 +170,8 @@ class _WaitingSignals:
 class _InFlight:
     signal: Signal
     expected: int
-    started_ns: int
+    received_at_ns: int  # when the router took the signal: signal.processed's elapsed_ms includes any hold
+    fanned_out_ns: int  # when the copies were told: the stale sweep's age, so a long hold is not counted as late
     copied: int = 0
     skipped: int = 0
     failed: int = 0
@@ -372,7 +373,9 @@ class SignalRouterActor(SingletonActor):
         refs = self._by_whale.get(signal.whale_id, [])
         mark: Decimal | None = self._mark_price(signal.symbol, signal.trade_type)
         copy = CopySignal(signal=signal, received_at_ns=message.received_at_ns, mark_price=mark)
-        state = _InFlight(signal=signal, expected=len(refs), started_ns=message.received_at_ns)
+        state = _InFlight(
+            signal=signal, expected=len(refs), received_at_ns=message.received_at_ns, fanned_out_ns=time.monotonic_ns()
+        )
         self._in_flight[signal.signal_id] = state
         log.info(
             "signal.routed",
@@ -425,7 +428,7 @@ class SignalRouterActor(SingletonActor):
 
     def _sweep(self, answer_timeout_s: float) -> None:
         cutoff = time.monotonic_ns() - int(answer_timeout_s * 1e9)
-        for state in [s for s in self._in_flight.values() if s.started_ns and s.started_ns < cutoff]:
+        for state in [s for s in self._in_flight.values() if s.fanned_out_ns < cutoff]:
             missing = state.expected - state.answered
             log.warning("signal.answers_missing", signal_id=state.signal.signal_id, missing=missing)
             state.failed += missing
@@ -441,7 +444,7 @@ class SignalRouterActor(SingletonActor):
         signal = state.signal
         del self._in_flight[signal.signal_id]
         metrics.incr("signals.processed")
-        elapsed_ms = (time.monotonic_ns() - state.started_ns) / 1e6 if state.started_ns else None
+        elapsed_ms = (time.monotonic_ns() - state.received_at_ns) / 1e6 if state.received_at_ns else None
         reasons = dict(state.reasons)
         log.info(
             "signal.processed",

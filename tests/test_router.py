@@ -7,6 +7,7 @@ so the test decides when copies come back.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -15,7 +16,7 @@ from typing import Any
 import pykka
 import pytest
 
-from actors.router import RouteSignal, SetBacklog, SetFollowers, SignalRouterActor
+from actors.router import RouteSignal, SetBacklog, SetFollowers, SignalRouterActor, SweepStale
 from engine.messages import (
     CopySignal,
     FollowerDecision,
@@ -23,6 +24,8 @@ from engine.messages import (
     Side,
     Signal,
     SignalAction,
+    SignalStatus,
+    SignalStatusRow,
     TradeType,
 )
 from tests.harness import wait_for
@@ -161,3 +164,25 @@ def test_a_persistence_backlog_holds_every_new_signal_until_it_recovers(
     assert all(f.signal_ids() == [] for f in followers)  # nothing out, and still held
     ref.tell(SetBacklog(high=False))
     wait_for(lambda: all(f.signal_ids() == [20] for f in followers), 10)
+
+
+def test_the_stale_sweep_counts_from_the_fan_out_not_from_a_long_hold() -> None:
+    followers, persistence = [Recorder() for _ in range(3)], Recorder()
+    ref = SignalRouterActor.start(
+        persistence=persistence, mark_price=lambda *_: None, publish=lambda *_, **__: None, max_pending_copies=4
+    )
+    try:
+        refs = {uid: f for uid, f in enumerate(followers, start=1)}
+        ref.tell(SetFollowers(refs=refs, follows={uid: (WHALE,) for uid in refs}, known_whales=frozenset({WHALE})))
+        ref.tell(SetBacklog(high=True))
+        ref.tell(RouteSignal(signal=signal(30)))
+        time.sleep(1.5)  # held longer than the answer timeout below
+        ref.tell(SetBacklog(high=False))
+        wait_for(lambda: all(f.signal_ids() == [30] for f in followers), 10)
+        ref.tell(SweepStale(answer_timeout_s=1.0))  # just fanned out: nobody is late yet
+        counts = ref.proxy().counts().get(timeout=10)
+        statuses = [r.status for m in persistence.items for r in m.rows if isinstance(r, SignalStatusRow)]
+        assert SignalStatus.PROCESSED not in statuses
+        assert counts["in_flight"] == 1 and counts["pending_copies"] == 3
+    finally:
+        ref.stop()
