@@ -110,6 +110,8 @@ class PersistenceIo:
     async def run_write(self, message: RunWrite) -> None:
         """A write that needs an answer (claiming signals, inserting an admin signal): run it in a
         transaction on our pool and complete the caller's future. It does not wait behind the batched lane."""
+        if not message.future.set_running_or_notify_cancel():
+            return  # the caller gave up before it started (``run_write``'s timeout): it must not run at all
         try:
             pool = await self.get_pool()
             async with pool.acquire() as conn, conn.transaction():

@@ -24,7 +24,17 @@ class RunWrite(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def run_write(system: EngineSystem, fn: Callable[[Any], Awaitable[Any]], timeout_s: float = 30.0) -> Any:
-    """From a coroutine on the I/O loop: run ``fn`` through the persistence actor and await its result."""
+    """From a coroutine on the I/O loop: run ``fn`` through the persistence actor and await its result.
+
+    ``timeout_s`` bounds the wait for the write to *start*. A write not started by then is cancelled and never
+    runs (``TimeoutError``); one already running is waited for: its transaction may commit, and a claim whose
+    result nobody reads would leave signals 'processing' that no one routes."""
     future: concurrent.futures.Future[Any] = concurrent.futures.Future()
     system.persistence.tell(RunWrite(fn=fn, future=future))
-    return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
+    result = asyncio.wrap_future(future)
+    try:
+        return await asyncio.wait_for(asyncio.shield(result), timeout_s)
+    except TimeoutError:
+        if future.cancel():  # not started: it never will be
+            raise
+        return await result

@@ -7,6 +7,7 @@ import collections
 import concurrent.futures
 import threading
 import time
+import types
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from structlog.testing import capture_logs
 
 from actors.persistence import PersistenceActor
 from actors.persistence_io import BatchDone, PersistenceIo, PreviousBatchFailed
+from actors.persistence_writes import run_write
 from adapters.database import apply_schema, connect, create_database
 from adapters.embedded_pg import EmbeddedPostgres
 from adapters.ioloop import IoLoop
@@ -596,3 +598,28 @@ def test_connection_cut_with_batches_in_flight_loses_nothing(pg_dsn: str, start_
         )
     finally:
         proxy.close()
+
+
+# -- writes that need an answer (run_write) -------------------------------------------------------------------
+
+
+def test_a_write_that_outlasts_the_timeout_is_waited_for_not_lost(
+    pg_dsn: str, start_actor: Callable[..., pykka.ActorProxy[PersistenceActor]], io_loop: IoLoop
+) -> None:
+    """A claim that runs past ``run_write``'s timeout still commits. Giving up on it lost the claimed rows:
+    'processing', and nobody routing them until the next restart. Once started, its result is waited for."""
+    actor = start_actor(dsn=pg_dsn)
+    system = types.SimpleNamespace(persistence=actor.actor_ref)
+    external_id = f"slow-{uid()}"
+
+    async def slow_insert(conn: Any) -> int:
+        await asyncio.sleep(0.5)  # the timeout below is 0.05 s
+        signal_id: int = await conn.fetchval(
+            "INSERT INTO whale_signals (external_id, whale_id, symbol, side, action, trade_type, price, size_usdt,"
+            " detected_at) VALUES ($1, 1, 'BTC/USDT', 'buy', 'open', 'spot', 100, 1000, now()) RETURNING id",
+            external_id,
+        )
+        return signal_id
+
+    signal_id = io_loop.run(run_write(system, slow_insert, timeout_s=0.05), 30)  # type: ignore[arg-type]
+    assert fetchval(pg_dsn, "SELECT id FROM whale_signals WHERE external_id = $1", external_id) == signal_id
