@@ -16,7 +16,6 @@ backlog, a signal is always let through when nothing is out, however many follow
 
 from __future__ import annotations
 
-import heapq
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Any
 import msgspec
 import pykka
 
+from actors.router_queue import WaitingSignals
 from engine import metrics
 from engine.events import SignalExpired, SignalProcessed
 from engine.logs import get_logger
@@ -105,67 +105,6 @@ class SweepStale(msgspec.Struct, frozen=True, kw_only=True):
     answer_timeout_s: float = 60.0
 
 
-_Lane = tuple[int, str]  # (whale_id, symbol): the signals whose order matters to one another
-
-
-class _WaitingSignals:
-    """The held-back signals. Priority orders signals of different lanes (whale_id, symbol); within a lane they
-    leave in detection order (detected_at, then signal_id), so a high-priority CLOSE never overtakes the OPEN it
-    closes (every follower would skip the CLOSE, then open what nothing closes). A lane goes at the best priority
-    waiting in it: that CLOSE takes its OPEN along ahead of other lanes' signals instead of waiting behind it."""
-
-    def __init__(self) -> None:
-        self._lanes: dict[_Lane, list[tuple[float, int, RouteSignal]]] = {}  # heap by (detected_at, signal_id)
-        self._ranks: dict[_Lane, Counter[int]] = {}  # priority ranks waiting in each lane
-        # (lane's best rank, its head's detected_at and signal_id, lane). An entry whose rank or head no longer
-        # matches its lane is stale and dropped when it comes up (lazy deletion keeps push and pop O(log n)).
-        self._heads: list[tuple[int, float, int, _Lane]] = []
-        self._count = 0
-
-    def __len__(self) -> int:
-        return self._count
-
-    def push(self, message: RouteSignal) -> None:
-        signal = message.signal
-        lane = (signal.whale_id, signal.symbol)
-        before = self._head_entry(lane)
-        heapq.heappush(self._lanes.setdefault(lane, []), (signal.detected_at.timestamp(), signal.signal_id, message))
-        self._ranks.setdefault(lane, Counter())[signal.priority.rank] += 1
-        self._count += 1
-        entry = self._head_entry(lane)
-        if entry is not None and entry != before:
-            heapq.heappush(self._heads, entry)
-
-    def peek(self) -> RouteSignal | None:
-        while self._heads and self._heads[0] != self._head_entry(self._heads[0][3]):
-            heapq.heappop(self._heads)
-        return self._lanes[self._heads[0][3]][0][2] if self._heads else None
-
-    def pop(self) -> RouteSignal:
-        if self.peek() is None:
-            raise IndexError("no signal is waiting")
-        lane = heapq.heappop(self._heads)[3]
-        message = heapq.heappop(self._lanes[lane])[2]
-        ranks, rank = self._ranks[lane], message.signal.priority.rank
-        ranks[rank] -= 1
-        if not ranks[rank]:
-            del ranks[rank]  # min(ranks) is the lane's best rank still waiting
-        self._count -= 1
-        entry = self._head_entry(lane)
-        if entry is None:
-            del self._lanes[lane], self._ranks[lane]
-        else:
-            heapq.heappush(self._heads, entry)
-        return message
-
-    def _head_entry(self, lane: _Lane) -> tuple[int, float, int, _Lane] | None:
-        waiting = self._lanes.get(lane)
-        if not waiting:
-            return None
-        detected_at, signal_id, _ = waiting[0]
-        return (min(self._ranks[lane]), detected_at, signal_id, lane)
-
-
 @dataclass
 class _InFlight:
     signal: Signal
@@ -199,7 +138,7 @@ class SignalRouterActor(SingletonActor):
         self._by_whale: dict[int, list[Any]] = {}
         self._follows: dict[int, tuple[int, ...]] = {}
         self._known_whales: frozenset[int] = frozenset()
-        self._queue = _WaitingSignals()
+        self._queue = WaitingSignals()
         self._seen: OrderedDict[str, int] = OrderedDict()
         self._in_flight: dict[int, _InFlight] = {}
         self._draining = False
@@ -227,7 +166,7 @@ class SignalRouterActor(SingletonActor):
         elif isinstance(message, UpdateFollower):
             self._update_follower(message)
         elif isinstance(message, SetDraining):
-            self._draining = message.draining
+            self._set_draining(message.draining)
         elif isinstance(message, SetWhalePaused):
             (self._paused_whales.add if message.paused else self._paused_whales.discard)(message.whale_id)
         elif isinstance(message, SetKnownWhales):
@@ -244,7 +183,8 @@ class SignalRouterActor(SingletonActor):
     # ---- ask-able ----------------------------------------------------------------------------------------
 
     def in_flight(self) -> int:
-        return len(self._in_flight) + len(self._queue)
+        """Signals being copied, and the ones waiting to be (not while draining: those wait for the next run)."""
+        return len(self._in_flight) + (0 if self._draining else len(self._queue))
 
     def follower_ref(self, user_id: int) -> Any:
         return self._refs.get(user_id)
@@ -316,7 +256,19 @@ class SignalRouterActor(SingletonActor):
             self._seen.popitem(last=False)
         return False
 
+    def _set_draining(self, draining: bool) -> None:
+        """Draining holds back every signal not fanned out yet. Their rows stay 'processing': a resume routes
+        them, and the next start puts them back to 'pending' (``REQUEUE_SQL``) and claims them again."""
+        self._draining = draining
+        if draining and self._queue:
+            ids = self._queue.signal_ids()
+            log.info("signals.held_for_next_run", signals=len(ids), signal_ids=ids[:50])
+        elif not draining and self._queue:
+            self._schedule_drain()
+
     def _drain(self) -> None:
+        if self._draining:
+            return
         while (waiting := self._queue.peek()) is not None:
             if not self._admissible(waiting):
                 self._hold()
@@ -358,9 +310,6 @@ class SignalRouterActor(SingletonActor):
     def _fan_out(self, message: RouteSignal) -> None:
         signal = message.signal
         now = datetime.now(UTC)
-        if self._draining:
-            self._finish_without_fanout(signal, SignalStatus.FAILED, "draining")
-            return
         if signal.expires_at is not None and signal.expires_at <= now:
             metrics.incr("signals.expired")
             self._finish_without_fanout(signal, SignalStatus.EXPIRED, "expired")

@@ -16,7 +16,7 @@ from typing import Any
 import pykka
 import pytest
 
-from actors.router import RouteSignal, SetBacklog, SetFollowers, SignalRouterActor, SweepStale
+from actors.router import RouteSignal, SetBacklog, SetDraining, SetFollowers, SignalRouterActor, SweepStale
 from engine.messages import (
     CopySignal,
     FollowerDecision,
@@ -164,6 +164,33 @@ def test_a_persistence_backlog_holds_every_new_signal_until_it_recovers(
     assert all(f.signal_ids() == [] for f in followers)  # nothing out, and still held
     ref.tell(SetBacklog(high=False))
     wait_for(lambda: all(f.signal_ids() == [20] for f in followers), 10)
+
+
+def test_draining_keeps_waiting_signals_for_a_resume_or_the_next_run() -> None:
+    """Signals held back when a drain starts are neither routed nor failed: their rows stay 'processing' (the
+    next start puts them back to 'pending'), a resume routes them, and the drain does not wait for them. They
+    used to be written FAILED 'draining', and nothing ever copied those whale trades (closes among them)."""
+    followers, persistence = [Recorder() for _ in range(3)], Recorder()
+    ref = SignalRouterActor.start(
+        persistence=persistence, mark_price=lambda *_: None, publish=lambda *_, **__: None, max_pending_copies=100
+    )
+    try:
+        refs = {uid: f for uid, f in enumerate(followers, start=1)}
+        ref.tell(SetFollowers(refs=refs, follows={uid: (WHALE,) for uid in refs}, known_whales=frozenset({WHALE})))
+        ref.tell(SetBacklog(high=True))
+        ref.tell(RouteSignal(signal=signal(30)))
+        ref.tell(RouteSignal(signal=signal(31, action=SignalAction.CLOSE)))
+        wait_for(lambda: ref.proxy().counts().get(timeout=10)["queued"] == 2, 10)
+        ref.tell(SetDraining(draining=True))
+        ref.tell(SetBacklog(high=False))  # the backlog clears while draining: still nothing goes
+        assert ref.proxy().in_flight().get(timeout=10) == 0  # a drain has nothing of these to wait for
+        assert ref.proxy().counts().get(timeout=10)["queued"] == 2
+        assert all(f.signal_ids() == [] for f in followers)
+        assert [r for m in persistence.items for r in m.rows if isinstance(r, SignalStatusRow)] == []
+        ref.tell(SetDraining(draining=False))
+        wait_for(lambda: all(f.signal_ids() == [30, 31] for f in followers), 10)
+    finally:
+        ref.stop()
 
 
 def test_the_stale_sweep_counts_from_the_fan_out_not_from_a_long_hold() -> None:
