@@ -346,6 +346,18 @@ async def write_with_bisect(
     return await bisect_writes(rows, lambda chunk: write_rows(conn, chunk, use_copy=use_copy, intents=intents))
 
 
+def _storable(value: Any) -> Any:
+    """``value`` with every NUL character written out as ``\\x00``: PostgreSQL text and jsonb refuse U+0000
+    (a venue's error text can carry one), and a dead letter that cannot be stored would fail its batch."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\\x00")
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value
+
+
 async def write_dead_letters(conn: asyncpg.Connection, letters: Sequence[tuple[Any, str]]) -> None:
     """Store rows the schema rejected, once each (by fingerprint). A value JSON cannot carry (the very reason
     some rows are here) is stored as its ``repr`` instead of failing the batch, which would then be retried
@@ -353,9 +365,9 @@ async def write_dead_letters(conn: asyncpg.Connection, letters: Sequence[tuple[A
     records = []
     for row, error in letters:
         kind = type(row).__name__
-        payload = msgspec.to_builtins(row, enc_hook=repr)
+        payload = _storable(msgspec.to_builtins(row, enc_hook=repr))
         fingerprint = hashlib.sha256(kind.encode() + orjson.dumps(payload, option=orjson.OPT_SORT_KEYS))
-        records.append((kind, payload, error, fingerprint.hexdigest()))
+        records.append((kind, payload, _storable(error), fingerprint.hexdigest()))
     await conn.executemany(
         "INSERT INTO dead_letters (kind, payload, error, fingerprint) VALUES ($1, $2, $3, $4)"
         " ON CONFLICT (fingerprint) DO NOTHING",

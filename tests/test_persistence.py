@@ -15,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pykka
 import pytest
 from structlog.testing import capture_logs
@@ -370,6 +371,26 @@ def test_poison_rows_bisected_to_dead_letters(pg_dsn: str, start_actor: Callable
     acks = {a.client_order_id: a for a in replies.wait(10)}
     assert not acks[f"{tag}-ibad"].durable and acks[f"{tag}-ibad"].error
     assert all(a.durable for c, a in acks.items() if c != f"{tag}-ibad")
+
+
+def test_a_nul_character_in_a_row_is_dead_lettered_and_the_lane_goes_on(
+    pg_dsn: str, start_actor: Callable[..., Any]
+) -> None:
+    """A venue's error text with a NUL in it: PostgreSQL text and jsonb refuse U+0000, so the trade row is
+    bisected out, and its dead letter must still be storable (a failed dead-letter write failed the batch,
+    which was then retried forever and every later batch with it)."""
+    actor = start_actor(dsn=pg_dsn)
+    tag = f"n{uid()}"
+    rows = [trade(f"{tag}-{i}") for i in range(10)]
+    rows[3] = msgspec.structs.replace(rows[3], error="venue said \x00 nothing")
+    actor.actor_ref.tell(PersistRows(rows=tuple(rows)))
+    assert actor.flush(20).get()
+    assert fetchval(pg_dsn, "SELECT count(*) FROM trades WHERE client_order_id LIKE $1", tag + "%") == 9
+    letter = fetch(pg_dsn, "SELECT payload, error FROM dead_letters WHERE payload::text LIKE $1", f"%{tag}-3%")
+    assert len(letter) == 1 and letter[0]["payload"]["error"] == "venue said \\x00 nothing"
+    actor.actor_ref.tell(PersistRows(rows=(trade(f"{tag}-after"),)))  # the lane is not stuck
+    assert actor.flush(20).get()
+    assert fetchval(pg_dsn, "SELECT count(*) FROM trades WHERE client_order_id = $1", f"{tag}-after") == 1
 
 
 # -- outages -------------------------------------------------------------------------------------------------
