@@ -224,6 +224,7 @@ class FollowerActor(FollowerRisk):
         if not ack.durable:
             # No durable intent, no order: this is the rule that keeps the books and the venue in agreement.
             trade.transition(TradeStatus.FAILED, error=f"intent not durable: {ack.error}")
+            self._spend_close_id(order)
             metrics.incr("copies.failed")
             log.warning(
                 "copy.not_durable", user_id=self._user_id, client_order_id=trade.client_order_id, error=ack.error
@@ -237,14 +238,21 @@ class FollowerActor(FollowerRisk):
     def _close_id_taken(self, order: OrderContext) -> None:
         """A close whose id already has a trade row, and which no order of ours tracks: that attempt ended
         earlier (e.g. filled in part before a restart). Reopen the position; the next trigger tries a new id."""
-        position_id = order.trade.position_id
-        position = self._portfolio.positions.get(position_id or "")
-        if position_id is None or position is None:
+        self._spend_close_id(order)
+        position = self._portfolio.positions.get(order.trade.position_id or "")
+        if position is None:
             return
-        self._close_attempts[position_id] = self._close_attempts.get(position_id, 0) + 1
         if position.status is PositionStatus.CLOSING:
             position.abort_closing()
             self._persist(position.to_row())
+
+    def _spend_close_id(self, order: OrderContext) -> None:
+        """An engine close attempt ended (filled in part, refused, failed, or never durable): its id is spent.
+        The next attempt needs a new one: the venue would answer a spent id with the old order, and a FAILED row
+        still on its way to the database would overwrite a new intent under the same id."""
+        position_id = order.trade.position_id
+        if order.kind == "close" and position_id is not None:
+            self._close_attempts[position_id] = self._close_attempts.get(position_id, 0) + 1
 
     def _send(self, order: OrderContext) -> None:
         trade = order.trade
@@ -299,10 +307,8 @@ class FollowerActor(FollowerRisk):
             return
         status = trade.status
         position = self._portfolio.positions.get(trade.position_id or "")
-        if order.kind == "close" and trade.position_id is not None and trade.is_final:
-            # That close id is spent at the venue (filled in part, refused, failed): the next attempt needs a new
-            # one, or the venue would answer it with this order and the rest of the position never closes.
-            self._close_attempts[trade.position_id] = self._close_attempts.get(trade.position_id, 0) + 1
+        if trade.is_final:
+            self._spend_close_id(order)
         if status in (TradeStatus.FILLED, TradeStatus.PARTIALLY_FILLED):
             metrics.incr("orders.filled")
             if order.kind in ("open", "increase"):

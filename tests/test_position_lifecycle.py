@@ -30,12 +30,13 @@ from actors.price_feed import PriceFeed
 from actors.system import EngineSystem
 from adapters.database import apply_schema, connect, create_database
 from adapters.paper import PaperVenue
+from engine import metrics
 from engine.events import DomainEvent, PositionClosed, PositionLiquidated
 from engine.ids import close_order_id, position_id_for
 from engine.messages import MarketInfo, PositionSide, PriceUpdate, TradeType
 from engine.positions import Position
 from tests.harness import insert_signal, running_engine, seed_followers, seed_whale, settle, wait_for, wait_signal_done
-from tests.pg import execute, fetch, fetchval
+from tests.pg import TcpProxy, execute, fetch, fetchval
 
 D = Decimal
 START_USDT = D(10_000)  # paper_starting_usdt: a follower without a balances row starts with this
@@ -43,7 +44,7 @@ FAR_MS = "600000"  # the feed never ticks by itself during a test
 
 BASES = (
     "SLL", "SLS", "TPL", "TPS", "SPL", "GAP", "STL", "LQL", "LQS", "MAN", "MAA", "MAB", "RST", "BRK", "BRE", "LQR",
-    "PCL", "PCR", "PCA",
+    "PCL", "PCR", "PCA", "PCD",
 )  # fmt: skip
 
 
@@ -483,6 +484,37 @@ def test_restart_reopens_a_close_that_never_became_durable(private_dsn: str, tmp
         assert closed["close_reason"] == "stop_loss"
         assert venue.create_calls(close_order_id(pid)) == 1
         assert venue.position_qty(user, symbol) == 0
+
+
+def test_a_close_that_was_never_durable_spends_its_id(private_dsn: str, tmp_path: Path) -> None:
+    """The database is away when the SL close's intent is group-committed: not durable, no order, the trade
+    FAILED. That id is spent too: the next tick (database back) closes under the next attempt id at once. Reusing
+    it found the FAILED row (a duplicate: no close on that tick), or, had that row still been on its way, let it
+    overwrite the new intent of an order that was being sent."""
+    venue, whale, user, symbol = own_case("PCD", private_dsn)
+    proxy = TcpProxy.for_dsn(private_dsn)
+    env = {**engine_env(), "ENGINE_PERSISTENCE__DURABLE_TIMEOUT_MS": "2000"}
+    try:
+        with running_engine(proxy.dsn(private_dsn), tmp_path, venue=venue, **env) as system:
+            signal_id = open_copy(system, private_dsn, whale_id=whale, symbol=symbol, leverage=5)
+            pid = position_id_for(signal_id, user)
+            tick(system)  # the feed knows the holder
+            failed_before = metrics.counters().get("copies.failed", 0)
+            proxy.refuse()
+            proxy.cut()
+            venue.set_mark(symbol, D(94))  # through the SL (95)
+            system.io.run(feed_of(system).tick(), 30)  # no holdings read: the database is away
+            wait_for(lambda: metrics.counters().get("copies.failed", 0) > failed_before, 30)
+            wait_for(lambda: not in_flight(system, user), 30)
+            proxy.resume()
+            tick(system)  # flushes the FAILED row first, then the next tick past the SL
+            wait_position(private_dsn, pid, "closed")
+            assert venue.create_calls(close_order_id(pid)) == 0
+            assert venue.create_calls(close_attempt_id(pid, 1)) == 1
+            status_sql = "SELECT status FROM trades WHERE client_order_id = $1"
+            assert fetchval(private_dsn, status_sql, close_order_id(pid)) == "failed"
+    finally:
+        proxy.close()
 
 
 def test_close_attempt_ids_are_distinct_and_fit_every_venue() -> None:
