@@ -88,12 +88,20 @@ def answer(ref: pykka.ActorRef[Any], signal_id: int, users: range) -> None:
         ref.tell(FollowerDecision(signal_id=signal_id, user_id=uid, outcome="copied"))
 
 
-def test_signals_wait_while_too_many_copies_are_out_and_priority_overtakes(
+def first_signal_out(
     router: tuple[pykka.ActorRef[Any], list[Recorder]],
-) -> None:
+) -> tuple[pykka.ActorRef[Any], list[Recorder]]:
+    """Signal 1 told to every follower and not answered: 3 copies out of the limit of 4."""
     ref, followers = router
     ref.tell(RouteSignal(signal=signal(1)))
     wait_for(lambda: all(f.signal_ids() == [1] for f in followers), 10)
+    return ref, followers
+
+
+def test_signals_wait_while_too_many_copies_are_out_and_priority_overtakes(
+    router: tuple[pykka.ActorRef[Any], list[Recorder]],
+) -> None:
+    ref, followers = first_signal_out(router)
     # 3 copies out; another 3 would pass the limit of 4: both wait, the high-priority one first in line
     # (another symbol: within one whale and symbol, detection order wins, see the next test).
     ref.tell(RouteSignal(signal=signal(2, Priority.LOW)))
@@ -116,9 +124,7 @@ def test_signals_wait_while_too_many_copies_are_out_and_priority_overtakes(
 def test_priority_never_overtakes_an_earlier_signal_of_the_same_whale_and_symbol(
     router: tuple[pykka.ActorRef[Any], list[Recorder]],
 ) -> None:
-    ref, followers = router
-    ref.tell(RouteSignal(signal=signal(1)))
-    wait_for(lambda: all(f.signal_ids() == [1] for f in followers), 10)
+    ref, followers = first_signal_out(router)
     # All three wait. The high-priority CLOSE must not reach the followers before the OPEN it closes; it takes
     # its OPEN along ahead of the medium-priority signal on another symbol.
     ref.tell(RouteSignal(signal=signal(2, Priority.LOW)))
