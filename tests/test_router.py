@@ -6,6 +6,7 @@ so the test decides when copies come back.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -71,16 +72,28 @@ def signal(
     )
 
 
+@contextlib.contextmanager
+def started_router(max_pending_copies: int) -> Iterator[tuple[pykka.ActorRef[Any], list[Recorder], Recorder]]:
+    """The router with three recorder followers of ``WHALE``; yields it, the followers and its persistence."""
+    followers, persistence = [Recorder() for _ in range(3)], Recorder()
+    ref = SignalRouterActor.start(
+        persistence=persistence,
+        mark_price=lambda *_: None,
+        publish=lambda *_, **__: None,
+        max_pending_copies=max_pending_copies,
+    )
+    try:
+        refs = {uid: f for uid, f in enumerate(followers, start=1)}
+        ref.tell(SetFollowers(refs=refs, follows={uid: (WHALE,) for uid in refs}, known_whales=frozenset({WHALE})))
+        yield ref, followers, persistence
+    finally:
+        ref.stop()
+
+
 @pytest.fixture
 def router() -> Iterator[tuple[pykka.ActorRef[Any], list[Recorder]]]:
-    followers = [Recorder() for _ in range(3)]
-    ref = SignalRouterActor.start(
-        persistence=Recorder(), mark_price=lambda *_: None, publish=lambda *_, **__: None, max_pending_copies=4
-    )
-    refs = {uid: f for uid, f in enumerate(followers, start=1)}
-    ref.tell(SetFollowers(refs=refs, follows={uid: (WHALE,) for uid in refs}, known_whales=frozenset({WHALE})))
-    yield ref, followers
-    ref.stop()
+    with started_router(4) as (ref, followers, _):
+        yield ref, followers
 
 
 def answer(ref: pykka.ActorRef[Any], signal_id: int, users: range) -> None:
@@ -142,13 +155,7 @@ def test_priority_never_overtakes_an_earlier_signal_of_the_same_whale_and_symbol
 
 
 def test_a_signal_larger_than_the_limit_goes_when_nothing_is_out() -> None:
-    followers = [Recorder() for _ in range(3)]
-    ref = SignalRouterActor.start(
-        persistence=Recorder(), mark_price=lambda *_: None, publish=lambda *_, **__: None, max_pending_copies=2
-    )
-    try:
-        refs = {uid: f for uid, f in enumerate(followers, start=1)}
-        ref.tell(SetFollowers(refs=refs, follows={uid: (WHALE,) for uid in refs}, known_whales=frozenset({WHALE})))
+    with started_router(2) as (ref, followers, _):
         ref.tell(RouteSignal(signal=signal(10)))
         ref.tell(RouteSignal(signal=signal(11)))
         wait_for(lambda: all(f.signal_ids() == [10] for f in followers), 10)
@@ -156,8 +163,6 @@ def test_a_signal_larger_than_the_limit_goes_when_nothing_is_out() -> None:
         assert ref.proxy().counts().get(timeout=10)["queued"] == 1  # one copy still out: 1 + 3 > 2
         answer(ref, 10, range(3, 4))
         wait_for(lambda: all(f.signal_ids() == [10, 11] for f in followers), 10)
-    finally:
-        ref.stop()
 
 
 def test_a_persistence_backlog_holds_every_new_signal_until_it_recovers(
@@ -176,13 +181,7 @@ def test_draining_keeps_waiting_signals_for_a_resume_or_the_next_run() -> None:
     """Signals held back when a drain starts are neither routed nor failed: their rows stay 'processing' (the
     next start puts them back to 'pending'), a resume routes them, and the drain does not wait for them. They
     used to be written FAILED 'draining', and nothing ever copied those whale trades (closes among them)."""
-    followers, persistence = [Recorder() for _ in range(3)], Recorder()
-    ref = SignalRouterActor.start(
-        persistence=persistence, mark_price=lambda *_: None, publish=lambda *_, **__: None, max_pending_copies=100
-    )
-    try:
-        refs = {uid: f for uid, f in enumerate(followers, start=1)}
-        ref.tell(SetFollowers(refs=refs, follows={uid: (WHALE,) for uid in refs}, known_whales=frozenset({WHALE})))
+    with started_router(100) as (ref, followers, persistence):
         ref.tell(SetBacklog(high=True))
         ref.tell(RouteSignal(signal=signal(30)))
         ref.tell(RouteSignal(signal=signal(31, action=SignalAction.CLOSE)))
@@ -195,18 +194,10 @@ def test_draining_keeps_waiting_signals_for_a_resume_or_the_next_run() -> None:
         assert [r for m in persistence.items for r in m.rows if isinstance(r, SignalStatusRow)] == []
         ref.tell(SetDraining(draining=False))
         wait_for(lambda: all(f.signal_ids() == [30, 31] for f in followers), 10)
-    finally:
-        ref.stop()
 
 
 def test_the_stale_sweep_counts_from_the_fan_out_not_from_a_long_hold() -> None:
-    followers, persistence = [Recorder() for _ in range(3)], Recorder()
-    ref = SignalRouterActor.start(
-        persistence=persistence, mark_price=lambda *_: None, publish=lambda *_, **__: None, max_pending_copies=4
-    )
-    try:
-        refs = {uid: f for uid, f in enumerate(followers, start=1)}
-        ref.tell(SetFollowers(refs=refs, follows={uid: (WHALE,) for uid in refs}, known_whales=frozenset({WHALE})))
+    with started_router(4) as (ref, followers, persistence):
         ref.tell(SetBacklog(high=True))
         ref.tell(RouteSignal(signal=signal(30)))
         time.sleep(1.5)  # held longer than the answer timeout below
@@ -217,5 +208,3 @@ def test_the_stale_sweep_counts_from_the_fan_out_not_from_a_long_hold() -> None:
         statuses = [r.status for m in persistence.items for r in m.rows if isinstance(r, SignalStatusRow)]
         assert SignalStatus.PROCESSED not in statuses
         assert counts["in_flight"] == 1 and counts["pending_copies"] == 3
-    finally:
-        ref.stop()
