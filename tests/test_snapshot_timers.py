@@ -48,6 +48,15 @@ def start_engine(dsn: str, data_dir: Path, venue: PaperVenue, clock: Any = None,
     return system
 
 
+def ten_to_midnight(dsn: str, data_dir: Path) -> tuple[datetime, ManualClock, PaperVenue, EngineSystem]:
+    """Today's midnight (the loader's "today" starts there), an engine whose clock reads 23:50 the day before,
+    and its paper venue. The periodic snapshot timer is off (an hour): a test takes that snapshot itself."""
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    clock = ManualClock(midnight - timedelta(minutes=10))
+    venue = PaperVenue(markets=markets(), initial_marks=PRICES, latency_ms=0)
+    return midnight, clock, venue, start_engine(dsn, data_dir, venue, clock, ENGINE_SNAPSHOT_INTERVAL_S="3600")
+
+
 def snapshots(dsn: str, user_id: int) -> list[dict[str, Any]]:
     rows = fetch(dsn, "SELECT * FROM portfolio_snapshots WHERE user_id = $1 ORDER BY taken_at", user_id)
     return [dict(r) for r in rows]
@@ -116,11 +125,7 @@ def test_periodic_job_writes_snapshots_on_its_own(pg_dsn: str, tmp_path: Path) -
 
 def test_day_roll_closes_the_day_and_a_restart_counts_only_today(pg_dsn: str, tmp_path: Path) -> None:
     user, whale = 4002, 402
-    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)  # the loader's "today"
-    clock = ManualClock(midnight - timedelta(minutes=10))
-    venue = PaperVenue(markets=markets(), initial_marks=PRICES, latency_ms=0)
-    # The periodic timer is off (an hour): the test takes the periodic snapshot itself, at a chosen time.
-    system = start_engine(pg_dsn, tmp_path, venue, clock, ENGINE_SNAPSHOT_INTERVAL_S="3600")
+    midnight, clock, venue, system = ten_to_midnight(pg_dsn, tmp_path)
     try:
         follow(system, pg_dsn, user, whale, stop_loss_pct=D(10), daily_loss_limit_usdt=D(20))
         a, b = signal(pg_dsn, whale, "DLA/USDT:USDT"), signal(pg_dsn, whale, "DLB/USDT:USDT")
@@ -165,10 +170,7 @@ def test_clean_stop_snapshots_so_a_restart_the_next_day_counts_nothing_from_yest
     pg_dsn: str, tmp_path: Path
 ) -> None:
     user, whale = 4003, 403
-    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)  # the loader's "today"
-    clock = ManualClock(midnight - timedelta(minutes=10))
-    venue = PaperVenue(markets=markets(), initial_marks=PRICES, latency_ms=0)
-    system = start_engine(pg_dsn, tmp_path, venue, clock, ENGINE_SNAPSHOT_INTERVAL_S="3600")
+    midnight, clock, venue, system = ten_to_midnight(pg_dsn, tmp_path)
     try:
         follow(system, pg_dsn, user, whale, stop_loss_pct=D(10), daily_loss_limit_usdt=D(20))
         a = signal(pg_dsn, whale, "DLA/USDT:USDT")
