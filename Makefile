@@ -19,10 +19,10 @@ run: $(STAMP)
 	$(BIN)/python run_engine.py --demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check engine actors adapters tests bench run_engine.py
+	$(BIN)/ruff check engine actors adapters node tests bench run_engine.py
 
 typecheck: $(STAMP)
-	$(BIN)/mypy engine actors adapters
+	$(BIN)/mypy engine actors adapters node
 
 test: lint typecheck
 	$(BIN)/python -m pytest -q

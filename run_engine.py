@@ -48,8 +48,8 @@ def _serve(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     config = _load(args.config)
 
-    from actors.system import EngineSystem
     from engine import logs
+    from node.system import EngineSystem
 
     logs.configure(config.logging.level, open(config.logging.file, "ab") if config.logging.file else None)  # noqa: SIM115 - lives as long as the process
     stop_requested = threading.Event()

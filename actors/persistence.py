@@ -38,12 +38,12 @@ import pykka
 from actors import persistence_sql
 from actors.persistence_health import PersistenceHealth
 from actors.persistence_io import BatchDone, IntentsDone, PersistenceIo, PreviousBatchFailed, WriteMethod
-from actors.persistence_writes import RunWrite
 from adapters import database as db
 from adapters.ioloop import IoLoop
 from engine.logs import get_logger
 from engine.messages import IntentAck, PersistIntent, PersistRows
 from engine.runtime import SingletonActor
+from node.persistence_writes import RunWrite
 
 log = get_logger(__name__)
 

@@ -16,8 +16,8 @@ import asyncpg
 import msgspec
 
 from actors import persistence_sql
-from actors.persistence_writes import RunWrite
 from adapters import database as db
+from node.persistence_writes import RunWrite
 
 # How batches reach the tables: "json" (the default, ``actors.persistence_sql``), or the older COPY into a
 # staging table / executemany of ``adapters.database.write_rows`` (kept for comparison in the benchmarks;

@@ -23,7 +23,7 @@ from engine.logs import get_logger
 from engine.precision import round_price
 
 if TYPE_CHECKING:
-    from actors.system import EngineSystem
+    from node.system import EngineSystem
 
 log = get_logger(__name__)
 

@@ -23,7 +23,6 @@ from typing import Any
 
 import psutil
 
-from actors.system import EngineSystem
 from adapters import database as db
 from engine.config import load_config
 from engine.messages import (
@@ -42,6 +41,7 @@ from engine.messages import (
     UserSettings,
 )
 from engine.runtime import SingletonActor
+from node.system import EngineSystem
 
 PG_ENV = "BENCH_PG_DSN"
 _db_names = itertools.count(1)

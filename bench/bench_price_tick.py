@@ -28,9 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.follower import FollowerActor
-from actors.price_feed import PriceFeed
 from actors.router import RouteSignal
-from actors.system import EngineSystem
 from adapters import database as db
 from adapters.paper import PaperVenue
 from adapters.paper_markets import DEFAULT_MARKS, default_markets
@@ -39,6 +37,8 @@ from bench._report import row
 from engine.events import DomainEvent, PositionClosed, PositionOpened
 from engine.ids import position_id_for
 from engine.messages import PriceUpdate
+from node.price_feed import PriceFeed
+from node.system import EngineSystem
 
 SCENARIO = "7 price tick"
 D = Decimal

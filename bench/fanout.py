@@ -31,7 +31,6 @@ import pykka
 from actors.follower import FollowerActor
 from actors.follower_base import FollowerContext, FollowerState
 from actors.router import RouteSignal, SetFollowers, SignalRouterActor
-from actors.system import log_event
 from adapters.paper import DEFAULT_MARKS, default_markets
 from bench._engine import AckingPersistence, CountingExchange, make_signal, mixed_settings
 from bench._report import row
@@ -42,6 +41,7 @@ from engine.messages import BalanceRow, CopySignal, FollowerDecision, PersistRow
 from engine.portfolio import Portfolio
 from engine.sizing import EntryPlan, decide
 from engine.trades import Trade
+from node.system import log_event
 
 SCENARIO = "1 fan-out"
 VENUE = "paper"

@@ -27,10 +27,10 @@ SCENARIO = "4 start and stop"
 
 
 def _one(dsn: str) -> dict[str, float]:
-    from actors.system import EngineSystem
     from adapters.paper import PaperVenue
     from bench import configure_logs
     from bench._engine import engine_config
+    from node.system import EngineSystem
 
     configure_logs(on=False)
     with tempfile.TemporaryDirectory(prefix="bench-startstop-") as tmp:

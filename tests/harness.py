@@ -27,9 +27,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from actors.system import EngineSystem
 from engine import runtime
 from engine.config import load_config
+from node.system import EngineSystem
 from tests.pg import execute, fetch, fetchval
 
 _external_ids = itertools.count(1)

@@ -21,11 +21,11 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 
-from actors.system import EngineSystem
 from adapters.admin_cli import EXIT_ERROR, EXIT_OK, EXIT_UNREACHABLE, main
 from engine import logs
 from engine.config import load_config
 from engine.ids import close_order_id
+from node.system import EngineSystem
 from tests.pg import execute, fetch, fetchval
 
 T = TypeVar("T")

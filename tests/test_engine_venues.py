@@ -31,12 +31,12 @@ from typing import Any, TypeVar
 import pytest
 
 from actors.exchange import ExchangeActor
-from actors.system import EngineSystem
 from adapters.ccxt_venue import CcxtVenue
 from adapters.credentials import CredentialStore
 from adapters.emulator import EmulatorServer, MarketSpec
 from adapters.ioloop import IoLoop
 from engine.messages import OrderOutcome, OrderRequest, PlaceOrder, ResolveOrder, Side, TradeStatus, TradeType
+from node.system import EngineSystem
 from tests.harness import insert_signal, running_engine, seed_whale, wait_for, wait_signal_done
 from tests.pg import execute, fetch
 
@@ -451,8 +451,8 @@ def test_reduce_only_close_passes_an_open_breaker(actor_on: ActorSetup) -> None:
 
 
 def test_venue_config_flows_into_the_adapter(pg_dsn: str) -> None:
-    from actors.venues import _make_adapter
     from engine.config import VenueConfig
+    from node.venues import _make_adapter
 
     cfg = VenueConfig(name="bitget-futures", kind="bitget", trade_types=("futures",),
                       api_base_url="https://testnet.invalid", margin_mode="cross")  # fmt: skip

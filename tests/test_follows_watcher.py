@@ -1,4 +1,4 @@
-"""The follows watcher (``actors/services.py``): follow changes written by another application reach the running
+"""The follows watcher (``node/services.py``): follow changes written by another application reach the running
 engine even when a notification comes at an awkward moment, is never sent, or is lost with the connection.
 
 Rows written with ``session_replication_role = replica`` fire no trigger: no NOTIFY, no ``updated_at`` touch.

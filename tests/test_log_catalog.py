@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CATALOG = ROOT / "docs" / "log-events.md"
-SOURCES = ("engine", "actors", "adapters", "run_engine.py")
+SOURCES = ("engine", "actors", "adapters", "node", "run_engine.py")
 LEVELS = {"debug", "info", "warning", "error", "exception", "critical"}
 LOGGER_NAME = re.compile(r"^_?(\w+_)?log(ger)?$")
 EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
@@ -39,7 +39,7 @@ DYNAMIC_SITES: dict[tuple[str, str], Callable[[], set[str]]] = {
     # SignalIntake: a claimed row that fails validation, rejected_status() -> FAILED or EXPIRED.
     ("adapters/signal_intake.py", "'signal.' + status.value"): lambda: {"signal.failed", "signal.expired"},
     # EngineSystem's domain-event log subscriber: event_type -> event name.
-    ("actors/system.py", "name"): _mapping_values("actors.system", "_LOG_NAMES"),
+    ("node/system.py", "name"): _mapping_values("node.system", "_LOG_NAMES"),
 }
 
 

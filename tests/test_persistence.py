@@ -22,7 +22,6 @@ from structlog.testing import capture_logs
 
 from actors.persistence import PersistenceActor
 from actors.persistence_io import BatchDone, PersistenceIo, PreviousBatchFailed
-from actors.persistence_writes import run_write
 from adapters.database import apply_schema, connect, create_database
 from adapters.embedded_pg import EmbeddedPostgres
 from adapters.ioloop import IoLoop
@@ -43,6 +42,7 @@ from engine.messages import (
     TradeStatus,
     TradeType,
 )
+from node.persistence_writes import run_write
 from tests.pg import TcpProxy, fetch, fetchval
 
 

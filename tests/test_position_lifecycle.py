@@ -26,8 +26,6 @@ from typing import Any
 import pytest
 
 from actors.follower_risk import close_attempt_id
-from actors.price_feed import PriceFeed
-from actors.system import EngineSystem
 from adapters.database import apply_schema, connect, create_database
 from adapters.paper import PaperVenue
 from engine import metrics
@@ -35,6 +33,8 @@ from engine.events import DomainEvent, PositionClosed, PositionLiquidated
 from engine.ids import close_order_id, position_id_for
 from engine.messages import MarketInfo, PositionSide, PriceUpdate, TradeType
 from engine.positions import Position
+from node.price_feed import PriceFeed
+from node.system import EngineSystem
 from tests.harness import insert_signal, running_engine, seed_followers, seed_whale, settle, wait_for, wait_signal_done
 from tests.pg import TcpProxy, execute, fetch, fetchval
 

@@ -4,7 +4,7 @@ The feed runs against the test PostgreSQL (its holdings query is real) and a pap
 system replaced by a stand-in: followers are recorders that keep every ``PriceUpdate`` they are told. So a test
 sees exactly what each follower received, and drives each tick itself (or runs the feed's own loop, for what
 only the loop does: a database outage, through ``tests.pg.TcpProxy``). Then the back-off from a venue that
-bans or rate-limits the feed. Last, the feed's share of a venue's weight budget, which ``actors.venues`` takes
+bans or rate-limits the feed. Last, the feed's share of a venue's weight budget, which ``node.venues`` takes
 out of the exchange actor's.
 """
 
@@ -21,14 +21,14 @@ import asyncpg
 import pytest
 import structlog
 
-from actors.price_feed import PriceFeed
-from actors.venues import Venue
 from adapters.database import connect_pool
 from adapters.paper import PaperVenue
 from engine import logs as engine_logs
 from engine.config import VenueConfig
 from engine.messages import PriceUpdate
 from engine.venue import RetryableError, VenueBanned
+from node.price_feed import PriceFeed
+from node.venues import Venue
 from tests.pg import TcpProxy, execute
 
 D = Decimal
@@ -355,7 +355,7 @@ def test_rate_limited_feed_waits_the_retry_after(pg_dsn: str) -> None:
     assert len(venue.fetches) == 1
 
 
-# ---- the feed's share of a venue's weight budget (actors.venues.order_weight_per_minute) ------------------
+# ---- the feed's share of a venue's weight budget (node.venues.order_weight_per_minute) ------------------
 # The feed calls the adapter itself (one fetch_marks per poll), outside the exchange actor's budget, so the
 # exchange actor gets the rest. Weights are the real adapter profiles': Binance fetch_marks (every symbol's
 # ticker) 40, Bybit 1; the paper venue's feed reads its own book and costs nothing.
@@ -375,7 +375,7 @@ def test_order_budget_is_the_venue_budget_minus_the_feed(
     captured: list[dict[str, Any]], kind: str, weight_per_minute: int, poll_ms: float, for_orders: int,
     warned_feed_weight: int | None,
 ) -> None:  # fmt: skip
-    from actors.venues import _make_adapter, order_weight_per_minute
+    from node.venues import _make_adapter, order_weight_per_minute
 
     cfg = VenueConfig(name=f"{kind}-futures", kind=kind, trade_types=("futures",),  # type: ignore[arg-type]
                       weight_per_minute=weight_per_minute, price_poll_interval_ms=poll_ms)  # fmt: skip

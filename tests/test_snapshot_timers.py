@@ -18,11 +18,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from actors.stats import take_snapshots
-from actors.system import EngineSystem
 from adapters.paper import PaperVenue
 from engine.ids import position_id_for
 from engine.portfolio import Portfolio, day_end
+from node.stats import take_snapshots
+from node.system import EngineSystem
 from tests.harness import engine_config, settle, wait_for
 from tests.pg import fetch
 from tests.test_snapshots import PRICES, copied, figures, follow, markets, signal, status, tick

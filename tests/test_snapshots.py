@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from actors.price_feed import PriceFeed
-from actors.stats import take_snapshots
-from actors.system import EngineSystem
 from adapters.paper import PaperVenue
 from engine.ids import client_order_id, close_order_id, position_id_for
 from engine.messages import MarketInfo, TradeType
+from node.price_feed import PriceFeed
+from node.stats import take_snapshots
+from node.system import EngineSystem
 from tests.harness import insert_signal, running_engine, seed_followers, seed_whale, settle, wait_for, wait_signal_done
 from tests.pg import fetch, fetchval
 

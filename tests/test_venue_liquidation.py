@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from actors.system import EngineSystem
 from adapters.ccxt_venue import CcxtVenue
 from adapters.credentials import CredentialStore
 from engine.messages import TradeType
+from node.system import EngineSystem
 from tests.harness import insert_signal, running_engine, seed_whale, wait_for, wait_signal_done
 from tests.pg import execute, fetch
 from tests.test_engine_venues import Emulator, fund_accounts, key_of

@@ -2,7 +2,7 @@
 
 Runs on the I/O loop (``AdminServer`` awaits ``handle``), so nothing here blocks the loop: asks to actors
 (pykka futures) and the system's blocking helpers run in the loop's default executor (``_blocking``). The
-read-only commands are in the base class, ``actors.admin_queries.AdminQueries``. The one write, an injected
+read-only commands are in the base class, ``node.admin_queries.AdminQueries``. The one write, an injected
 signal, goes through the persistence actor (``run_write``), the only writer to PostgreSQL.
 
 Operator pauses (``pause`` / ``resume``) live in memory and end with the process:
@@ -29,10 +29,7 @@ from typing import Any
 import msgspec
 import pykka
 
-from actors.admin_queries import AdminQueries, OperatorPauses, position_owner
 from actors.follower import SetPaused
-from actors.persistence_writes import run_write
-from actors.price_feed import PriceFeed
 from actors.router import RouteSignal, SetWhalePaused
 from adapters.signal_intake import INSERT_SQL
 from engine import logs
@@ -62,6 +59,9 @@ from engine.admin_commands import (
 from engine.logs import get_logger
 from engine.messages import Signal
 from engine.signals import SignalRejected, parse_signal
+from node.admin_queries import AdminQueries, OperatorPauses, position_owner
+from node.persistence_writes import run_write
+from node.price_feed import PriceFeed
 
 __all__ = ["DRY_RUN_LIST_LIMIT", "EngineAdminHandler", "OperatorPauses"]
 

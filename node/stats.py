@@ -17,7 +17,7 @@ from engine import metrics, runtime
 from engine.logs import get_logger
 
 if TYPE_CHECKING:
-    from actors.system import EngineSystem
+    from node.system import EngineSystem
 
 log = get_logger(__name__)
 

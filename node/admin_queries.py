@@ -1,6 +1,6 @@
 """The admin socket's read-only side: ``status``, ``stats``, ``users``, ``user``, ``positions``, ``trades``.
 
-``AdminQueries`` is the base of ``EngineAdminHandler`` (``actors/admin_handler.py``), which adds the commands
+``AdminQueries`` is the base of ``EngineAdminHandler`` (``node/admin_handler.py``), which adds the commands
 that change things. Everything here runs on the I/O loop, inside ``handle``: asks to actors (pykka futures)
 run in the loop's default executor (``_blocking``), database reads are ``SELECT``s awaited on the system's
 asyncpg pool (reads are allowed anywhere; every write goes through the persistence actor). Replies are
@@ -21,14 +21,14 @@ import asyncpg
 import msgspec
 import pykka
 
-from actors.stats import collect_stats
 from engine import runtime
 from engine.admin_commands import CommandError, Positions, Trades
 from engine.messages import PositionRow, SnapshotRow
 from engine.portfolio import Performance, performance
+from node.stats import collect_stats
 
 if TYPE_CHECKING:
-    from actors.system import EngineSystem
+    from node.system import EngineSystem
 
 __all__ = ["ROW_LIMIT", "SNAPSHOT_LIMIT", "AdminQueries", "OperatorPauses"]
 

@@ -1,7 +1,7 @@
 """The engine's services on the I/O loop (signal intake, follow watcher, price feeds, admin socket, demo feed)
 and its periodic jobs (stats line, venue health, reconciliation, snapshots).
 
-Kept apart from ``actors/system.py`` so the composition root stays a readable start/stop sequence.
+Kept apart from ``node/system.py`` so the composition root stays a readable start/stop sequence.
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from actors.persistence_writes import run_write
-from actors.price_feed import PriceFeed
 from actors.router import RouteSignal, SweepStale
 from adapters.signal_intake import CLAIM_SQL, REQUEUE_SQL, SignalIntake
 from engine.logs import get_logger
 from engine.messages import PersistRows, Signal, SignalStatusRow
+from node.persistence_writes import run_write
+from node.price_feed import PriceFeed
 
 if TYPE_CHECKING:
-    from actors.system import EngineSystem
+    from node.system import EngineSystem
 
 log = get_logger(__name__)
 
@@ -165,8 +165,8 @@ def start_services(system: EngineSystem) -> None:
     if system.follows_watcher is not None:  # prepared (LISTEN) before the followers were loaded
         system.io.run(system.follows_watcher.start(), 30)
     if cfg.admin.enabled:
-        from actors.admin_handler import EngineAdminHandler
         from adapters.admin_socket import AdminServer
+        from node.admin_handler import EngineAdminHandler
 
         services.append(
             AdminServer(
@@ -197,7 +197,7 @@ def stop_services(system: EngineSystem) -> None:
 
 
 def periodic_jobs(system: EngineSystem) -> list[tuple[str, float, Callable[[], None]]]:
-    from actors.stats import report_stats, take_snapshots
+    from node.stats import report_stats, take_snapshots
 
     cfg = system.config
 

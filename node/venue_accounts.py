@@ -25,13 +25,13 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from actors.follower_base import FollowerState
-from actors.venues import Venue, venue_trade_type
 from engine.logs import get_logger
 from engine.messages import BalanceRow, PersistRows
 from engine.ratelimit import TokenBucket
+from node.venues import Venue, venue_trade_type
 
 if TYPE_CHECKING:
-    from actors.system import EngineSystem
+    from node.system import EngineSystem
 
 __all__ = ["prepare_account", "prepare_accounts"]
 

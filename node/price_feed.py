@@ -34,8 +34,8 @@ from engine.messages import PriceUpdate
 from engine.venue import RetryableError, VenueBanned
 
 if TYPE_CHECKING:
-    from actors.system import EngineSystem
-    from actors.venues import Venue
+    from node.system import EngineSystem
+    from node.venues import Venue
 
 log = get_logger(__name__)
 

@@ -18,8 +18,8 @@ from engine.logs import get_logger
 from engine.messages import MarketInfo, PositionRow, PositionSide, TradeType
 
 if TYPE_CHECKING:
-    from actors.system import EngineSystem
     from adapters.ioloop import IoLoop
+    from node.system import EngineSystem
 
 log = get_logger(__name__)
 
@@ -88,7 +88,7 @@ def _make_adapter(system: EngineSystem, cfg: VenueConfig) -> Any:
     from adapters.ccxt_venue import CcxtVenue
     from adapters.credentials import CredentialStore
 
-    # Accounts (users.credential_ref) are registered by ``actors.venue_accounts.prepare_accounts``.
+    # Accounts (users.credential_ref) are registered by ``node.venue_accounts.prepare_accounts``.
     return CcxtVenue(
         cfg.kind,
         trade_type=venue_trade_type(cfg),

@@ -30,8 +30,6 @@ from actors.follower import ReconcileNow
 from actors.follower_base import FollowerContext, FollowerState, LiquidationCheck
 from actors.persistence import PersistenceActor
 from actors.router import SetBacklog, SetDraining, SetFollowers, SignalRouterActor
-from actors.supervisor import Supervisor
-from actors.venues import Venue, build_venues
 from adapters.database import apply_schema, connect_pool
 from adapters.embedded_pg import EmbeddedPostgres
 from adapters.ioloop import IoLoop
@@ -41,9 +39,11 @@ from engine.config import EngineConfig, effective_config
 from engine.events import DomainEvent
 from engine.logs import get_logger
 from engine.messages import PersistRows
+from node.supervisor import Supervisor
+from node.venues import Venue, build_venues
 
 if TYPE_CHECKING:
-    from actors.services import FollowsWatcher
+    from node.services import FollowsWatcher
 
 log = get_logger(__name__)
 
@@ -118,7 +118,7 @@ class EngineSystem:
             from adapters.demo import seed_demo
 
             self.io.run(seed_demo(self.pool, cfg.demo), 120)
-        from actors.services import FollowsWatcher
+        from node.services import FollowsWatcher
 
         # LISTEN before the load: a follow change committed during the load is then notified, not lost.
         self.follows_watcher = FollowsWatcher(self)
@@ -144,7 +144,7 @@ class EngineSystem:
                 open_orders=sum(len(s.open_trades) for s in states),
             )
             del states, follows
-        from actors.services import start_services
+        from node.services import start_services
 
         start_services(self)
         self._start_timers()
@@ -178,7 +178,7 @@ class EngineSystem:
         log.info("database.ready", schema_steps_applied=applied, embedded=self.embedded is not None)
 
     def _load_states(self) -> list[FollowerState]:
-        from actors.venue_accounts import prepare_accounts
+        from node.venue_accounts import prepare_accounts
 
         states = self.io.run(load_followers(self.pool), 300)
         return prepare_accounts(self, states)  # paper funding; real venues: credentials and balances
@@ -186,7 +186,7 @@ class EngineSystem:
     def _with_paper_balance(self, state: FollowerState) -> FollowerState:
         """A follower started later (supervisor): paper funding, or its credential registered with its venue.
         No I/O: this runs on the I/O loop."""
-        from actors.venue_accounts import prepare_account
+        from node.venue_accounts import prepare_account
 
         return prepare_account(self, state)
 
@@ -301,7 +301,7 @@ class EngineSystem:
     # ---- timers --------------------------------------------------------------------------------------------
 
     def _start_timers(self) -> None:
-        from actors.services import periodic_jobs
+        from node.services import periodic_jobs
 
         for name, interval_s, job in periodic_jobs(self):
             thread = threading.Thread(target=self._every, args=(interval_s, job, name), name=name, daemon=True)
@@ -325,7 +325,7 @@ class EngineSystem:
         t0 = time.monotonic()
         log.info("engine.stopping")
         self._stopping.set()
-        from actors.services import stop_services
+        from node.services import stop_services
 
         steps: list[tuple[str, Callable[[], None]]] = [
             ("drain", self._drain_and_settle),
@@ -361,7 +361,7 @@ class EngineSystem:
         since. After ``services``: no price tick or signal changes the books any more. Before ``followers``: each
         follower handles the request before its stop (stops queue behind it) and tells persistence the row, which
         the ``persistence`` step then flushes."""
-        from actors.stats import take_snapshots
+        from node.stats import take_snapshots
 
         take_snapshots(self, reason="shutdown")
 
