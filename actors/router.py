@@ -16,10 +16,8 @@ backlog, a signal is always let through when nothing is out, however many follow
 
 from __future__ import annotations
 
-import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -28,6 +26,7 @@ import pykka
 
 from actors.router_queue import WaitingSignals
 from engine import metrics
+from engine.clock import SYSTEM_CLOCK, Clock
 from engine.events import SignalExpired, SignalProcessed
 from engine.logs import get_logger
 from engine.messages import (
@@ -123,10 +122,20 @@ class _InFlight:
 
 class SignalRouterActor(SingletonActor):
     """Fans signals out to follower actors. ``persistence`` gets signal status rows and events;
-    ``mark_price`` (symbol, trade_type) -> Decimal | None reads the price feeds' published marks."""
+    ``mark_price`` (symbol, trade_type) -> Decimal | None reads the price feeds' published marks. ``clock``
+    stamps receipt, expiry and the stale sweep's ages."""
 
-    def __init__(self, *, persistence: Any, mark_price: Any, publish: Any, max_pending_copies: int = 20_000) -> None:
+    def __init__(
+        self,
+        *,
+        persistence: Any,
+        mark_price: Any,
+        publish: Any,
+        max_pending_copies: int = 20_000,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         super().__init__()
+        self._clock = clock
         self._max_pending_copies = max_pending_copies
         self._pending_copies = 0  # copies told and not yet answered, over every in-flight signal
         self._held_since_ns = 0  # when back-pressure began holding signals (0: not holding)
@@ -244,7 +253,7 @@ class SignalRouterActor(SingletonActor):
             return
         metrics.incr("signals.received")
         if message.received_at_ns == 0:
-            message = RouteSignal(signal=signal, received_at_ns=time.monotonic_ns())
+            message = RouteSignal(signal=signal, received_at_ns=self._clock.monotonic_ns())
         self._queue.push(message)
         self._schedule_drain()  # after the mailbox's current burst, so a later high-priority signal can overtake
 
@@ -286,7 +295,7 @@ class SignalRouterActor(SingletonActor):
 
     def _hold(self) -> None:
         if not self._held_since_ns:
-            self._held_since_ns = time.monotonic_ns()
+            self._held_since_ns = self._clock.monotonic_ns()
             metrics.incr("router.backpressure")
             log.warning(
                 "router.backpressure",
@@ -298,7 +307,7 @@ class SignalRouterActor(SingletonActor):
 
     def _release(self) -> None:
         if self._held_since_ns:
-            held_ms = (time.monotonic_ns() - self._held_since_ns) / 1e6
+            held_ms = (self._clock.monotonic_ns() - self._held_since_ns) / 1e6
             self._held_since_ns = 0
             log.info("router.backpressure_released", held_ms=held_ms, pending_copies=self._pending_copies)
 
@@ -309,7 +318,7 @@ class SignalRouterActor(SingletonActor):
 
     def _fan_out(self, message: RouteSignal) -> None:
         signal = message.signal
-        now = datetime.now(UTC)
+        now = self._clock.now()
         if signal.expires_at is not None and signal.expires_at <= now:
             metrics.incr("signals.expired")
             self._finish_without_fanout(signal, SignalStatus.EXPIRED, "expired")
@@ -323,7 +332,10 @@ class SignalRouterActor(SingletonActor):
         mark: Decimal | None = self._mark_price(signal.symbol, signal.trade_type)
         copy = CopySignal(signal=signal, received_at_ns=message.received_at_ns, mark_price=mark)
         state = _InFlight(
-            signal=signal, expected=len(refs), received_at_ns=message.received_at_ns, fanned_out_ns=time.monotonic_ns()
+            signal=signal,
+            expected=len(refs),
+            received_at_ns=message.received_at_ns,
+            fanned_out_ns=self._clock.monotonic_ns(),
         )
         self._in_flight[signal.signal_id] = state
         log.info(
@@ -376,7 +388,7 @@ class SignalRouterActor(SingletonActor):
         self._maybe_done(state)
 
     def _sweep(self, answer_timeout_s: float) -> None:
-        cutoff = time.monotonic_ns() - int(answer_timeout_s * 1e9)
+        cutoff = self._clock.monotonic_ns() - int(answer_timeout_s * 1e9)
         for state in [s for s in self._in_flight.values() if s.fanned_out_ns < cutoff]:
             missing = state.expected - state.answered
             log.warning("signal.answers_missing", signal_id=state.signal.signal_id, missing=missing)
@@ -393,7 +405,7 @@ class SignalRouterActor(SingletonActor):
         signal = state.signal
         del self._in_flight[signal.signal_id]
         metrics.incr("signals.processed")
-        elapsed_ms = (time.monotonic_ns() - state.received_at_ns) / 1e6 if state.received_at_ns else None
+        elapsed_ms = (self._clock.monotonic_ns() - state.received_at_ns) / 1e6 if state.received_at_ns else None
         reasons = dict(state.reasons)
         log.info(
             "signal.processed",
@@ -421,6 +433,6 @@ class SignalRouterActor(SingletonActor):
                 skipped=state.skipped,
                 failed=state.failed,
                 skip_reasons=reasons,
-                occurred_at=datetime.now(UTC),
+                occurred_at=self._clock.now(),
             )
         )

@@ -127,7 +127,7 @@ class EngineAdminHandler(AdminQueries):
         if not data.get("external_id"):
             data["external_id"] = f"admin-{uuid.uuid4().hex}"
         try:
-            return parse_signal(data, now=system.clock(), max_age_s=system.config.signals.max_signal_age_s)
+            return parse_signal(data, now=system.clock.now(), max_age_s=system.config.signals.max_signal_age_s)
         except SignalRejected as exc:
             raise CommandError(f"signal rejected: {exc.reason}: {exc.detail}") from None
 

@@ -209,12 +209,12 @@ def periodic_jobs(system: EngineSystem) -> list[tuple[str, float, Callable[[], N
         system.reconcile()
         system.router.tell(SweepStale())
 
-    day = [system.clock().date()]
+    day = [system.clock.now().date()]
 
     def day_roll() -> None:
         # Each follower's first snapshot of a new day closes the old one (Portfolio.snapshot): its balances
         # are read when the follower takes it, hence a check every second, not every snapshot interval.
-        today = system.clock().date()
+        today = system.clock.now().date()
         if today != day[0]:
             log.info("portfolio.day_rolled", day_closed=day[0].isoformat(), day=today.isoformat())
             day[0] = today

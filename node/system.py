@@ -18,7 +18,6 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +34,7 @@ from adapters.embedded_pg import EmbeddedPostgres
 from adapters.ioloop import IoLoop
 from adapters.state_loader import load_followers, load_whale_ids
 from engine import logs, metrics, runtime
+from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import EngineConfig, effective_config
 from engine.events import DomainEvent
 from engine.logs import get_logger
@@ -50,7 +50,8 @@ log = get_logger(__name__)
 
 class EngineSystem:
     """Owns every long-lived piece of one engine process. ``venue_adapters`` lets tests and benchmarks bring
-    a venue that outlives the engine (a real venue does: restart tests need that)."""
+    a venue that outlives the engine (a real venue does: restart tests need that). ``clock`` is the one clock
+    every component reads the time from and arms its timers on (a ``FakeClock`` in tests)."""
 
     def __init__(
         self,
@@ -58,7 +59,7 @@ class EngineSystem:
         *,
         demo: bool = False,
         venue_adapters: dict[str, Any] | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.config = config
         self.demo = demo
@@ -132,6 +133,7 @@ class EngineSystem:
                 mark_price=self.mark_price,
                 publish=self.publish,
                 max_pending_copies=cfg.signals.max_pending_copies,
+                clock=self.clock,
             )
             self.supervisor = Supervisor(self)
             refs = self.supervisor.start_followers(states)
@@ -198,7 +200,7 @@ class EngineSystem:
             router=self.router,
             exchanges={name: v.exchange for name, v in self.venues.items()},
             markets={name: v.markets for name, v in self.venues.items()},
-            clock=self.clock,
+            clock=self.clock.now,
             publish=self.publish,
             draining=lambda: self.draining,
             venue_available=self.venue_available,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.paper import PaperVenue
+from engine.clock import FakeClock
 from engine.ids import position_id_for
 from engine.portfolio import Portfolio, day_end
 from node.stats import take_snapshots
@@ -31,16 +32,6 @@ D = Decimal
 VENUES = '[{name = "paper", price_poll_interval_ms = 600000, price_stale_after_ms = 600000}]'
 
 
-class ManualClock:
-    """The engine's clock, set by the test. Read from actor and timer threads: one attribute, swapped whole."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 def start_engine(dsn: str, data_dir: Path, venue: PaperVenue, clock: Any = None, **env: str) -> EngineSystem:
     cfg = engine_config(dsn, data_dir, ENGINE_VENUES=VENUES, ENGINE_PERSISTENCE__FLUSH_INTERVAL_MS="10", **env)
     system = EngineSystem(cfg, venue_adapters={"paper": venue}, **({"clock": clock} if clock else {}))
@@ -48,11 +39,11 @@ def start_engine(dsn: str, data_dir: Path, venue: PaperVenue, clock: Any = None,
     return system
 
 
-def ten_to_midnight(dsn: str, data_dir: Path) -> tuple[datetime, ManualClock, PaperVenue, EngineSystem]:
+def ten_to_midnight(dsn: str, data_dir: Path) -> tuple[datetime, FakeClock, PaperVenue, EngineSystem]:
     """Today's midnight (the loader's "today" starts there), an engine whose clock reads 23:50 the day before,
     and its paper venue. The periodic snapshot timer is off (an hour): a test takes that snapshot itself."""
     midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    clock = ManualClock(midnight - timedelta(minutes=10))
+    clock = FakeClock(midnight - timedelta(minutes=10))
     venue = PaperVenue(markets=markets(), initial_marks=PRICES, latency_ms=0)
     return midnight, clock, venue, start_engine(dsn, data_dir, venue, clock, ENGINE_SNAPSHOT_INTERVAL_S="3600")
 
@@ -63,14 +54,14 @@ def snapshots(dsn: str, user_id: int) -> list[dict[str, Any]]:
 
 
 def snapshot_then_stop_loss(
-    system: EngineSystem, dsn: str, venue: PaperVenue, clock: ManualClock, midnight: datetime, position_id: str
+    system: EngineSystem, dsn: str, venue: PaperVenue, clock: FakeClock, midnight: datetime, position_id: str
 ) -> None:
     """The day's last periodic snapshot at 23:55, then DLA's stop loss (90) hit at 89 at 23:58: -55 gross, exit
     fee 0.2225, realised after that snapshot."""
-    clock.now = midnight - timedelta(minutes=5)
+    clock.set(midnight - timedelta(minutes=5))
     take_snapshots(system)
     settle(system)
-    clock.now = midnight - timedelta(minutes=2)
+    clock.set(midnight - timedelta(minutes=2))
     venue.set_mark("DLA/USDT:USDT", D(89))
     tick(system)
     wait_for(lambda: status(dsn, position_id) == "closed")
@@ -133,7 +124,7 @@ def test_day_roll_closes_the_day_and_a_restart_counts_only_today(pg_dsn: str, tm
 
         snapshot_then_stop_loss(system, pg_dsn, venue, clock, midnight, position_id_for(a, user))
 
-        clock.now = midnight + timedelta(milliseconds=500)  # the day-roll timer notices by itself
+        clock.set(midnight + timedelta(milliseconds=500))  # the day-roll timer notices by itself
         day_close = midnight - timedelta(microseconds=1)
         wait_for(lambda: any(r["taken_at"] == day_close for r in snapshots(pg_dsn, user)))
         rows = {r["taken_at"]: r for r in snapshots(pg_dsn, user)}
@@ -145,7 +136,7 @@ def test_day_roll_closes_the_day_and_a_restart_counts_only_today(pg_dsn: str, tm
         described = proxy.describe().get(timeout=30)
         assert (described["trades_today"], described["realized_pnl_today_usdt"]) == (0, D(0))
 
-        clock.now = midnight + timedelta(minutes=1)  # today: the whale closes DLB, exit fee 0.25
+        clock.set(midnight + timedelta(minutes=1))  # today: the whale closes DLB, exit fee 0.25
         assert (
             copied(system, pg_dsn, signal(pg_dsn, whale, "DLB/USDT:USDT", side="sell", action="close"))["copied"] == 1
         )
