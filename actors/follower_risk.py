@@ -25,7 +25,7 @@ from typing import Any
 
 from actors.follower_base import FollowerBase
 from engine import metrics
-from engine.ids import close_order_id
+from engine.ids import CLOSE_ATTEMPTS_MAX, close_attempt_id
 from engine.ledger import OrderContext, liquidate
 from engine.logs import get_logger
 from engine.messages import (
@@ -40,27 +40,6 @@ from engine.positions import Position
 from engine.trades import Trade
 
 log = get_logger(__name__)
-
-_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
-
-
-CLOSE_ATTEMPTS_MAX = 36**4 - 1
-
-
-def close_attempt_id(position_id: str, attempt: int) -> str:
-    """Attempt 0 is ``close_order_id``; later attempts (after one ended without closing everything)
-    ``r{n:4}{position}``: four base-36 digits, a fixed width so that no two (attempt, position) pairs share an
-    id, and at most 32 characters with the longest position id."""
-    if attempt == 0:
-        return close_order_id(position_id)
-    if not 0 < attempt <= CLOSE_ATTEMPTS_MAX:
-        raise ValueError(f"close attempt out of range [0, {CLOSE_ATTEMPTS_MAX}]: {attempt}")
-    digits = ""
-    for _ in range(4):
-        attempt, rem = divmod(attempt, 36)
-        digits = _ALPHABET[rem] + digits
-    return f"r{digits}{position_id[1:]}"
-
 
 class FollowerRisk(FollowerBase):
     """Price handling and engine closes."""

@@ -25,12 +25,11 @@ from typing import Any
 
 import pytest
 
-from actors.follower_risk import close_attempt_id
 from adapters.database import apply_schema, connect, create_database
 from adapters.paper import PaperVenue
 from engine import metrics
 from engine.events import DomainEvent, PositionClosed, PositionLiquidated
-from engine.ids import close_order_id, position_id_for
+from engine.ids import close_attempt_id, close_order_id, position_id_for
 from engine.messages import MarketInfo, PositionSide, PriceUpdate, TradeType
 from engine.positions import Position
 from node.price_feed import PriceFeed
