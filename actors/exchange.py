@@ -3,7 +3,7 @@ retries and the order-outcome policy of ``engine/venue.py``.
 
 Handlers run on the actor's own thread and never wait on the I/O loop. Each turn drains the queues (exits,
 then resolves, then entries) into one batch, hands the batch to the loop as *one* coroutine that starts a task
-per call, and the loop hands results back batched per loop iteration (``_Completed``): two cross-thread hops
+per call, and the loop hands results back batched per loop iteration (``CallsCompleted``): two cross-thread hops
 per batch instead of two per order. Timers (backoff, bans, budget refill) are ``loop.call_later`` -> ``tell``.
 
 This module holds the intake, the lanes, the rate budget and the sending; what a result means (the outcome
@@ -24,12 +24,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgspec
-
-from actors.exchange_loop import CallResult, LoopSide
+from actors.exchange_loop import LoopSide
 from actors.exchange_outcomes import ExchangeOutcomes, Job, order_fields, tell_quietly
 from adapters.ioloop import IoLoop
 from engine.breaker import BreakerState, CircuitBreaker
+from engine.control import CallResult, CallsCompleted, ExchangeDrain, ExchangeWake
 from engine.logs import get_logger
 from engine.messages import CheckPositions, PlaceOrder, ResolveOrder, TradeStatus
 from engine.ratelimit import AccountOrderLimiter, TokenBucket
@@ -40,23 +39,6 @@ log = get_logger(__name__)
 
 _TIMER_SLACK_S = 0.002  # wake a little after the deadline, so the bucket has refilled when we look
 _HOUSEKEEPING_S = 10.0
-
-# ----------------------------------------------------------------------------------------------------------
-# Private messages (loop -> actor, actor -> itself)
-# ----------------------------------------------------------------------------------------------------------
-
-
-class _Drain(msgspec.Struct, frozen=True):
-    """Sent to itself once per burst of messages, so one turn sends one batch."""
-
-
-class _Wake(msgspec.Struct, frozen=True):
-    at: float
-
-
-class _Completed(msgspec.Struct, frozen=True):
-    results: tuple[CallResult, ...]
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Actor-thread bookkeeping
@@ -160,7 +142,7 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
 
     def on_receive(self, message: Any) -> Any:
         try:
-            if isinstance(message, _Completed):
+            if isinstance(message, CallsCompleted):
                 self._on_completed(message)
             elif isinstance(message, PlaceOrder):
                 self._on_place(message)
@@ -168,10 +150,10 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
                 self._still_placing(message)
             elif isinstance(message, ResolveOrder | CheckPositions):
                 self._enqueue(message, _RESOLVES)
-            elif isinstance(message, _Drain):
+            elif isinstance(message, ExchangeDrain):
                 self._drain_pending = False
                 self._drain()
-            elif isinstance(message, _Wake):
+            elif isinstance(message, ExchangeWake):
                 if self._timer_at == message.at:
                     self._timer_at = None
                 self._drain()
@@ -182,7 +164,7 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
             log.exception("exchange.handler_failed", venue=self._venue, type=type(message).__name__)
         return None
 
-    def _on_completed(self, message: _Completed) -> None:
+    def _on_completed(self, message: CallsCompleted) -> None:
         now = self._clock()
         for result in message.results:
             try:
@@ -248,7 +230,7 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
         # Every message already in the inbox is handled before the _Drain: a burst becomes one batch.
         if not self._drain_pending:
             self._drain_pending = True
-            self.actor_ref.tell(_Drain())
+            self.actor_ref.tell(ExchangeDrain())
 
     # ------------------------------------------------------------------------------------------------------
     # Sending
@@ -337,7 +319,7 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
             self._io.submit(self._loop_side.start(calls), self._on_start_done)
         except RuntimeError as exc:  # the loop is closed: nothing was sent
             results = tuple(CallResult(job_id=job.job_id, error="not_sent", message=str(exc)) for job in batch)
-            self.on_receive(_Completed(results))
+            self.on_receive(CallsCompleted(results))
 
     def _on_start_done(self, future: concurrent.futures.Future[None]) -> None:
         # Loop thread. ``start`` only creates tasks; it fails only when the loop is going away.
@@ -345,7 +327,7 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
             log.error("exchange.launch_failed", venue=self._venue, error=str(future.exception()))
 
     def _deliver(self, results: tuple[CallResult, ...]) -> None:
-        tell_quietly(self.actor_ref, _Completed(results))  # loop thread
+        tell_quietly(self.actor_ref, CallsCompleted(results))  # loop thread
 
     def _arm(self, at: float) -> None:
         if self._timer_at is not None and self._timer_at <= at:
@@ -354,7 +336,7 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
         delay_s = max(0.0, at - self._clock()) + _TIMER_SLACK_S
         loop, ref = self._io.loop, self.actor_ref
         try:
-            loop.call_soon_threadsafe(loop.call_later, delay_s, tell_quietly, ref, _Wake(at))
+            loop.call_soon_threadsafe(loop.call_later, delay_s, tell_quietly, ref, ExchangeWake(at))
         except RuntimeError:
             self._timer_at = None  # loop closed: shutting down
 

@@ -7,20 +7,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgspec
-
-from engine.messages import VenueOrder, VenuePosition
+from engine.control import CallResult
 from engine.venue import OrderRejected, OutcomeUnknown, RetryableError, VenueBanned
-
-
-class CallResult(msgspec.Struct, frozen=True, kw_only=True):
-    job_id: int
-    order: VenueOrder | None = None
-    positions: tuple[VenuePosition, ...] | None = None  # a fetch_positions answer
-    error: str | None = None  # None | "rejected" | "retryable" | "banned" | "unknown" | "not_sent"
-    message: str = ""
-    retry_after_s: float | None = None
-    ban_s: float | None = None
 
 
 class LoopSide:

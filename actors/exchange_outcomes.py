@@ -3,7 +3,7 @@ means for the order, the breaker, retries and bans, and the one reply every requ
 
 A mixin of ``ExchangeActor`` (``actors/exchange.py``), whose ``__init__`` sets the attributes declared below;
 ``actors/exchange.py`` keeps the intake, the lanes, the rate budget and the sending. Everything here runs on the
-actor's own thread, inside its handlers (results arrive as ``_Completed`` from ``actors/exchange_loop.py``);
+actor's own thread, inside its handlers (results arrive as ``CallsCompleted`` from ``actors/exchange_loop.py``);
 replies are ``tell``s, never waits.
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 
 import pykka
 
-from actors.exchange_loop import CallResult
 from engine.breaker import BreakerState, CircuitBreaker, Transition
+from engine.control import CallResult
 from engine.logs import get_logger
 from engine.messages import (
     CheckPositions,

@@ -17,9 +17,9 @@ from typing import Any
 
 import msgspec
 
-from actors.follower_base import FollowerContext, FollowerState
 from actors.follower_risk import FollowerRisk
 from engine import metrics
+from engine.control import ReconcileNow, SetPaused, TakeSnapshot, UpdateSettings
 from engine.events import FollowerSkipped, TradeNeedsReconciliation
 from engine.ledger import OrderContext, settle_entry, settle_exit, undo_order
 from engine.logs import get_logger
@@ -45,27 +45,7 @@ from engine.trades import Trade
 
 log = get_logger(__name__)
 
-__all__ = ["FollowerActor", "FollowerContext", "FollowerState", "ReconcileNow", "UpdateSettings"]
-
-
-class ReconcileNow(msgspec.Struct, frozen=True):
-    """Ask the venue again about every trade whose outcome is not known (UNKNOWN / SUBMITTED / PENDING)."""
-
-
-class UpdateSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """New user/follow settings from the database (NOTIFY, polling or admin ``reload``)."""
-
-    state: FollowerState
-
-
-class SetPaused(msgspec.Struct, frozen=True, kw_only=True):
-    """Operator override of ``users.paused`` (admin ``pause``); ``None`` clears it."""
-
-    paused: bool | None
-
-
-class TakeSnapshot(msgspec.Struct, frozen=True):
-    """Persist a portfolio snapshot at the follower's latest marks."""
+__all__ = ["FollowerActor"]
 
 
 class FollowerActor(FollowerRisk):

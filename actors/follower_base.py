@@ -6,8 +6,6 @@ gives every follower: refs to the singletons and read-only views; nothing in it 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -15,18 +13,15 @@ from typing import Any, TypeVar
 import msgspec
 
 from engine.events import DomainEvent
+from engine.follower_state import FollowerContext, FollowerState
 from engine.ledger import OrderContext
 from engine.logs import get_logger
 from engine.messages import (
-    BalanceRow,
-    FollowSettings,
-    MarketInfo,
     PersistRows,
     PositionRow,
     PositionStatus,
     TradeRow,
     TradeStatus,
-    UserSettings,
 )
 from engine.portfolio import Portfolio
 from engine.positions import Position
@@ -36,29 +31,6 @@ from engine.trades import Trade
 log = get_logger(__name__)
 
 _K = TypeVar("_K")
-
-
-class FollowerState(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything a follower is rebuilt from: its rows in PostgreSQL."""
-
-    user: UserSettings
-    follows: tuple[FollowSettings, ...] = ()
-    balances: tuple[BalanceRow, ...] = ()
-    positions: tuple[PositionRow, ...] = ()
-    open_trades: tuple[TradeRow, ...] = ()
-    trade_created_at: dict[str, datetime] = {}
-    close_attempts: dict[str, int] = {}  # position id -> engine closes that failed definitively
-    realized_total_usdt: Decimal = Decimal(0)
-    trades_today: int = 0  # so a restart keeps the daily limits (max trades, realised loss) where they were
-    realized_today_usdt: Decimal = Decimal(0)
-
-
-@dataclass(frozen=True, slots=True)
-class LiquidationCheck:
-    """How a venue that reports its positions is asked about liquidation (``VenueConfig.liquidation_check_*``)."""
-
-    band: Decimal  # ask when the mark is within this fraction of the liquidation price (0.01 = 1 %)
-    interval_s: float  # at most one question per position per interval
 
 
 class KeySet(dict[_K, None]):
@@ -72,26 +44,6 @@ class KeySet(dict[_K, None]):
 
     def discard(self, key: _K) -> None:
         self.pop(key, None)
-
-
-@dataclass(frozen=True, slots=True)
-class FollowerContext:
-    """Refs and read-only views shared by all followers (built once by the system)."""
-
-    persistence: Any
-    router: Any
-    exchanges: Mapping[str, Any]
-    markets: Mapping[str, Mapping[str, MarketInfo]]
-    clock: Callable[[], datetime]
-    publish: Callable[..., None]  # (event, *, persisted=False): see EngineSystem.publish
-    draining: Callable[[], bool]
-    venue_available: Callable[[str], bool]
-    needs_reconcile: Callable[[int], None]
-    on_failure: Callable[[int, str, str], None]
-    unknown_grace_s: float = 60.0
-    # Venues whose futures positions are reconciled against the venue's own (real venues): there the venue, not
-    # our estimate, says whether a position was liquidated. Paper venues are absent: the estimate is the rule.
-    liquidation_checks: Mapping[str, LiquidationCheck] = field(default_factory=dict)
 
 
 class FollowerBase(PooledActor):

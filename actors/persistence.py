@@ -32,33 +32,19 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Set
 from typing import Any
 
-import msgspec
 import pykka
 
 from actors import persistence_sql
 from actors.persistence_health import PersistenceHealth
-from actors.persistence_io import BatchDone, IntentsDone, PersistenceIo, PreviousBatchFailed, WriteMethod
+from actors.persistence_io import PersistenceIo, PreviousBatchFailed, WriteMethod
 from adapters import database as db
 from adapters.ioloop import IoLoop
+from engine.control import BatchDone, DurableDue, FlushDue, IntentsDone, RetryDue, RunWrite
 from engine.logs import get_logger
 from engine.messages import IntentAck, PersistIntent, PersistRows
 from engine.runtime import SingletonActor
-from node.persistence_writes import RunWrite
 
 log = get_logger(__name__)
-
-
-# Messages this actor sends itself (from the loop thread); they never leave this module.
-class _FlushDue(msgspec.Struct, frozen=True):
-    pass
-
-
-class _DurableDue(msgspec.Struct, frozen=True):
-    pass
-
-
-class _RetryDue(msgspec.Struct, frozen=True):
-    token: int
 
 
 class _Batch:
@@ -218,12 +204,12 @@ class PersistenceActor(PersistenceHealth, SingletonActor):
                 self._on_intent(message)
             case PersistRows():
                 self._on_rows(message.rows)
-            case _FlushDue():
+            case FlushDue():
                 self._flush_armed = False
                 self._flush_due = True
                 self._pump()
                 self._arm_flush()
-            case _DurableDue():
+            case DurableDue():
                 self._durable_armed = False
                 if self._intents_inflight is None and self._intents:
                     self._start_durable()
@@ -231,7 +217,7 @@ class PersistenceActor(PersistenceHealth, SingletonActor):
                 self._on_batch_done(message)
             case IntentsDone():
                 self._on_intents_done(message)
-            case _RetryDue(token=token):
+            case RetryDue(token=token):
                 self._on_retry_due(token)
             case RunWrite():
                 self._run_write(message)
@@ -255,7 +241,7 @@ class PersistenceActor(PersistenceHealth, SingletonActor):
             self._start_durable()
         elif not self._durable_armed:
             self._durable_armed = True
-            self._after(self._durable_window_s, _DurableDue())
+            self._after(self._durable_window_s, DurableDue())
 
     def _start_durable(self) -> None:
         n = self._durable_max_rows
@@ -329,7 +315,7 @@ class PersistenceActor(PersistenceHealth, SingletonActor):
         size-triggered batch leaves a remainder behind, and nothing else would come back for it."""
         if self._queue and not self._flush_armed:
             self._flush_armed = True
-            self._after(self._flush_interval_s, _FlushDue())
+            self._after(self._flush_interval_s, FlushDue())
 
     def _pump(self) -> None:
         """Submit what may go now: formed batches first (in order), then new ones while the queue holds a full
@@ -404,7 +390,7 @@ class PersistenceActor(PersistenceHealth, SingletonActor):
         self._retry_due_token = self._retry_token
         delay = self._retry_s * random.uniform(0.8, 1.2)
         self._retry_s = min(self._retry_s * 2, self._retry_max_s)
-        self._after(delay, _RetryDue(self._retry_token))
+        self._after(delay, RetryDue(self._retry_token))
 
     def _on_retry_due(self, token: int) -> None:
         if token == self._retry_due_token:

@@ -13,32 +13,15 @@ import time
 from typing import Any, Literal
 
 import asyncpg
-import msgspec
 
 from actors import persistence_sql
 from adapters import database as db
-from node.persistence_writes import RunWrite
+from engine.control import BatchDone, IntentsDone, RunWrite
 
 # How batches reach the tables: "json" (the default, ``actors.persistence_sql``), or the older COPY into a
 # staging table / executemany of ``adapters.database.write_rows`` (kept for comparison in the benchmarks;
 # they write one batch at a time).
 WriteMethod = Literal["json", "copy", "executemany"]
-
-
-class BatchDone(msgspec.Struct, frozen=True):
-    seq: int
-    rows: int
-    poison: tuple[tuple[Any, str], ...] = ()
-    error: BaseException | None = None
-    elapsed_ms: float = 0.0
-
-
-class IntentsDone(msgspec.Struct, frozen=True):
-    seq: int
-    poison: tuple[tuple[Any, str], ...] = ()
-    existing: frozenset[str] = frozenset()  # client order ids that had a row before this commit (replays)
-    error: BaseException | None = None
-    elapsed_ms: float = 0.0
 
 
 class PreviousBatchFailed(Exception):

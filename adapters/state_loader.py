@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from actors.follower_base import FollowerState
+from engine.follower_state import FollowerState
 from engine.messages import BalanceRow, FollowSettings, PositionRow, TradeRow, UserSettings
 
 _OPEN_TRADE_STATUSES = ("pending", "submitted", "unknown")

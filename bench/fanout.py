@@ -29,7 +29,6 @@ from typing import Any
 import pykka
 
 from actors.follower import FollowerActor
-from actors.follower_base import FollowerContext, FollowerState
 from actors.router import RouteSignal, SetFollowers, SignalRouterActor
 from adapters.paper import DEFAULT_MARKS, default_markets
 from bench._engine import AckingPersistence, CountingExchange, make_signal, mixed_settings
@@ -37,6 +36,7 @@ from bench._report import row
 from engine import runtime
 from engine.config import RuntimeConfig
 from engine.events import DomainEvent
+from engine.follower_state import FollowerContext, FollowerState
 from engine.messages import BalanceRow, CopySignal, FollowerDecision, PersistRows, PlaceOrder, Signal
 from engine.portfolio import Portfolio
 from engine.sizing import EntryPlan, decide

@@ -29,7 +29,6 @@ from typing import Any
 import msgspec
 import pykka
 
-from actors.follower import SetPaused
 from actors.router import RouteSignal, SetWhalePaused
 from adapters.signal_intake import INSERT_SQL
 from engine import logs
@@ -56,6 +55,7 @@ from engine.admin_commands import (
     User,
     Users,
 )
+from engine.control import SetPaused
 from engine.logs import get_logger
 from engine.messages import Signal
 from engine.signals import SignalRejected, parse_signal

@@ -10,17 +10,10 @@ import concurrent.futures
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import msgspec
+from engine.control import RunWrite
 
 if TYPE_CHECKING:
     from node.system import EngineSystem
-
-
-class RunWrite(msgspec.Struct, frozen=True, kw_only=True):
-    """Run ``fn(connection)`` inside a transaction; the result (or exception) completes ``future``."""
-
-    fn: Any  # Callable[[asyncpg.Connection], Awaitable[Any]]
-    future: Any  # concurrent.futures.Future[Any]
 
 
 async def run_write(system: EngineSystem, fn: Callable[[Any], Awaitable[Any]], timeout_s: float = 30.0) -> Any:

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from actors.follower import TakeSnapshot
 from engine import metrics, runtime
+from engine.control import TakeSnapshot
 from engine.logs import get_logger
 
 if TYPE_CHECKING:

@@ -25,8 +25,6 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import pykka
 
-from actors.follower import ReconcileNow
-from actors.follower_base import FollowerContext, FollowerState, LiquidationCheck
 from actors.persistence import PersistenceActor
 from actors.router import SetBacklog, SetDraining, SetFollowers, SignalRouterActor
 from adapters.database import apply_schema, connect_pool
@@ -36,7 +34,9 @@ from adapters.state_loader import load_followers, load_whale_ids
 from engine import logs, metrics, runtime
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import EngineConfig, effective_config
+from engine.control import ReconcileNow
 from engine.events import DomainEvent
+from engine.follower_state import FollowerContext, FollowerState, LiquidationCheck
 from engine.logs import get_logger
 from engine.messages import PersistRows
 from node.supervisor import Supervisor

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from actors.follower_base import FollowerState
+from engine.follower_state import FollowerState
 from engine.logs import get_logger
 from engine.messages import BalanceRow, PersistRows
 from engine.ratelimit import TokenBucket

@@ -26,12 +26,12 @@ import pykka
 import pytest
 
 from actors.follower import FollowerActor
-from actors.follower_base import FollowerContext, FollowerState
 from actors.router import RouteSignal
 from adapters.database import connect
 from adapters.paper import PaperVenue, default_markets
 from adapters.signal_intake import row_to_signal
 from engine import runtime
+from engine.follower_state import FollowerContext, FollowerState
 from engine.ids import client_order_id, parse_client_order_id, position_id_for
 from engine.messages import (
     BalanceRow,

@@ -21,10 +21,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from actors.persistence import PersistenceActor
-from actors.persistence_io import BatchDone, PersistenceIo, PreviousBatchFailed
+from actors.persistence_io import PersistenceIo, PreviousBatchFailed
 from adapters.database import apply_schema, connect, create_database
 from adapters.embedded_pg import EmbeddedPostgres
 from adapters.ioloop import IoLoop
+from engine.control import BatchDone
 from engine.messages import (
     BalanceRow,
     DomainEventRow,

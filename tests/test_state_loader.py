@@ -6,9 +6,9 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from actors.follower_base import FollowerState
 from adapters.database import connect, connect_pool
 from adapters.state_loader import load_followers, load_whale_ids
+from engine.follower_state import FollowerState
 from engine.messages import FollowSettings, PositionStatus, SizingMode, TradeStatus
 from tests.pg import execute
 
