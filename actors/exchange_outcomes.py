@@ -18,6 +18,7 @@ from typing import Any
 
 import pykka
 
+from engine.backoff import backoff_s
 from engine.breaker import BreakerState, CircuitBreaker, Transition
 from engine.control import CallResult
 from engine.logs import get_logger
@@ -203,10 +204,9 @@ class ExchangeOutcomes:
         self._schedule_retry(job, result, now)
 
     def _schedule_retry(self, job: Job, result: CallResult, now: float) -> None:
-        # Exponential backoff with "equal jitter": never less than half the step, so a crowd of retries
-        # spreads out without hammering the venue early; the venue's Retry-After is a floor.
-        step_s = min(self._retry_max_s, self._retry_base_s * 2 ** (job.attempts - 1))
-        delay_s = max(step_s / 2 + self._rng.uniform(0, step_s / 2), result.retry_after_s or 0.0)
+        # The one backoff rule (engine.backoff); the venue's Retry-After is a floor.
+        jittered_s = backoff_s(job.attempts, base_s=self._retry_base_s, cap_s=self._retry_max_s, rng=self._rng)
+        delay_s = max(jittered_s, result.retry_after_s or 0.0)
         heapq.heappush(self._delayed, (now + delay_s, job.job_id, job))
         self._counters["retries"] += 1
         fields = (

@@ -39,12 +39,14 @@ from actors.persistence_health import PersistenceHealth
 from actors.persistence_io import PersistenceIo, PreviousBatchFailed, WriteMethod
 from adapters import database as db
 from adapters.ioloop import IoLoop
+from engine.backoff import backoff_s
 from engine.control import BatchDone, DurableDue, FlushDue, IntentsDone, RetryDue, RunWrite
 from engine.logs import get_logger
 from engine.messages import IntentAck, PersistIntent, PersistRows
 from engine.runtime import SingletonActor
 
 log = get_logger(__name__)
+_JITTER = random.Random()  # spreads the retries of a failed batch (engine.backoff)
 
 
 class _Batch:
@@ -120,7 +122,7 @@ class PersistenceActor(PersistenceHealth, SingletonActor):
         self._failed = False  # a batch failed: settle what is in flight, then back off
         self._retry_token = 0
         self._retry_due_token = 0  # non-zero while backing off
-        self._retry_s = self._retry_initial_s
+        self._retry_attempts = 0  # failed attempts in a row: the next backoff step
         self._flush_armed = False
         self._flush_due = False
         self._intents: list[PersistIntent] = []
@@ -184,7 +186,10 @@ class PersistenceActor(PersistenceHealth, SingletonActor):
                     self._on_batch_done(first.result(deadline - time.monotonic()))
                 elif self._batches or self._queue:
                     if self._retry_due_token or self._failed:  # after a failed attempt: back off first
-                        time.sleep(min(self._retry_s, max(0.0, deadline - time.monotonic())))
+                        pause_s = backoff_s(
+                            self._retry_attempts + 1, base_s=self._retry_initial_s, cap_s=self._retry_max_s, rng=_JITTER
+                        )
+                        time.sleep(min(pause_s, max(0.0, deadline - time.monotonic())))
                         self._retry_due_token, self._failed = 0, False
                     self._flush_due = True
                     self._pump()
@@ -380,7 +385,7 @@ class PersistenceActor(PersistenceHealth, SingletonActor):
             if not any(b.future is not None for b in self._batches):
                 self._back_off()  # everything in flight has settled: retry from the first failed batch
             return
-        self._retry_s = self._retry_initial_s
+        self._retry_attempts = 0
         self._pump()
         self._arm_flush()
 
@@ -388,8 +393,8 @@ class PersistenceActor(PersistenceHealth, SingletonActor):
         self._failed = False
         self._retry_token += 1
         self._retry_due_token = self._retry_token
-        delay = self._retry_s * random.uniform(0.8, 1.2)
-        self._retry_s = min(self._retry_s * 2, self._retry_max_s)
+        self._retry_attempts += 1
+        delay = backoff_s(self._retry_attempts, base_s=self._retry_initial_s, cap_s=self._retry_max_s, rng=_JITTER)
         self._after(delay, RetryDue(self._retry_token))
 
     def _on_retry_due(self, token: int) -> None:

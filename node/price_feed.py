@@ -11,16 +11,17 @@ are there, and a feed must not ask 100,000 actors). A failed read keeps the last
 next round: nothing but cancellation ends the feed, since without it no follower checks SL/TP.
 
 A venue that bans the feed (``VenueBanned``) is not asked again before the ban ends, and one that rate-limits
-it (``RetryableError``) is asked after a pause that doubles per refusal (at least its ``Retry-After``, at most
-``_MAX_BACKOFF_S``) until it answers: asking anyway escalates the ban (Binance: 2 minutes up to 3 days), and a
-banned venue takes no stop-loss close from the exchange actor either. Marks go stale meanwhile. Runs on the
-I/O loop.
+it (``RetryableError``) is asked after a jittered pause that doubles per refusal (``engine.backoff``; at least
+its ``Retry-After``, at most ``_MAX_BACKOFF_S``) until it answers: asking anyway escalates the ban (Binance: 2
+minutes up to 3 days), and a banned venue takes no stop-loss close from the exchange actor either. Marks go
+stale meanwhile. Runs on the I/O loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections import defaultdict
 from decimal import Decimal
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from engine import metrics
+from engine.backoff import backoff_s
 from engine.logs import get_logger
 from engine.messages import PriceUpdate
 from engine.venue import RetryableError, VenueBanned
@@ -43,6 +45,7 @@ _HOLDINGS_SQL = """
 SELECT user_id, symbol FROM positions WHERE venue = $1 AND status IN ('open', 'closing')
 """
 _MAX_BACKOFF_S = 30.0  # the longest pause after 429s (a ban's own length is always waited out in full)
+_JITTER = random.Random()  # spreads the pauses of feeds refused at once (engine.backoff)
 
 
 class PriceFeed:
@@ -162,13 +165,14 @@ class PriceFeed:
         return marks
 
     def _back_off(self, exc: VenueBanned | RetryableError) -> None:
-        """No ticker call until the ban ends, or for a pause doubling per 429 in a row (the Retry-After at least)."""
+        """No ticker call until the ban ends, or for a pause doubling per 429 in a row from two intervals
+        (``engine.backoff``: jittered, capped; the Retry-After at least)."""
         self._venue_refusals += 1
         if isinstance(exc, VenueBanned):
             reason, pause_s = "banned", exc.ban_s
         else:
-            doubled_s = min(_MAX_BACKOFF_S, self._interval_s * 2 ** min(self._venue_refusals, 20))  # no overflow
-            reason, pause_s = "rate_limited", max(doubled_s, exc.retry_after_s or 0.0)
+            jittered_s = backoff_s(self._venue_refusals, base_s=self._interval_s * 2, cap_s=_MAX_BACKOFF_S, rng=_JITTER)
+            reason, pause_s = "rate_limited", max(jittered_s, exc.retry_after_s or 0.0)
         self._venue_paused_until = time.monotonic() + pause_s  # from now: the call itself took time
         log.warning(
             "prices.venue_backoff",
