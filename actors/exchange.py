@@ -4,7 +4,8 @@ retries and the order-outcome policy of ``engine/venue.py``.
 Handlers run on the actor's own thread and never wait on the I/O loop. Each turn drains the queues (exits,
 then resolves, then entries) into one batch, hands the batch to the loop as *one* coroutine that starts a task
 per call, and the loop hands results back batched per loop iteration (``CallsCompleted``): two cross-thread hops
-per batch instead of two per order. Timers (backoff, bans, budget refill) are ``loop.call_later`` -> ``tell``.
+per batch instead of two per order. Timers (backoff, bans, budget refill) are the injected clock's ``call_later`` ->
+``tell``, so a ``FakeClock`` drives them in tests.
 
 This module holds the intake, the lanes, the rate budget and the sending; what a result means (the outcome
 policy, retries, bans, replies) is the mixin ``ExchangeOutcomes`` in ``actors/exchange_outcomes.py``, and the
@@ -19,7 +20,6 @@ import heapq
 import itertools
 import math
 import random
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,6 +28,7 @@ from actors.exchange_loop import LoopSide
 from actors.exchange_outcomes import ExchangeOutcomes, Job, order_fields, tell_quietly
 from adapters.ioloop import IoLoop
 from engine.breaker import BreakerState, CircuitBreaker
+from engine.clock import SYSTEM_CLOCK, Clock
 from engine.control import CallResult, CallsCompleted, ExchangeDrain, ExchangeWake
 from engine.logs import get_logger
 from engine.messages import CheckPositions, PlaceOrder, ResolveOrder, TradeStatus
@@ -75,7 +76,7 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
         breaker_cooldown_s: float = 15.0,
         unknown_grace_s: float = 60.0,
         call_timeout_s: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
         venue: str | None = None,
     ) -> None:
@@ -126,7 +127,7 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
         self._drain_pending = False
         self._timer_at: float | None = None
         self._banned_until: float | None = None
-        self._housekept_at = clock()
+        self._housekept_at = clock.monotonic()
         self._counters = dict.fromkeys(
             ("sent", "filled", "rejected", "failed", "refused", "unknown", "retries", "resolved", "batches"),
             0,
@@ -165,7 +166,7 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
         return None
 
     def _on_completed(self, message: CallsCompleted) -> None:
-        now = self._clock()
+        now = self._clock.monotonic()
         for result in message.results:
             try:
                 self._on_result(result, now)
@@ -175,7 +176,7 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
 
     def status(self) -> dict[str, Any]:
         """For the admin socket and tests: ``actor_ref.proxy().status().get()``."""
-        now = self._clock()
+        now = self._clock.monotonic()
         self._apply(self._breaker.poll(now))
         return {
             "venue": self._venue,
@@ -203,7 +204,7 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
             self._finish(message, TradeStatus.FAILED, error="wrong_venue")
             return
         if not request.is_exit:
-            self._apply(self._breaker.poll(self._clock()))
+            self._apply(self._breaker.poll(self._clock.monotonic()))
             if self._breaker.state is BreakerState.OPEN:
                 self._refuse(message)
                 return
@@ -237,7 +238,7 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
     # ------------------------------------------------------------------------------------------------------
 
     def _drain(self) -> None:
-        now = self._clock()
+        now = self._clock.monotonic()
         self._apply(self._breaker.poll(now))
         if self._breaker.state is BreakerState.OPEN:
             self._refuse_queued_entries(now)
@@ -333,12 +334,9 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
         if self._timer_at is not None and self._timer_at <= at:
             return
         self._timer_at = at
-        delay_s = max(0.0, at - self._clock()) + _TIMER_SLACK_S
-        loop, ref = self._io.loop, self.actor_ref
-        try:
-            loop.call_soon_threadsafe(loop.call_later, delay_s, tell_quietly, ref, ExchangeWake(at))
-        except RuntimeError:
-            self._timer_at = None  # loop closed: shutting down
+        delay_s = max(0.0, at - self._clock.monotonic()) + _TIMER_SLACK_S
+        ref, wake = self.actor_ref, ExchangeWake(at)
+        self._clock.call_later(delay_s, lambda: tell_quietly(ref, wake))
 
     def _refuse_queued_entries(self, now: float) -> None:
         """The breaker is open: entries waiting here (or for a retry) will not go; tell their owners now."""

@@ -23,9 +23,8 @@ import asyncio
 import itertools
 import random
 import threading
-import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal
 
@@ -37,6 +36,7 @@ from adapters.paper_markets import (
     venue_position,
 )
 from adapters.paper_traffic import CallRecord, InjectedFault, PaperTraffic
+from engine.clock import SYSTEM_CLOCK, Clock
 from engine.logs import get_logger
 from engine.messages import MarketInfo, OrderRequest, Side, TradeStatus, TradeType, VenueOrder, VenuePosition
 from engine.venue import OrderRejected, OutcomeUnknown
@@ -82,7 +82,7 @@ class PaperVenue(PaperTraffic):
         latency_ms: float = 0.0,
         weight_limit: int | None = None,
         weight_window_s: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
     ) -> None:
         """``initial_marks`` by symbol or base (default: a realistic price for every default base; pass

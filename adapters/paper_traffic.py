@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
+from engine.clock import Clock
 from engine.logs import get_logger
 from engine.venue import OrderRejected, RetryableError, VenueBanned
 
@@ -42,7 +42,7 @@ class PaperTraffic:
 
     name: str
     _lock: threading.Lock
-    _clock: Callable[[], float]
+    _clock: Clock
     _weight_limit: int | None
     _weight_window_s: float
     _create_calls: dict[str, int]
@@ -110,7 +110,7 @@ class PaperTraffic:
 
     def _arrive(self, operation: str, client_order_id: str | None) -> InjectedFault | None:
         """Count the call, apply the venue's own limits and bans, and take the fault meant for it, if any."""
-        now = self._clock()
+        now = self._clock.monotonic()
         weight = self.request_weight(operation)
         with self._lock:
             self._calls.append(CallRecord(now, operation, weight, client_order_id))

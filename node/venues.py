@@ -84,7 +84,9 @@ def _make_adapter(system: EngineSystem, cfg: VenueConfig) -> Any:
     if cfg.kind == "paper":
         from adapters.paper import PaperVenue
 
-        return PaperVenue(slippage_bps=Decimal(str(cfg.paper_slippage_bps)), latency_ms=cfg.paper_latency_ms)
+        return PaperVenue(
+            slippage_bps=Decimal(str(cfg.paper_slippage_bps)), latency_ms=cfg.paper_latency_ms, clock=system.clock
+        )
     from adapters.ccxt_venue import CcxtVenue
     from adapters.credentials import CredentialStore
 
@@ -141,6 +143,7 @@ def build_venues(system: EngineSystem, adapters: dict[str, Any]) -> dict[str, Ve
             breaker_window_s=cfg.breaker_window_s,
             breaker_cooldown_s=cfg.breaker_cooldown_s,
             unknown_grace_s=cfg.unknown_grace_s,
+            clock=system.clock,
             venue=cfg.name,
         )
         venue = Venue(cfg, adapter, exchange, markets)

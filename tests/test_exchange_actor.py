@@ -1,7 +1,8 @@
 """ExchangeActor against the real I/O loop and the paper venue (no mocks).
 
 Other test runs share this 2-core machine: nothing here asserts on elapsed time. Tests wait for conditions
-with generous timeouts and assert on what the venue observed (calls, order counts, concurrency).
+with generous timeouts and assert on what the venue observed (calls, order counts, concurrency). Windows
+(breaker cool-down, bans, backoff, the rate budget's refill) run on a ``FakeClock`` that the test advances.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from actors.exchange import ExchangeActor
 from adapters.ioloop import IoLoop
 from adapters.paper import PaperVenue
 from engine import logs as engine_logs
+from engine.clock import FakeClock
 from engine.messages import (
     CheckPositions,
     OrderOutcome,
@@ -65,6 +67,32 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = WAIT_S) -> None
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.01)
+
+
+def drive(clock: FakeClock, condition: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
+    """Wait for ``condition``, moving ``clock`` on to each timer the actor arms meanwhile (backoff, refill)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        step = clock.next_deadline_s()
+        if step is None:
+            time.sleep(0.005)  # poll: the actor has not armed its timer yet
+        else:
+            clock.advance(step)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def timed_venue(clock: FakeClock) -> PaperVenue:
+    """The paper venue on the test's clock (bans, call times), funded like ``venue``."""
+    paper = funded_venue(200, clock=clock)
+    for user_id in range(1, 201):
+        paper.deposit(user_id, "BTC", Decimal(100))
+    return paper
 
 
 @pytest.fixture
@@ -198,12 +226,14 @@ def test_reject(start_actor: Callable[..., pykka.ActorRef[Any]], venue: PaperVen
 
 @pytest.mark.parametrize("fault", ["rate_limit", "server_error"])
 def test_retryable_error_is_retried_with_the_same_client_order_id(
-    start_actor: Callable[..., pykka.ActorRef[Any]], venue: PaperVenue, fault: str
+    start_actor: Callable[..., pykka.ActorRef[Any]], timed_venue: PaperVenue, clock: FakeClock, fault: str
 ) -> None:
-    ref, inbox = start_actor(), Inbox()
+    venue = timed_venue
+    ref, inbox = start_actor(adapter=venue, clock=clock), Inbox()
     req = request()
     venue.inject(fault, count=2, client_order_id=req.client_order_id, retry_after_s=0.02)
     place(ref, inbox, req)
+    drive(clock, lambda: len(inbox.items) >= 1)  # each retry waits out its backoff on the clock
     [outcome] = inbox.wait_for(1)
     assert outcome.status is TradeStatus.FILLED
     assert venue.create_calls(req.client_order_id) == 3
@@ -212,12 +242,14 @@ def test_retryable_error_is_retried_with_the_same_client_order_id(
 
 
 def test_retries_exhausted_is_failed(
-    start_actor: Callable[..., pykka.ActorRef[Any]], venue: PaperVenue
+    start_actor: Callable[..., pykka.ActorRef[Any]], timed_venue: PaperVenue, clock: FakeClock
 ) -> None:
-    ref, inbox = start_actor(retry_max_attempts=3), Inbox()
+    venue = timed_venue
+    ref, inbox = start_actor(adapter=venue, clock=clock, retry_max_attempts=3), Inbox()
     req = request()
     venue.inject("server_error", count=10, client_order_id=req.client_order_id)
     place(ref, inbox, req)
+    drive(clock, lambda: len(inbox.items) >= 1)
     [outcome] = inbox.wait_for(1)
     assert outcome.status is TradeStatus.FAILED
     assert (outcome.error or "").startswith("retries_exhausted")
@@ -328,12 +360,17 @@ def test_breaker_opens_on_errors_refuses_entries_and_lets_exits_through(
 
 
 def test_half_open_probe_closes_the_breaker(
-    start_actor: Callable[..., pykka.ActorRef[Any]], venue: PaperVenue, captured: list[dict[str, Any]]
+    start_actor: Callable[..., pykka.ActorRef[Any]],
+    timed_venue: PaperVenue,
+    clock: FakeClock,
+    captured: list[dict[str, Any]],
 ) -> None:
-    ref = start_actor(retry_max_attempts=1, breaker_min_requests=3, breaker_cooldown_s=0.2)
+    venue = timed_venue
+    ref = start_actor(adapter=venue, clock=clock, retry_max_attempts=1, breaker_min_requests=3, breaker_cooldown_s=0.2)
     inbox = Inbox()
     open_breaker(ref, venue, inbox, failures=3)
-    wait_until(lambda: status(ref)["breaker"] == "half_open")
+    clock.advance(0.2)  # the cool-down
+    assert status(ref)["breaker"] == "half_open"
     probe, follower = request(user_id=60), request(user_id=61)
     place(ref, inbox, probe, follower)
     inbox.wait_for(5)
@@ -350,12 +387,17 @@ def test_half_open_probe_closes_the_breaker(
 
 
 def test_failed_probe_reopens(
-    start_actor: Callable[..., pykka.ActorRef[Any]], venue: PaperVenue, captured: list[dict[str, Any]]
+    start_actor: Callable[..., pykka.ActorRef[Any]],
+    timed_venue: PaperVenue,
+    clock: FakeClock,
+    captured: list[dict[str, Any]],
 ) -> None:
-    ref = start_actor(retry_max_attempts=1, breaker_min_requests=3, breaker_cooldown_s=0.2)
+    venue = timed_venue
+    ref = start_actor(adapter=venue, clock=clock, retry_max_attempts=1, breaker_min_requests=3, breaker_cooldown_s=0.2)
     inbox = Inbox()
     open_breaker(ref, venue, inbox, failures=3)
-    wait_until(lambda: status(ref)["breaker"] == "half_open")
+    clock.advance(0.2)  # the cool-down
+    assert status(ref)["breaker"] == "half_open"
     venue.inject("server_error")
     probe = request(user_id=70)
     place(ref, inbox, probe)
@@ -368,9 +410,13 @@ def test_failed_probe_reopens(
 
 
 def test_ban_stops_all_traffic_until_it_ends(
-    start_actor: Callable[..., pykka.ActorRef[Any]], venue: PaperVenue, captured: list[dict[str, Any]]
+    start_actor: Callable[..., pykka.ActorRef[Any]],
+    timed_venue: PaperVenue,
+    clock: FakeClock,
+    captured: list[dict[str, Any]],
 ) -> None:
-    ref, inbox = start_actor(breaker_cooldown_s=0.1), Inbox()
+    venue = timed_venue
+    ref, inbox = start_actor(adapter=venue, clock=clock, breaker_cooldown_s=0.1), Inbox()
     trigger = request(user_id=1)
     venue.inject("ban", client_order_id=trigger.client_order_id, ban_s=1.0)
     place(ref, inbox, trigger)
@@ -382,6 +428,10 @@ def test_ban_stops_all_traffic_until_it_ends(
     exits = [exit_request(user_id=u) for u in range(2, 7)]
     entry = request(user_id=8)
     place(ref, inbox, *exits, entry)
+    assert inbox.wait_for(2)[1].client_order_id == entry.client_order_id  # refused at once: breaker open
+    wait_until(lambda: status(ref)["queued_exits"] == 5)  # held for the ban, nothing sent
+    assert len(inbox.items) == 2
+    clock.advance(1.0 + 0.01)  # past the ban (and the timer's slack)
     inbox.wait_for(7)
     outcomes = inbox.by_id()
     assert outcomes[entry.client_order_id].error == "venue_unavailable"  # breaker open on the ban
@@ -400,17 +450,19 @@ def test_ban_stops_all_traffic_until_it_ends(
 
 
 def test_exits_go_before_entries_under_a_saturated_budget(
-    start_actor: Callable[..., pykka.ActorRef[Any]], venue: PaperVenue
+    start_actor: Callable[..., pykka.ActorRef[Any]], timed_venue: PaperVenue, clock: FakeClock
 ) -> None:
+    venue = timed_venue
     # 5 per 3 s: the first 5 entries use the budget up; the exits, queued after the rest of the entries,
     # must all reach the venue before any of those.
-    ref, inbox = start_actor(weight_per_minute=100, weight_window_s=3.0), Inbox()
+    ref, inbox = start_actor(adapter=venue, clock=clock, weight_per_minute=100, weight_window_s=3.0), Inbox()
     entries = [request(user_id=u) for u in range(1, 11)]
     place(ref, inbox, *entries)
     wait_until(lambda: status(ref)["queued_entries"] == 5)
     exits = [exit_request(user_id=u) for u in range(11, 16)]
     place(ref, inbox, *exits)
-    inbox.wait_for(15)
+    wait_until(lambda: status(ref)["queued_exits"] == 5)
+    drive(clock, lambda: len(inbox.items) >= 15)  # each refill of the budget is a window on the clock
     order = [cid for _, op, _, cid in venue.calls() if op == "create_order"]
     exit_ids = {e.client_order_id for e in exits}
     late_entries = [e.client_order_id for e in entries if order.index(e.client_order_id) >= 5]
@@ -420,18 +472,20 @@ def test_exits_go_before_entries_under_a_saturated_budget(
 
 
 def test_resolve_of_an_order_still_queued_waits_for_its_own_outcome(
-    start_actor: Callable[..., pykka.ActorRef[Any]], venue: PaperVenue
+    start_actor: Callable[..., pykka.ActorRef[Any]], timed_venue: PaperVenue, clock: FakeClock
 ) -> None:
     """A reconciliation asks about an entry that still waits behind the rate budget. The venue has never seen
     it, but that proves nothing: the answer is SUBMITTED ("still placing"), not FAILED "not found" (which
     released the funds of an order that was then sent and filled, a position missing from the books)."""
-    ref, inbox = start_actor(weight_per_minute=100, weight_window_s=3.0, unknown_grace_s=0.0), Inbox()
+    venue = timed_venue
+    ref = start_actor(adapter=venue, clock=clock, weight_per_minute=100, weight_window_s=3.0, unknown_grace_s=0.0)
+    inbox = Inbox()
     entries = [request(user_id=u) for u in range(1, 8)]
     place(ref, inbox, *entries)
     wait_until(lambda: status(ref)["queued_entries"] == 2)
     queued = entries[-1]
     ref.tell(resolve(queued, inbox))
-    inbox.wait_for(8)
+    drive(clock, lambda: len(inbox.items) >= 8)
     answers = [o for o in inbox.items if o.client_order_id == queued.client_order_id]
     assert [(o.status, o.error) for o in answers] == [
         (TradeStatus.SUBMITTED, "still_placing"),
@@ -483,10 +537,13 @@ def test_weight_budget_never_exceeded_under_a_burst(start_actor: Callable[..., p
     assert status(ref)["counters"]["retries"] == 0
 
 
-def test_per_account_order_limit(start_actor: Callable[..., pykka.ActorRef[Any]], venue: PaperVenue) -> None:
-    ref, inbox = start_actor(orders_per_second_per_account=5), Inbox()
+def test_per_account_order_limit(
+    start_actor: Callable[..., pykka.ActorRef[Any]], timed_venue: PaperVenue, clock: FakeClock
+) -> None:
+    venue = timed_venue  # arrival times on the actor's clock: no loop lag between sending and arriving
+    ref, inbox = start_actor(adapter=venue, clock=clock, orders_per_second_per_account=5), Inbox()
     place(ref, inbox, *(request(user_id=1) for _ in range(12)), *(request(user_id=2) for _ in range(3)))
-    inbox.wait_for(15)
+    drive(clock, lambda: len(inbox.items) >= 15)
     arrivals = [at for at, op, _, cid in venue.calls() if op == "create_order" and cid and cid.endswith("u1")]
     assert len(arrivals) == 12
     for i, at in enumerate(arrivals):

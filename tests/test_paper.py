@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import pytest
 
 from adapters.paper import PaperVenue, default_markets
+from engine.clock import FakeClock
 from engine.messages import OrderRequest, PositionSide, Side, TradeStatus, TradeType, VenueOrder
 from engine.protection import isolated_liquidation_price
 from engine.venue import OrderRejected, OutcomeUnknown, RetryableError, VenueBanned
@@ -21,14 +22,6 @@ SPOT, FUT = "BTC/USDT", "BTC/USDT:USDT"
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def order(
@@ -248,12 +241,12 @@ def test_ban_refuses_every_call_for_its_length() -> None:
     paper.inject("ban", ban_s=30)
     with pytest.raises(VenueBanned):
         run(paper.create_order(order("b1")))
-    clock.now += 29
+    clock.advance(29)
     with pytest.raises(VenueBanned) as info:
         run(paper.fetch_marks([SPOT]))
     assert info.value.ban_s == pytest.approx(1)
     assert paper.calls_while_banned == 1
-    clock.now += 1
+    clock.advance(1)
     assert run(paper.create_order(order("b1"))).status is TradeStatus.FILLED
 
 
@@ -266,7 +259,7 @@ def test_weight_limit_answers_429_and_counts_windows() -> None:
         run(paper.fetch_marks([SPOT]))
     assert info.value.retry_after_s == pytest.approx(10)
     assert paper.rate_limited_calls == 1
-    clock.now += 10
+    clock.advance(10)
     run(paper.fetch_marks([SPOT]))
     assert paper.max_weight_in_window(10) == 4  # the refused call counts too, as on a real venue
 
