@@ -27,14 +27,13 @@ import socket
 import stat
 import struct
 from collections.abc import Iterable
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
-import msgspec
 import orjson
 
 from adapters.ioloop import IoLoop
+from engine import jsonenc
 from engine.admin_commands import (
     Command,
     CommandError,
@@ -296,25 +295,14 @@ class AdminServer:
 
 
 def encode_reply(reply: dict[str, Any], *, cmd: str | None = None) -> bytes:
-    """One reply line. Decimals become strings (never floats), Structs their fields, anything else ``str``."""
+    """One reply line, under ``engine.jsonenc``'s policy: Decimals as plain strings (never floats), Structs as
+    their fields, anything else ``str``."""
     try:
-        return orjson.dumps(
-            reply, default=_json_default, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
-        )
+        return jsonenc.dumps(reply, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE)
     except (orjson.JSONEncodeError, TypeError, ValueError) as exc:
         _log.error("admin.reply_encode_error", cmd=cmd, error=str(exc))
         error = f"internal error: the reply could not be encoded: {exc}"[:_MAX_ERROR_CHARS]
         return orjson.dumps({"ok": False, "error": error}, option=orjson.OPT_APPEND_NEWLINE)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Decimal):
-        return format(obj, "f")  # fixed point: "0.00000000", never "0E-8"
-    if isinstance(obj, msgspec.Struct):
-        return msgspec.to_builtins(obj, builtin_types=(Decimal,))  # Decimals come back here
-    if isinstance(obj, set | frozenset):
-        return sorted(obj, key=str)
-    return str(obj)
 
 
 def _peer_of(writer: asyncio.StreamWriter) -> Peer | None:

@@ -8,7 +8,6 @@ dicts).
 from __future__ import annotations
 
 import contextlib
-import decimal
 import hashlib
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -20,6 +19,7 @@ import asyncpg
 import msgspec
 import orjson
 
+from engine import jsonenc
 from engine.logs import get_logger
 from engine.messages import BalanceRow, DomainEventRow, PositionRow, SignalStatusRow, SnapshotRow, TradeRow
 
@@ -48,20 +48,14 @@ def migrations() -> tuple[Migration, ...]:
     )
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, decimal.Decimal):
-        return str(value)  # exact: a float would round money
-    if isinstance(value, msgspec.Struct | frozenset | set):
-        return msgspec.to_builtins(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
 def json_dumps(value: Any) -> str:
-    return orjson.dumps(value, default=_json_default).decode()
+    """JSON for PostgreSQL under ``engine.jsonenc``'s policy (Decimals as plain strings, which ``NUMERIC`` reads
+    exactly); an unknown type raises rather than being stored as its repr."""
+    return jsonenc.dumps(value, strict=True).decode()
 
 
 def _jsonb_encode(value: Any) -> bytes:
-    return b"\x01" + orjson.dumps(value, default=_json_default)
+    return b"\x01" + jsonenc.dumps(value, strict=True)
 
 
 def _jsonb_decode(data: bytes) -> Any:

@@ -15,11 +15,12 @@ import sys
 import threading
 import traceback
 from collections.abc import MutableMapping
-from decimal import Decimal
 from typing import IO, Any, BinaryIO, cast
 
 import orjson
 import structlog
+
+from engine import jsonenc
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 _proxies: list[Any] = []
@@ -28,18 +29,8 @@ _output: IO[bytes] | None = None
 _level = "info"
 
 
-def _default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return format(value, "f")  # fixed point: "0.00000000", never "0E-8"
-    if isinstance(value, set | frozenset):
-        return sorted(value)
-    if isinstance(value, BaseException):
-        return f"{type(value).__name__}: {value}"
-    return str(value)
-
-
 def _render(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> bytes:
-    return orjson.dumps(event_dict, default=_default, option=orjson.OPT_NON_STR_KEYS)
+    return jsonenc.dumps(event_dict, option=orjson.OPT_NON_STR_KEYS)  # Decimals as plain strings: engine.jsonenc
 
 
 def configure(level: str = "info", output: IO[bytes] | None = None) -> None:
