@@ -39,6 +39,7 @@ from engine.events import DomainEvent
 from engine.follower_state import FollowerContext, FollowerState, LiquidationCheck
 from engine.logs import get_logger
 from engine.messages import PersistRows
+from node.periodic import PeriodicJob
 from node.supervisor import Supervisor
 from node.venues import Venue, build_venues
 
@@ -81,8 +82,7 @@ class EngineSystem:
         self._needs_reconcile: set[int] = set()
         self._needs_lock = threading.Lock()
         self._reconcile_pending_logged = False
-        self._timers: list[threading.Thread] = []
-        self._stopping = threading.Event()
+        self._timers: list[PeriodicJob] = []  # on the clock: a FakeClock drives them in tests
         self._subscribers: list[Callable[[DomainEvent], None]] = [log_event]
         self._stopped = False
 
@@ -306,16 +306,9 @@ class EngineSystem:
         from node.services import periodic_jobs
 
         for name, interval_s, job in periodic_jobs(self):
-            thread = threading.Thread(target=self._every, args=(interval_s, job, name), name=name, daemon=True)
-            thread.start()
-            self._timers.append(thread)
-
-    def _every(self, interval_s: float, job: Callable[[], None], name: str) -> None:
-        while not self._stopping.wait(interval_s):
-            try:
-                job()
-            except Exception as exc:  # noqa: BLE001 - a timer job failing must not stop the timer
-                log.error("engine.timer_failed", timer=name, error=f"{type(exc).__name__}: {exc}")
+            timer = PeriodicJob(name, interval_s, job, self.clock)
+            timer.start()
+            self._timers.append(timer)
 
     # ---- stop ----------------------------------------------------------------------------------------------
 
@@ -326,7 +319,8 @@ class EngineSystem:
         self._stopped = True
         t0 = time.monotonic()
         log.info("engine.stopping")
-        self._stopping.set()
+        for timer in self._timers:
+            timer.stop()
         from node.services import stop_services
 
         steps: list[tuple[str, Callable[[], None]]] = [

@@ -92,13 +92,20 @@ def test_first_snapshot_of_a_day_closes_the_day_before() -> None:
 def test_periodic_job_writes_snapshots_on_its_own(pg_dsn: str, tmp_path: Path) -> None:
     user, whale = 4001, 401
     venue = PaperVenue(markets=markets(), initial_marks=PRICES, latency_ms=0)
-    system = start_engine(pg_dsn, tmp_path, venue, ENGINE_SNAPSHOT_INTERVAL_S="0.2")
+    clock = FakeClock(datetime.now(UTC))
+    system = start_engine(pg_dsn, tmp_path, venue, clock, ENGINE_SNAPSHOT_INTERVAL_S="0.2")
     try:
         follow(system, pg_dsn, user, whale)
         assert copied(system, pg_dsn, signal(pg_dsn, whale, "SNF/USDT:USDT"))["copied"] == 1
         settle(system)
-        # Nothing here asks for a snapshot: rows come from the timer alone, one per interval.
-        rows = wait_for(lambda: (r := snapshots(pg_dsn, user)) and len(r) >= 3 and r)
+        assert snapshots(pg_dsn, user) == []  # the clock has not moved: no snapshot is due
+
+        # Nothing here asks for a snapshot: rows come from the timer alone, one per interval of the clock.
+        def after_an_interval() -> list[dict[str, Any]]:
+            clock.advance(0.2)
+            return snapshots(pg_dsn, user)
+
+        rows = wait_for(lambda: (r := after_an_interval()) and len(r) >= 3 and r)
     finally:
         system.stop()
     assert len({r["taken_at"] for r in rows}) == len(rows)
@@ -124,7 +131,7 @@ def test_day_roll_closes_the_day_and_a_restart_counts_only_today(pg_dsn: str, tm
 
         snapshot_then_stop_loss(system, pg_dsn, venue, clock, midnight, position_id_for(a, user))
 
-        clock.set(midnight + timedelta(milliseconds=500))  # the day-roll timer notices by itself
+        clock.set(midnight + timedelta(milliseconds=500))  # the day-roll timer falls due on the way and runs
         day_close = midnight - timedelta(microseconds=1)
         wait_for(lambda: any(r["taken_at"] == day_close for r in snapshots(pg_dsn, user)))
         rows = {r["taken_at"]: r for r in snapshots(pg_dsn, user)}
