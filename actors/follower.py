@@ -10,7 +10,6 @@ Handlers never block: the persistence actor answers ``IntentAck``, the exchange 
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -103,7 +102,7 @@ class FollowerActor(FollowerRisk):
     def _decide(self, signal: Signal, mark: Decimal | None, now: datetime | None = None) -> Skip | EntryPlan | ExitPlan:
         venue = self._user.preferred_exchange
         if now is None:
-            now = self._ctx.clock()
+            now = self._ctx.clock.now()
         follow = self._follows.get(signal.whale_id)
         held = self._portfolio.position_on(venue, signal.symbol)
         orders = self._orders
@@ -127,7 +126,7 @@ class FollowerActor(FollowerRisk):
 
     def _on_signal(self, message: CopySignal) -> None:
         signal = message.signal
-        now = self._ctx.clock()  # one reading per signal: the decision's and the order's creation time
+        now = self._ctx.clock.now()  # one reading per signal: the decision's and the order's creation time
         decision = self._decide(signal, message.mark_price, now)
         if isinstance(decision, Skip):
             self._skip(signal, decision.reason, decision.detail, now)
@@ -170,7 +169,7 @@ class FollowerActor(FollowerRisk):
         )
         self._publish(
             FollowerSkipped(
-                occurred_at=now if now is not None else self._ctx.clock(),
+                occurred_at=now if now is not None else self._ctx.clock.now(),
                 user_id=self._user_id,
                 signal_id=signal.signal_id,
                 reason=reason.value,
@@ -209,7 +208,7 @@ class FollowerActor(FollowerRisk):
             log.warning(
                 "copy.not_durable", user_id=self._user_id, client_order_id=trade.client_order_id, error=ack.error
             )
-            self._finish(order, undo_order(self._portfolio, order, now=self._ctx.clock()))
+            self._finish(order, undo_order(self._portfolio, order, now=self._ctx.clock.now()))
             self._answer_router(order, "failed", "not_durable")
             return
         self._send(order)
@@ -239,13 +238,13 @@ class FollowerActor(FollowerRisk):
         exchange = self._ctx.exchanges.get(trade.venue)
         if exchange is None:
             trade.transition(TradeStatus.FAILED, error=f"no exchange actor for venue {trade.venue}")
-            self._finish(order, undo_order(self._portfolio, order, now=self._ctx.clock()))
+            self._finish(order, undo_order(self._portfolio, order, now=self._ctx.clock.now()))
             return
         trade.transition(TradeStatus.SUBMITTED)
         exchange.tell(PlaceOrder(request=trade.to_order_request(), reply_to=self.actor_ref))
         metrics.incr("orders.sent")
         if order.received_at_ns:
-            metrics.observe("signal_to_order_ms", (time.monotonic_ns() - order.received_at_ns) / 1e6)
+            metrics.observe("signal_to_order_ms", (self._ctx.clock.monotonic_ns() - order.received_at_ns) / 1e6)
         self._persist(self._submitted_row(order))
 
     def _submitted_row(self, order: OrderContext) -> TradeRow:
@@ -267,7 +266,7 @@ class FollowerActor(FollowerRisk):
         if order is None:
             return  # an answer for an order already settled (duplicate resolution): nothing to do
         trade = order.trade
-        now = self._ctx.clock()
+        now = self._ctx.clock.now()
         if outcome.status is TradeStatus.FAILED and outcome.error == "not_found" and not self._grace_over(order, now):
             # The venue may not have it *yet*; keep it unknown and ask again at the next reconciliation.
             self._ctx.needs_reconcile(self._user_id)

@@ -53,7 +53,7 @@ class FollowerBase(PooledActor):
         super().__init__()
         self._ctx = ctx
         self._user_id = state.user.user_id
-        now = ctx.clock()
+        now = ctx.clock.now()
         self._portfolio = Portfolio(self._user_id, now=now, realized_total_usdt=state.realized_total_usdt)
         self._portfolio.trades_today = state.trades_today
         self._portfolio.realized_today_usdt = state.realized_today_usdt
@@ -196,7 +196,7 @@ class FollowerBase(PooledActor):
 
     def snapshot(self) -> Any:
         """Persist and return a portfolio snapshot at the current marks."""
-        row = self._portfolio.snapshot(self._ctx.clock(), self._marks)
+        row = self._portfolio.snapshot(self._ctx.clock.now(), self._marks)
         self._persist(row)
         return row
 

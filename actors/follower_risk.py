@@ -19,7 +19,6 @@ margin is lost. Still open: the venue's liquidation price replaces our estimate,
 from __future__ import annotations
 
 import math
-import time
 from decimal import Decimal
 from typing import Any
 
@@ -89,7 +88,7 @@ class FollowerRisk(FollowerBase):
         asked = self._liquidation_asked
         if asked is None:
             asked = self._liquidation_asked = {}
-        now = time.monotonic()
+        now = self._ctx.clock.monotonic()
         due = [p for p in positions if now - asked.get(p.position_id, -math.inf) >= interval_s]
         exchange = self._ctx.exchanges.get(venue)
         if not due or exchange is None:
@@ -144,7 +143,7 @@ class FollowerRisk(FollowerBase):
 
     def _book_liquidation(self, position: Position, mark: Decimal) -> None:
         """The position is gone with its margin: books, rows, ``PositionLiquidated``."""
-        event = liquidate(self._portfolio, position, mark, now=self._ctx.clock())
+        event = liquidate(self._portfolio, position, mark, now=self._ctx.clock.now())
         metrics.incr("positions.liquidated")
         self._persist(position.to_row(), *self._portfolio.balance_rows())
         self._ctx.publish(event)
@@ -202,7 +201,7 @@ class FollowerRisk(FollowerBase):
             whale_id=position.whale_id,
             position_id=position_id,
         )
-        order = OrderContext(trade=trade, kind="close", close_reason=reason, created_at=self._ctx.clock())
+        order = OrderContext(trade=trade, kind="close", close_reason=reason, created_at=self._ctx.clock.now())
         self._track(order)
         self._persist(position.to_row())
         self._ctx.persistence.tell(PersistIntent(row=self._trade_row(order), reply_to=self.actor_ref))

@@ -34,6 +34,7 @@ from adapters.paper import DEFAULT_MARKS, default_markets
 from bench._engine import AckingPersistence, CountingExchange, make_signal, mixed_settings
 from bench._report import row
 from engine import runtime
+from engine.clock import SYSTEM_CLOCK
 from engine.config import RuntimeConfig
 from engine.events import DomainEvent
 from engine.follower_state import FollowerContext, FollowerState
@@ -147,7 +148,7 @@ class Bench:
             router=self.router,
             exchanges={VENUE: self.exchange},
             markets={VENUE: MARKETS},
-            clock=lambda: datetime.now(UTC),
+            clock=SYSTEM_CLOCK,
             publish=self.publish,
             draining=lambda: False,
             venue_available=lambda _venue: True,

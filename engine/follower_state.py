@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from engine.clock import Clock
 from engine.messages import BalanceRow, FollowSettings, MarketInfo, PositionRow, TradeRow, UserSettings
 
 __all__ = ["FollowerContext", "FollowerState", "LiquidationCheck"]
@@ -48,7 +49,7 @@ class FollowerContext:
     router: Any
     exchanges: Mapping[str, Any]
     markets: Mapping[str, Mapping[str, MarketInfo]]
-    clock: Callable[[], datetime]
+    clock: Clock  # the engine's one clock: stamps, ages, liquidation-check pacing
     publish: Callable[..., None]  # (event, *, persisted=False): see EngineSystem.publish
     draining: Callable[[], bool]
     venue_available: Callable[[str], bool]

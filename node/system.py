@@ -200,7 +200,7 @@ class EngineSystem:
             router=self.router,
             exchanges={name: v.exchange for name, v in self.venues.items()},
             markets={name: v.markets for name, v in self.venues.items()},
-            clock=self.clock.now,
+            clock=self.clock,
             publish=self.publish,
             draining=lambda: self.draining,
             venue_available=self.venue_available,

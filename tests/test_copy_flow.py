@@ -31,6 +31,7 @@ from adapters.database import connect
 from adapters.paper import PaperVenue, default_markets
 from adapters.signal_intake import row_to_signal
 from engine import runtime
+from engine.clock import SYSTEM_CLOCK
 from engine.follower_state import FollowerContext, FollowerState
 from engine.ids import client_order_id, parse_client_order_id, position_id_for
 from engine.messages import (
@@ -582,7 +583,7 @@ def test_intent_is_durable_before_the_order_and_the_submitted_row_is_the_full_tr
         router=router,
         exchanges={"paper": exchange},
         markets={"paper": markets},
-        clock=lambda: datetime.now(UTC),
+        clock=SYSTEM_CLOCK,
         publish=lambda _event, **_: None,
         draining=lambda: False,
         venue_available=lambda _venue: True,
