@@ -1,19 +1,23 @@
 """Start the copy-trading engine, or talk to a running one.
 
-    python run_engine.py [--config FILE] [--demo]
+    python run_engine.py [run] [--config FILE] [--demo]
     python run_engine.py admin COMMAND [ARGS] [--json] [--socket PATH] [--config FILE]
 
-Exit codes: 0 clean stop; 1 failed at run time; 2 bad configuration (or, for ``admin``, engine not reachable).
+One argparse parser reads both (``engine/cli_args.py``). Exit codes: 0 clean stop; 1 failed at run time; 2 bad
+arguments or configuration. For ``admin``: 0 ok, 1 refused (bad arguments included), 2 engine not reachable
+(``adapters/admin_cli.py``).
 """
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 import threading
 from types import FrameType
 
+from adapters.admin_cli import run_command
+from engine.admin_commands import CommandError
+from engine.cli_args import AdminArgs, RunArgs, parse_command_line
 from engine.config import ConfigError, EngineConfig, load_config
 
 
@@ -25,27 +29,12 @@ def _load(path: str | None) -> EngineConfig:
         raise SystemExit(2) from None
 
 
-def _admin(argv: list[str]) -> int:
-    from adapters.admin_cli import main as admin_main
-
-    parser = argparse.ArgumentParser(prog="run_engine.py admin", add_help=False)
-    parser.add_argument("--socket")
-    parser.add_argument("--config")
-    known, rest = parser.parse_known_args(argv)
-    if known.socket:
-        from pathlib import Path
-
-        socket_path = Path(known.socket)
-    else:
-        socket_path = _load(known.config).admin_socket_path
-    return admin_main(rest, socket_path=socket_path)
+def _admin(args: AdminArgs) -> int:
+    socket_path = args.socket or _load(args.config).admin_socket_path
+    return run_command(args, socket_path=socket_path)
 
 
-def _serve(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="run_engine.py", description="Run the copy-trading engine.")
-    parser.add_argument("--config", help="TOML config file (ENGINE_* environment variables override it)")
-    parser.add_argument("--demo", action="store_true", help="seed demo whales/followers and drive a demo feed")
-    args = parser.parse_args(argv)
+def _serve(args: RunArgs) -> int:
     config = _load(args.config)
 
     from engine import logs
@@ -76,10 +65,14 @@ def _serve(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "admin":
-        return _admin(argv[1:])
-    return _serve(argv)
+    try:
+        args = parse_command_line(sys.argv[1:] if argv is None else argv)
+    except CommandError as exc:  # a bad admin command line: refused before anything is sent
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if isinstance(args, AdminArgs):
+        return _admin(args)
+    return _serve(args)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The admin command line: ``python run_engine.py admin COMMAND [ARGS] [--json] [--socket PATH]``.
 
-Sends one command line to the engine's admin socket and prints the reply: a readable table by default (lists
-of objects as aligned columns, objects as ``key: value`` lines), the raw reply line with ``--json``.
+Its arguments are parsed by ``run_engine.py``'s one parser (``engine/cli_args.py``). Sends one command to the
+engine's admin socket and prints the reply: a readable table by default (lists of objects as aligned columns,
+objects as ``key: value`` lines), the raw reply line with ``--json``.
 
 Exit codes: 0 the engine said ok; 1 the command was refused (by the engine, or locally because it would not
 decode); 2 the engine could not be reached (no socket, nobody listening, no reply).
@@ -18,20 +19,14 @@ from typing import Any, TextIO
 
 import orjson
 
-from engine.admin_cli_args import parse_cli_args
-from engine.admin_commands import COMMAND_NAMES, USAGE, CommandError
+from engine.admin_commands import CommandError
+from engine.cli_args import AdminArgs, admin_usage, parse_admin_args
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_UNREACHABLE = 2
 
 _MAX_REPLY_BYTES = 256 * 1024 * 1024  # a reply bigger than this is a bug, not something to print
-
-
-def usage() -> str:
-    lines = ["usage: admin COMMAND [ARGS] [--json] [--socket PATH]", "", "commands:"]
-    lines += [f"  {USAGE[name]}" for name in COMMAND_NAMES]
-    return "\n".join(lines)
 
 
 def main(
@@ -42,23 +37,31 @@ def main(
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
 ) -> int:
-    """Run one admin command against the engine listening on ``socket_path`` (``--socket`` overrides it)."""
+    """Run one admin command (the arguments after ``admin``) against the engine listening on ``socket_path``
+    (``--socket`` overrides it)."""
+    try:
+        args = parse_admin_args(argv)
+    except CommandError as exc:
+        print(f"error: {exc}", file=stderr or sys.stderr)
+        return EXIT_ERROR
+    return run_command(args, socket_path=args.socket or socket_path, timeout_s=timeout_s, stdout=stdout, stderr=stderr)
+
+
+def run_command(
+    args: AdminArgs,
+    *,
+    socket_path: Path,
+    timeout_s: float = 60.0,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Send an already parsed admin command to the engine listening on ``socket_path``; print the reply."""
     out = stdout or sys.stdout
     err = stderr or sys.stderr
-    try:
-        args, as_json, socket_override = _split_options(argv)
-    except CommandError as exc:
-        print(f"error: {exc}", file=err)
-        return EXIT_ERROR
-    if not args or args[0] in ("help", "-h", "--help"):
-        print(usage(), file=out)
+    request, as_json, path = args.request, args.as_json, socket_path
+    if request is None:
+        print(admin_usage(), file=out)
         return EXIT_OK
-    try:
-        request = parse_cli_args(args)
-    except CommandError as exc:
-        print(f"error: {exc}", file=err)
-        return EXIT_ERROR
-    path = socket_override or socket_path
     try:
         raw = _exchange(path, orjson.dumps(request) + b"\n", timeout_s)
     except _Unreachable as exc:
@@ -84,27 +87,6 @@ def main(
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_OK if reply["ok"] else EXIT_ERROR
-
-
-def _split_options(argv: list[str]) -> tuple[list[str], bool, Path | None]:
-    """Take ``--json`` and ``--socket PATH`` out of the arguments, wherever they are."""
-    args: list[str] = []
-    as_json = False
-    socket_path: Path | None = None
-    rest = list(argv)
-    while rest:
-        arg = rest.pop(0)
-        if arg == "--json":
-            as_json = True
-        elif arg == "--socket":
-            if not rest:
-                raise CommandError("--socket needs a path")
-            socket_path = Path(rest.pop(0))
-        elif arg.startswith("--socket="):
-            socket_path = Path(arg.removeprefix("--socket="))
-        else:
-            args.append(arg)
-    return args, as_json, socket_path
 
 
 class _Unreachable(Exception):

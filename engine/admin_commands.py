@@ -1,7 +1,7 @@
 """The admin protocol: one frozen msgspec Struct per command and their tagged union.
 
 Pure: no I/O. The admin socket (``adapters/admin_socket.py``) decodes each line with ``decode_command``;
-the CLI (``adapters/admin_cli.py``) builds it with ``engine.admin_cli_args.parse_cli_args``. On the wire a
+the CLI (``adapters/admin_cli.py``) builds it with ``engine.cli_args.parse_cli_args``. On the wire a
 command is one JSON object whose ``cmd`` field is the command name, e.g.
 ``{"cmd": "positions", "user_id": 5, "open": true}``.
 

@@ -23,6 +23,7 @@ from adapters.admin_cli import main, render, table
 from adapters.admin_socket import AdminServer
 from adapters.ioloop import IoLoop
 from engine.admin_commands import Command, CommandError, Pause, Peer, Status, User, Users, command_name
+from engine.cli_args import AdminArgs, RunArgs, parse_command_line
 
 GUARD_S = 30.0
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,3 +196,28 @@ def test_render_shapes() -> None:
         'x  {"k":1}     -',
         "-  -        -1.5",
     ]
+
+
+# -- the one parser of run_engine.py (engine.cli_args) --------------------------------------------------------
+
+
+def test_run_is_the_default_sub_command() -> None:
+    assert parse_command_line([]) == RunArgs(config=None, demo=False)
+    assert parse_command_line(["--config", "e.toml", "--demo"]) == RunArgs(config="e.toml", demo=True)
+    assert parse_command_line(["run", "--demo"]) == RunArgs(config=None, demo=True)
+
+
+def test_bad_run_arguments_exit_2_with_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse_command_line(["--demo", "--bogus"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: run_engine.py [run]" in err and "unrecognized arguments: --bogus" in err
+
+
+def test_admin_options_go_before_or_after_the_command() -> None:
+    expected = AdminArgs(request={"cmd": "user", "user_id": 5}, as_json=True, socket=Path("/s"), config="c.toml")
+    assert parse_command_line(["admin", "--socket", "/s", "--json", "user", "5", "--config", "c.toml"]) == expected
+    assert parse_command_line(["admin", "user", "--json", "5", "--socket=/s", "--config=c.toml"]) == expected
+    with pytest.raises(CommandError, match="unexpected argument"):
+        parse_command_line(["admin", "status", "--sock", "/s"])  # no abbreviations

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.admin_cli_args import parse_cli_args
 from engine.admin_commands import (
     COMMAND_NAMES,
     MUTATING_COMMANDS,
@@ -41,6 +40,7 @@ from engine.admin_commands import (
     decode_command,
     is_mutating,
 )
+from engine.cli_args import parse_cli_args
 from engine.messages import TradeStatus
 
 SIGNAL = {"whale_id": 1, "symbol": "BTC/USDT", "side": "buy", "size_usdt": "100"}
@@ -223,20 +223,20 @@ def test_field_error_includes_usage() -> None:
     [
         ([], "no command given"),
         (["nope"], "unknown command 'nope'"),
-        (["user"], "expected 1 argument(s), got 0"),
+        (["user"], "the following arguments are required: ID"),
         (["user", "x"], "user ID must be an integer"),
         (["user", "0"], ">= 1"),
-        (["positions", "--user"], "--user needs a value"),
-        (["positions", "--verbose"], "unexpected argument '--verbose'"),
+        (["positions", "--user"], "argument --user: expected one argument"),
+        (["positions", "--verbose"], "unexpected argument(s): --verbose"),
         (["trades", "--user", "1", "--signal", "2"], "not both"),
         (["signal", "{not json"], "not valid JSON"),
         (["signal", "[1]"], "must be a JSON object"),
         (["pause", "whale"], "bad target 'whale'"),
         (["pause", "whale", "x"], "whale ID must be an integer"),
-        (["price", "BTC/USDT"], "expected 2 argument(s)"),
+        (["price", "BTC/USDT"], "the following arguments are required: PRICE"),
         (["price", "BTC/USDT", "-1"], "> 0"),
         (["log-level", "loud"], "expected one of"),
-        (["status", "extra"], "expected 0 argument(s)"),
+        (["status", "extra"], "unexpected argument(s): extra"),
     ],
 )
 def test_cli_arg_errors(argv: list[str], expected: str) -> None:
