@@ -26,7 +26,7 @@ from engine import logs
 from engine.config import load_config
 from engine.ids import close_order_id
 from node.system import EngineSystem
-from tests.pg import execute, fetch, fetchval
+from tests.kit import execute, fetch, fetchval
 
 T = TypeVar("T")
 GUARD_S = 60.0  # an upper bound for an effect to show, never a measurement

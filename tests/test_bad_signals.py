@@ -18,8 +18,7 @@ from typing import Any
 from adapters.paper import PaperVenue
 from engine.ids import client_order_id, position_id_for
 from engine.messages import PriceUpdate
-from tests.harness import insert_signal, running_engine, wait_for, wait_signal_done
-from tests.pg import fetchval
+from tests.kit import fetchval, insert_signal, running_engine, wait_for, wait_signal_done
 from tests.test_copy_flow import START_USDT, event_count, position, seed_simple, signal_and_wait, trade, usdt
 
 D = Decimal

@@ -6,26 +6,20 @@ Every test runs for each implemented venue and trade type (the ``case`` fixture)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from typing import Any
 
 import pytest
-import structlog
 
 from adapters.ccxt_errors import CredentialRejected
-from adapters.ccxt_venue import CcxtVenue
-from adapters.credentials import Credential, CredentialStore
-from adapters.emulator import EmulatorServer
-from engine.messages import OrderOutcome, OrderRequest, Side, TradeStatus, TradeType
+from adapters.credentials import Credential
+from engine.messages import OrderOutcome, Side, TradeStatus, TradeType
 from engine.trades import Trade
 from engine.venue import OrderRejected, OutcomeUnknown, RetryableError, VenueBanned
-
-API_KEY = "emu-key-0123456789abcdef"
-SECRET = "emu-secret-TOPSECRET-9876543210"
-PASSPHRASE = "emu-pass-phrase-42"
+from tests.kit import API_KEY, PASSPHRASE, SECRET, capture_logs, ccxt_harness
+from tests.kit import CcxtHarness as Harness
 
 CASES = [
     ("binance", TradeType.SPOT),
@@ -37,81 +31,14 @@ CASES = [
 ]
 
 
-@dataclass
-class Harness:
-    emu: EmulatorServer
-    venue: CcxtVenue
-    name: str
-    trade_type: TradeType
-    symbol: str
-    store: CredentialStore
-
-    def order(
-        self,
-        cid: str,
-        *,
-        qty: str = "0.01",
-        side: Side = Side.BUY,
-        user_id: int = 1,
-        reduce_only: bool = False,
-        leverage: int = 5,
-        price_hint: int = 50000,
-    ) -> OrderRequest:
-        return OrderRequest(
-            client_order_id=cid,
-            user_id=user_id,
-            venue=self.name,
-            symbol=self.symbol,
-            trade_type=self.trade_type,
-            side=side,
-            qty=Decimal(qty),
-            price_hint=Decimal(price_hint),
-            reduce_only=reduce_only,
-            leverage=leverage,
-        )
-
-    def calls(self, fragment: str) -> int:
-        return sum(1 for _, path in self.emu.requests(self.name) if path.endswith(fragment))
-
-
 @pytest.fixture(params=CASES, ids=[f"{v}-{t.value}" for v, t in CASES])
 def case(request: pytest.FixtureRequest) -> tuple[str, TradeType]:
     return request.param  # type: ignore[no-any-return]
 
 
-@contextlib.asynccontextmanager
-async def harness(case: tuple[str, TradeType], *, secret: str = SECRET) -> AsyncIterator[Harness]:
-    name, trade_type = case
-    emu = EmulatorServer((name,))
-    await emu.start()
-    emu.add_account(name, API_KEY, SECRET, PASSPHRASE)
-    emu.add_account(name, API_KEY + "2", SECRET + "2", PASSPHRASE)
-    for key in (API_KEY, API_KEY + "2"):
-        emu.deposit(name, key, "USDT", 100_000)
-        emu.deposit(name, key, "BTC", 1)
-    store = CredentialStore({})
-    store.register("mem:1", Credential(API_KEY, secret, PASSPHRASE))
-    store.register("mem:2", Credential(API_KEY + "2", SECRET + "2", PASSPHRASE))
-    venue = CcxtVenue(
-        name,
-        trade_type=trade_type,
-        api_base_url=emu.url_for(name),
-        credentials=store,
-        credential_refs={1: "mem:1", 2: "mem:2"},
-        ccxt_options={"timeout": 1500},
-    )
-    symbol = "BTC/USDT" if trade_type is TradeType.SPOT else "BTC/USDT:USDT"
-    try:
-        yield Harness(emu, venue, name, trade_type, symbol, store)
-        assert emu.weight_excess(name) == []
-    finally:
-        await venue.close()
-        await emu.stop()
-
-
-def run(case: tuple[str, TradeType], body: Callable[[Harness], Awaitable[None]], **kwargs: str) -> None:
+def run(case: tuple[str, TradeType], body: Callable[[Harness], Awaitable[None]], **kwargs: Any) -> None:
     async def main() -> None:
-        async with harness(case, **kwargs) as h:
+        async with ccxt_harness(case, **kwargs) as h:
             await body(h)
 
     asyncio.run(main())
@@ -383,7 +310,8 @@ def test_lost_answer_after_create_is_unknown(case: tuple[str, TradeType], fault:
         assert found.status is TradeStatus.FILLED
         assert h.emu.order_count("c1u1lost") == 1
 
-    run(case, body)
+    # accept_then_timeout: the ccxt timeout is what the test waits out (the answer never comes).
+    run(case, body, **({"timeout_ms": 3000} if fault == "accept_then_timeout" else {}))
 
 
 def _create_path(name: str, trade_type: TradeType) -> str:
@@ -417,7 +345,7 @@ def test_bad_signature_is_an_auth_error_without_the_secret(case: tuple[str, Trad
     wrong_secret = "wrong-secret-SHOULD-NOT-LEAK-123"
 
     async def body(h: Harness) -> None:
-        with structlog.testing.capture_logs() as logs:
+        with capture_logs() as logs:
             with pytest.raises(CredentialRejected) as info:
                 await h.venue.create_order(h.order("c1u1auth", leverage=1))
             with pytest.raises(CredentialRejected):

@@ -15,8 +15,7 @@ from pathlib import Path
 
 from adapters.paper import PaperVenue
 from engine.ids import client_order_id, position_id_for
-from tests.harness import insert_signal, running_engine, settle, wait_for, wait_signal_done
-from tests.pg import fetchval
+from tests.kit import fetchval, insert_signal, running_engine, settle, wait_for, wait_signal_done
 from tests.test_copy_flow import (
     START_USDT,
     event_count,

@@ -48,8 +48,18 @@ from engine.messages import (
     TradeType,
     UserSettings,
 )
-from tests.harness import insert_signal, running_engine, seed_whale, settle, signal_row, wait_for, wait_signal_done
-from tests.pg import execute, fetch, fetchval
+from tests.kit import (
+    execute,
+    fetch,
+    fetchval,
+    insert_signal,
+    running_engine,
+    seed_whale,
+    settle,
+    signal_row,
+    wait_for,
+    wait_signal_done,
+)
 
 D = Decimal
 START_USDT = D(10_000)  # paper_starting_usdt: the balance of a follower without a balances row

@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 
 from adapters.embedded_pg import EmbeddedPostgres
-from tests.pg import execute, fetchval
+from tests.kit import execute, fetchval
 
 
 def test_start_stop_restart_keeps_data(pg_data_dir: Path) -> None:

@@ -20,113 +20,59 @@ effects are polled for with generous timeouts.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from actors.exchange import ExchangeActor
 from adapters.ccxt_venue import CcxtVenue
 from adapters.credentials import CredentialStore
-from adapters.emulator import EmulatorServer, MarketSpec
 from adapters.ioloop import IoLoop
 from engine.messages import OrderOutcome, OrderRequest, PlaceOrder, ResolveOrder, Side, TradeStatus, TradeType
-from node.system import EngineSystem
-from tests.harness import insert_signal, running_engine, seed_whale, wait_for, wait_signal_done
-from tests.pg import execute, fetch
+from tests.kit import (
+    CCXT_TIMEOUT_MS,
+    MARKS,
+    START_USDT,
+    VENUES,
+    Emulator,
+    Recorder,
+    VenueEngine,
+    check_trades,
+    engine_on_venue,
+    execute,
+    fetch,
+    fund_accounts,
+    insert_signal,
+    key_of,
+    trades_of,
+    wait_for,
+    wait_signal_done,
+)
 
-T = TypeVar("T")
-VENUES = ("binance", "bybit", "bitget")
 FINAL = {"filled", "partially_filled", "rejected", "failed"}
 FOLLOWERS = 100
-START_USDT = Decimal(100_000)
 # 418 last: the ban opens the breaker, and it only closes on a successful probe (a later fault would be it).
 FAULTS = (
     "429", "5xx", "accept_then_timeout", "accept_then_5xx", "partial_fill", "delayed_fill", "html", "truncated_json",
     "418",
 )  # fmt: skip
 # One symbol per fault class (and one for the clean copy): every signal opens fresh positions.
-BASES = ("BTC", "ETH", "SOL", "XRP", "ADA", "DOT", "LTC", "LINK", "AVAX", "ATOM")
-MARKS = {
-    "BTC": 50000, "ETH": 3000, "SOL": 150, "XRP": 2, "ADA": 1, "DOT": 7, "LTC": 80, "LINK": 14, "AVAX": 30,
-    "ATOM": 9,
-}  # fmt: skip
-MARKETS = tuple(
-    MarketSpec(base, "USDT", Decimal("0.001"), Decimal("0.001"), Decimal("0.001"), Decimal(5), 100) for base in BASES
-)
-FAULT_SYMBOL = dict(zip(("clean", *FAULTS), BASES, strict=True))
+FAULT_SYMBOL = dict(zip(("clean", *FAULTS), MARKS, strict=True))
 
 
 def create_path(venue: str) -> str:
     return {"binance": "/fapi/v1/order", "bybit": "/v5/order/create", "bitget": "/place-order"}[venue]
 
 
-class Emulator:
-    """An ``EmulatorServer`` on its own loop thread; every control call runs on that loop (it is not
-    thread-safe)."""
-
-    def __init__(self, venues: tuple[str, ...]) -> None:
-        self.io = IoLoop().start()
-        self.server = EmulatorServer(venues, markets=MARKETS, retry_after_s=2, client_id_scope="open")
-        self.io.run(self.server.start(), 30)
-        for base, mark in MARKS.items():
-            self.call(self.server.set_mark, f"{base}/USDT:USDT", mark)
-
-    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        async def run() -> T:
-            return fn(*args, **kwargs)
-
-        return self.io.run(run(), 30)
-
-    def set_window(self, venue: str, *, limit: int, window_s: float) -> None:
-        def apply() -> None:
-            state = self.server.venues[venue]
-            state.weight_limit, state.weight_window_s = limit, window_s
-            state._window_start, state._window_weight = time.monotonic(), 0  # a fresh window from here
-            state.weight_excess.clear()
-
-        self.call(apply)
-
-    def order(self, venue: str, cid: str) -> Any:
-        return self.call(lambda: next(o for o in self.server.venues[venue].orders if o.client_order_id == cid))
-
-    def stop(self) -> None:
-        self.io.run(self.server.stop(), 30)
-        self.io.stop()
-
-
-def key_of(user_id: int) -> str:
-    return f"emu-key-{user_id:06d}-abcdef"
-
-
-def fund_accounts(emu: Emulator, venue: str, user_ids: range) -> dict[str, str]:
-    """Emulator accounts for ``user_ids``; returns the environment their ``env:U<id>`` references read."""
-    environ: dict[str, str] = {}
-    for uid in user_ids:
-        secret, passphrase = f"emu-secret-{uid}-TOPSECRET", f"emu-pass-{uid}"
-        emu.call(emu.server.add_account, venue, key_of(uid), secret, passphrase)
-        emu.call(emu.server.deposit, venue, key_of(uid), "USDT", START_USDT)
-        environ.update({f"U{uid}_API_KEY": key_of(uid), f"U{uid}_SECRET": secret, f"U{uid}_PASSPHRASE": passphrase})
-    return environ
-
-
 # ---- the engine on the emulator ---------------------------------------------------------------------------------
 
 
 @dataclass
-class Setup:
-    venue: str  # the venue kind: binance / bybit / bitget
-    name: str  # the configured venue name users put in preferred_exchange
-    emu: Emulator
-    system: EngineSystem
-    dsn: str
-    whale_id: int
-    followers: range
+class Setup(VenueEngine):
     stranded_user: int  # a user whose balance fetch fails
 
 
@@ -134,50 +80,34 @@ class Setup:
 def engine_on(request: pytest.FixtureRequest, pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     venue = request.param
     index = VENUES.index(venue) + 1
-    name, whale_id = f"{venue}-futures", 900 + index
     followers = range(index * 10_000 + 1, index * 10_000 + FOLLOWERS + 1)
     stranded = index * 10_000 + 9_999
-    emu = Emulator((venue,))
-    emu.set_window(venue, limit=3000, window_s=5.0)  # correctness here; the budget has its own test below
-    environ = fund_accounts(emu, venue, followers)
-    seed_whale(pg_dsn, whale_id)
-    for uid in followers:
-        execute(pg_dsn, "INSERT INTO users (id, name, credential_ref, preferred_exchange, max_leverage) "
-                "VALUES ($1, $2, $3, $4, 20)", uid, f"u{uid}", f"env:U{uid}", name)  # fmt: skip
-        execute(pg_dsn, "INSERT INTO user_whale_follows (user_id, whale_id, max_open_positions, max_slippage_pct, "
-                "max_signal_age_s) VALUES ($1, $2, 50, 5, 600)", uid, whale_id)  # fmt: skip
-        # A stale row: the venue's balance must replace it.
-        execute(pg_dsn, "INSERT INTO balances (user_id, venue, asset, free, reserved) VALUES ($1, $2, 'USDT', 7, 0)",
-                uid, name)  # fmt: skip
-    execute(pg_dsn, "INSERT INTO users (id, name, credential_ref, preferred_exchange) VALUES ($1, 'x', 'env:NOPE', $2)",
-            stranded, name)  # fmt: skip
-    execute(pg_dsn, "INSERT INTO balances (user_id, venue, asset, free, reserved) VALUES ($1, $2, 'USDT', 777, 0)",
-            stranded, name)  # fmt: skip
-    adapter = CcxtVenue(
-        venue,
+
+    def seed(_emu: Emulator, name: str) -> None:
+        for uid in followers:  # a stale row: the venue's balance must replace it
+            execute(pg_dsn, "INSERT INTO balances (user_id, venue, asset, free, reserved) "
+                    "VALUES ($1, $2, 'USDT', 7, 0)", uid, name)  # fmt: skip
+        execute(pg_dsn, "INSERT INTO users (id, name, credential_ref, preferred_exchange) "
+                "VALUES ($1, 'x', 'env:NOPE', $2)", stranded, name)  # fmt: skip
+        execute(pg_dsn, "INSERT INTO balances (user_id, venue, asset, free, reserved) VALUES ($1, $2, 'USDT', 777, 0)",
+                stranded, name)  # fmt: skip
+
+    with engine_on_venue(
+        pg_dsn,
+        tmp_path_factory.mktemp(f"eng-{venue}"),
+        venue=venue,
         trade_type=TradeType.FUTURES,
-        api_base_url=emu.server.url_for(venue),
-        credentials=CredentialStore(environ),
-        ccxt_options={"timeout": 1500},
-    )
-    venue_toml = (
-        f'[{{name = "{name}", kind = "{venue}", trade_types = ["futures"], weight_per_minute = 36000, '
-        f"weight_window_s = 5.0, price_poll_interval_ms = 5000, retry_base_ms = 50.0, retry_max_ms = 500.0, "
-        f"unknown_grace_s = 5.0}}]"
-    )
-    data_dir = tmp_path_factory.mktemp(f"eng-{venue}")
-    try:
-        with running_engine(
-            pg_dsn, Path(data_dir), venues={name: adapter}, ENGINE_VENUES=venue_toml, ENGINE_LOG_LEVEL="error"
-        ) as system:
-            yield Setup(venue, name, emu, system, pg_dsn, whale_id, followers, stranded)
-            assert emu.call(emu.server.weight_excess, venue) == []
-    finally:
-        emu.stop()
-
-
-def trades_of(dsn: str, signal_id: int) -> list[dict[str, Any]]:
-    return [dict(r) for r in fetch(dsn, "SELECT * FROM trades WHERE signal_id = $1", signal_id)]
+        whale_id=900 + index,
+        followers=followers,
+        user={"max_leverage": 20},
+        follow={"max_open_positions": 50, "max_slippage_pct": 5, "max_signal_age_s": 600},
+        venue_config={"weight_per_minute": 36000, "weight_window_s": 5.0, "price_poll_interval_ms": 5000,
+                      "retry_base_ms": 50.0, "retry_max_ms": 500.0, "unknown_grace_s": 5.0},
+        weight_window=(3000, 5.0),  # correctness here; the budget has its own test below
+        seed=seed,
+    ) as s:
+        yield Setup(**vars(s), stranded_user=stranded)
+        assert s.emu.call(s.emu.server.weight_excess, venue) == []
 
 
 def copy_signal(s: Setup, base: str) -> list[dict[str, Any]]:
@@ -203,20 +133,6 @@ def copy_signal(s: Setup, base: str) -> list[dict[str, Any]]:
 
     wait_for(all_final, 90, interval_s=0.5)
     return trades_of(s.dsn, signal_id)
-
-
-def check_trades(s: Setup, trades: list[dict[str, Any]]) -> None:
-    """Each trade agrees with the venue; one venue order per client order id at most."""
-    for trade in trades:
-        cid = trade["client_order_id"]
-        count = s.emu.call(s.emu.server.order_count, cid, s.venue)
-        assert count <= 1, cid
-        if trade["status"] in ("filled", "partially_filled"):
-            order = s.emu.order(s.venue, cid)
-            assert trade["executed_qty"] == order.filled > 0, cid
-            assert trade["executed_price"] == order.avg_price, cid
-        else:
-            assert count == 0 or s.emu.order(s.venue, cid).filled == 0, cid
 
 
 def check_balances(s: Setup) -> None:
@@ -286,22 +202,13 @@ def test_fault_class_ends_final_and_consistent(engine_on: Setup, fault: str) -> 
 # ---- the exchange actor on the emulator -----------------------------------------------------------------------
 
 
-class Inbox:
-    """A ``reply_to`` that records outcomes (thread-safe)."""
+class Inbox(Recorder):
+    """A ``reply_to`` that records outcomes."""
 
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.items: dict[str, OrderOutcome] = {}
-
-    def tell(self, message: OrderOutcome) -> None:
-        with self._cond:
-            self.items[message.client_order_id] = message
-            self._cond.notify_all()
-
-    def wait(self, count: int, timeout_s: float = 120.0) -> dict[str, OrderOutcome]:
-        with self._cond:
-            assert self._cond.wait_for(lambda: len(self.items) >= count, timeout_s), len(self.items)
-            return dict(self.items)
+    def by_id(self, count: int, timeout_s: float = 120.0) -> dict[str, OrderOutcome]:
+        """Once outcomes for ``count`` distinct orders arrived: the latest outcome of each."""
+        messages = self.wait_until(lambda ms: len({m.client_order_id for m in ms}) >= count, timeout_s, f"{count}")
+        return {m.client_order_id: m for m in messages}
 
 
 @dataclass
@@ -338,7 +245,7 @@ def actor_on(request: pytest.FixtureRequest, io_loop: IoLoop) -> Iterator[ActorS
         api_base_url=emu.server.url_for(venue),
         credentials=CredentialStore(environ),
         credential_refs={uid: f"env:U{uid}" for uid in accounts},
-        ccxt_options={"timeout": 10_000},  # the burst loads one shared test machine
+        ccxt_options={"timeout": CCXT_TIMEOUT_MS},  # the burst loads one shared test machine
     )
     io_loop.run(adapter.load_markets(), 60)
     try:
@@ -360,7 +267,7 @@ def test_burst_of_2000_orders_stays_within_the_weight_budget(actor_on: ActorSetu
         for n in range(2000):
             user_id = n % 100 + 1
             actor.tell(PlaceOrder(request=a.request(f"c{n}u{user_id}burst", user_id), reply_to=inbox))
-        outcomes = inbox.wait(2000, 180)
+        outcomes = inbox.by_id(2000, 180)
     finally:
         actor.stop()
     assert {o.status for o in outcomes.values()} == {TradeStatus.FILLED}, {o.error for o in outcomes.values()}
@@ -375,10 +282,10 @@ def test_418_stops_traffic_for_the_ban(actor_on: ActorSetup) -> None:
     try:
         for uid in range(1, 7):  # positions to close later; markets and leverage set
             actor.tell(PlaceOrder(request=a.request(f"c1u{uid}warm", uid), reply_to=inbox))
-        inbox.wait(6)
+        inbox.by_id(6)
         a.emu.call(a.emu.server.inject, a.venue, "418", path_contains=create_path(a.venue))
         actor.tell(PlaceOrder(request=a.request("c2u1ban", 1), reply_to=inbox))
-        banned = inbox.wait(7)["c2u1ban"]
+        banned = inbox.by_id(7)["c2u1ban"]
         assert banned.status is TradeStatus.FAILED  # an entry hit by the ban is not re-sent
         status = actor.proxy().status().get(timeout=10)
         assert 0 < status["banned_for_s"] <= 2.0  # the venue's Retry-After
@@ -389,7 +296,7 @@ def test_418_stops_traffic_for_the_ban(actor_on: ActorSetup) -> None:
         while actor.proxy().status().get(timeout=10)["banned_for_s"] > 0.2:
             assert a.requests() == seen  # not one request while banned
             time.sleep(0.05)
-        outcomes = inbox.wait(12)
+        outcomes = inbox.by_id(12)
     finally:
         actor.stop()
     assert all(outcomes[f"x3u{n + 2}wait"].status is TradeStatus.FILLED for n in range(5))
@@ -406,7 +313,7 @@ def test_5xx_after_the_venue_accepted_is_resolved_not_resent(actor_on: ActorSetu
     try:
         a.emu.call(a.emu.server.inject, a.venue, "accept_then_5xx", path_contains=create_path(a.venue))
         actor.tell(PlaceOrder(request=request, reply_to=placed))
-        outcome = placed.wait(1)["c1u1accepted"]
+        outcome = placed.by_id(1)["c1u1accepted"]
         assert outcome.status is TradeStatus.UNKNOWN, outcome
         actor.tell(
             ResolveOrder(
@@ -414,7 +321,7 @@ def test_5xx_after_the_venue_accepted_is_resolved_not_resent(actor_on: ActorSetu
                 client_order_id=request.client_order_id, reply_to=resolved,
             )
         )  # fmt: skip
-        found = resolved.wait(1)["c1u1accepted"]
+        found = resolved.by_id(1)["c1u1accepted"]
     finally:
         actor.stop()
     assert a.emu.call(a.emu.server.order_count, "c1u1accepted", a.venue) == 1
@@ -428,16 +335,16 @@ def test_reduce_only_close_passes_an_open_breaker(actor_on: ActorSetup) -> None:
     inbox = Inbox()
     try:
         actor.tell(PlaceOrder(request=a.request("c1u1open", 1), reply_to=inbox))
-        assert inbox.wait(1)["c1u1open"].status is TradeStatus.FILLED
+        assert inbox.by_id(1)["c1u1open"].status is TradeStatus.FILLED
         a.emu.call(a.emu.server.inject, a.venue, "5xx", count=4, path_contains=create_path(a.venue))
         for uid in range(2, 6):
             actor.tell(PlaceOrder(request=a.request(f"c2u{uid}fail", uid), reply_to=inbox))
-        inbox.wait(5)
+        inbox.by_id(5)
         wait_for(lambda: actor.proxy().status().get(timeout=10)["breaker"] == "open", 60)
         actor.tell(PlaceOrder(request=a.request("c3u6entry", 6), reply_to=inbox))
         close = a.request("x1u1close", 1, side=Side.SELL, reduce_only=True)
         actor.tell(PlaceOrder(request=close, reply_to=inbox))
-        outcomes = inbox.wait(7)
+        outcomes = inbox.by_id(7)
     finally:
         actor.stop()
     assert outcomes["c3u6entry"].status is TradeStatus.FAILED

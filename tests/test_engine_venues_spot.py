@@ -6,66 +6,47 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
-from adapters.ccxt_venue import CcxtVenue
-from adapters.credentials import CredentialStore
 from engine.messages import TradeType
-from tests.harness import insert_signal, running_engine, seed_whale, wait_for, wait_signal_done
-from tests.pg import execute, fetch
-from tests.test_engine_venues import (
+from tests.kit import (
     MARKS,
     VENUES,
-    Emulator,
-    Setup,
+    VenueEngine,
     check_trades,
-    fund_accounts,
+    engine_on_venue,
+    fetch,
+    insert_signal,
     key_of,
     trades_of,
+    wait_for,
+    wait_signal_done,
 )
 
 
 @pytest.fixture(scope="module", params=VENUES)
-def spot_on(request: pytest.FixtureRequest, pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+def spot_on(
+    request: pytest.FixtureRequest, pg_dsn: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VenueEngine]:
     """The engine on a venue's spot market: the same accounts and checks as futures, no leverage."""
     venue = request.param
     index = VENUES.index(venue) + 4
-    name, whale_id = f"{venue}-spot", 900 + index
-    followers = range(index * 10_000 + 1, index * 10_000 + 21)
-    emu = Emulator((venue,))
-    for base, mark in MARKS.items():
-        emu.call(emu.server.set_mark, f"{base}/USDT", mark)
-    environ = fund_accounts(emu, venue, followers)
-    seed_whale(pg_dsn, whale_id)
-    for uid in followers:
-        execute(pg_dsn, "INSERT INTO users (id, name, credential_ref, preferred_exchange) VALUES ($1, $2, $3, $4)",
-                uid, f"u{uid}", f"env:U{uid}", name)  # fmt: skip
-        execute(pg_dsn, "INSERT INTO user_whale_follows (user_id, whale_id, max_slippage_pct, max_signal_age_s) "
-                "VALUES ($1, $2, 5, 600)", uid, whale_id)  # fmt: skip
-    adapter = CcxtVenue(
-        venue,
+    with engine_on_venue(
+        pg_dsn,
+        tmp_path_factory.mktemp(f"spot-{venue}"),
+        venue=venue,
         trade_type=TradeType.SPOT,
-        api_base_url=emu.server.url_for(venue),
-        credentials=CredentialStore(environ),
-        ccxt_options={"timeout": 1500},
-    )
-    venue_toml = (
-        f'[{{name = "{name}", kind = "{venue}", trade_types = ["spot"], weight_per_minute = 36000, '
-        f"weight_window_s = 5.0, price_poll_interval_ms = 5000, unknown_grace_s = 5.0}}]"
-    )
-    data_dir = tmp_path_factory.mktemp(f"spot-{venue}")
-    try:
-        with running_engine(
-            pg_dsn, Path(data_dir), venues={name: adapter}, ENGINE_VENUES=venue_toml, ENGINE_LOG_LEVEL="error"
-        ) as system:
-            yield Setup(venue, name, emu, system, pg_dsn, whale_id, followers, -1)
-    finally:
-        emu.stop()
+        whale_id=900 + index,
+        followers=range(index * 10_000 + 1, index * 10_000 + 21),
+        follow={"max_slippage_pct": 5, "max_signal_age_s": 600},
+        venue_config={"weight_per_minute": 36000, "weight_window_s": 5.0, "price_poll_interval_ms": 5000,
+                      "unknown_grace_s": 5.0},
+    ) as s:
+        yield s
 
 
-def test_spot_copy_and_whale_close(spot_on: Setup) -> None:
+def test_spot_copy_and_whale_close(spot_on: VenueEngine) -> None:
     """Spot buys copied, then the whale's close sells every holding: every trade filled, one venue order per
     client order id, no position left in the books and at most sub-lot dust at the venue (a venue that takes the
     buy's fee in the base asset used to make every copied close fail for insufficient balance)."""

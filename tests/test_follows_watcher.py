@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 from adapters.paper import PaperVenue
-from tests.harness import running_engine, seed_followers, seed_whale, wait_for
-from tests.pg import HeldConnection, execute, fetchval
+from tests.kit import HeldConnection, execute, fetchval, running_engine, seed_followers, seed_whale, wait_for
 
 # Polling far slower than every wait below: only what each test sets up can make it pass.
 SLOW_POLL = {"ENGINE_SIGNALS__FOLLOWS_POLL_INTERVAL_MS": "600000"}

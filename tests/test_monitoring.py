@@ -11,8 +11,16 @@ import orjson
 
 from adapters.paper import PaperVenue
 from engine import logs, metrics
-from tests.harness import insert_signal, running_engine, seed_followers, seed_whale, settle, wait_for, wait_signal_done
-from tests.pg import execute
+from tests.kit import (
+    execute,
+    insert_signal,
+    running_engine,
+    seed_followers,
+    seed_whale,
+    settle,
+    wait_for,
+    wait_signal_done,
+)
 
 
 def _events(buffer: io.BytesIO, name: str) -> list[dict[str, object]]:

@@ -7,8 +7,17 @@ from decimal import Decimal
 from pathlib import Path
 
 from adapters.paper import PaperVenue
-from tests.harness import insert_signal, running_engine, seed_followers, seed_whale, settle, wait_for, wait_signal_done
-from tests.pg import fetch, fetchval
+from tests.kit import (
+    fetch,
+    fetchval,
+    insert_signal,
+    running_engine,
+    seed_followers,
+    seed_whale,
+    settle,
+    wait_for,
+    wait_signal_done,
+)
 
 
 def test_positions_survive_a_fresh_paper_venue(pg_dsn: str, tmp_path: Path) -> None:

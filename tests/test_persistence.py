@@ -44,7 +44,7 @@ from engine.messages import (
     TradeType,
 )
 from node.persistence_writes import run_write
-from tests.pg import TcpProxy, fetch, fetchval
+from tests.kit import TcpProxy, fetch, fetchval
 
 
 class Replies:

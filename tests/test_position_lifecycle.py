@@ -34,8 +34,19 @@ from engine.messages import MarketInfo, PositionSide, PriceUpdate, TradeType
 from engine.positions import Position
 from node.price_feed import PriceFeed
 from node.system import EngineSystem
-from tests.harness import insert_signal, running_engine, seed_followers, seed_whale, settle, wait_for, wait_signal_done
-from tests.pg import TcpProxy, execute, fetch, fetchval
+from tests.kit import (
+    TcpProxy,
+    execute,
+    fetch,
+    fetchval,
+    insert_signal,
+    running_engine,
+    seed_followers,
+    seed_whale,
+    settle,
+    wait_for,
+    wait_signal_done,
+)
 
 D = Decimal
 START_USDT = D(10_000)  # paper_starting_usdt: a follower without a balances row starts with this

@@ -29,7 +29,7 @@ from engine.messages import PriceUpdate
 from engine.venue import RetryableError, VenueBanned
 from node.price_feed import PriceFeed
 from node.venues import Venue
-from tests.pg import TcpProxy, execute
+from tests.kit import TcpProxy, execute
 
 D = Decimal
 T = TypeVar("T")

@@ -18,8 +18,7 @@ from adapters.paper import PaperVenue
 from engine.ids import client_order_id, position_id_for
 from engine.messages import TradeType, VenueOrder
 from engine.venue import RetryableError
-from tests.harness import running_engine, settle, signal_row, wait_for, wait_signal_done
-from tests.pg import execute, fetchval
+from tests.kit import execute, fetchval, running_engine, settle, signal_row, wait_for, wait_signal_done
 from tests.test_copy_flow import (
     START_USDT,
     event_count,
@@ -215,8 +214,17 @@ def test_signal_left_processing_by_a_crash_is_finished_once(pg_dsn: str, tmp_pat
     order it already caused is recognised as a duplicate (same client order id, intent already durable), so
     nothing reaches the venue twice and the books are not counted twice."""
     from adapters.paper import PaperVenue
-    from tests.harness import insert_signal, running_engine, seed_followers, seed_whale, settle, wait_signal_done
-    from tests.pg import execute, fetch, fetchval
+    from tests.kit import (
+        execute,
+        fetch,
+        fetchval,
+        insert_signal,
+        running_engine,
+        seed_followers,
+        seed_whale,
+        settle,
+        wait_signal_done,
+    )
 
     seed_whale(pg_dsn, 8801)
     users = list(range(880_101, 880_111))

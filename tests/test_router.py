@@ -29,7 +29,7 @@ from engine.messages import (
     SignalStatusRow,
     TradeType,
 )
-from tests.harness import wait_for
+from tests.kit import wait_for
 
 WHALE = 1
 

@@ -18,7 +18,7 @@ from typing import IO, Any
 import orjson
 
 from adapters.embedded_pg import EmbeddedPostgres
-from tests.pg import fetch, fetchval
+from tests.kit import fetch, fetchval
 
 ROOT = Path(__file__).resolve().parent.parent
 Event = dict[str, Any]

@@ -25,7 +25,7 @@ from engine.messages import (
     TradeRow,
     UserSettings,
 )
-from tests.pg import execute, fetch, fetchval
+from tests.kit import execute, fetch, fetchval
 
 # Struct -> (table, renamed fields): every field of each Struct must be a column of its table.
 CONTRACT: list[tuple[type[msgspec.Struct], str, dict[str, str]]] = [

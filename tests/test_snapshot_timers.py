@@ -24,8 +24,7 @@ from engine.ids import position_id_for
 from engine.portfolio import Portfolio, day_end
 from node.stats import take_snapshots
 from node.system import EngineSystem
-from tests.harness import engine_config, settle, wait_for
-from tests.pg import fetch
+from tests.kit import engine_config, fetch, settle, wait_for
 from tests.test_snapshots import PRICES, copied, figures, follow, markets, signal, status, tick
 
 D = Decimal

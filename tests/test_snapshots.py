@@ -20,8 +20,17 @@ from engine.messages import MarketInfo, TradeType
 from node.price_feed import PriceFeed
 from node.stats import take_snapshots
 from node.system import EngineSystem
-from tests.harness import insert_signal, running_engine, seed_followers, seed_whale, settle, wait_for, wait_signal_done
-from tests.pg import fetch, fetchval
+from tests.kit import (
+    fetch,
+    fetchval,
+    insert_signal,
+    running_engine,
+    seed_followers,
+    seed_whale,
+    settle,
+    wait_for,
+    wait_signal_done,
+)
 
 D = Decimal
 PRICES = {"SNF": D(100), "SNS": D(50), "SNC": D(200), "SNR": D(100), "DLA": D(100), "DLB": D(100), "DLC": D(100)}

@@ -10,7 +10,7 @@ from adapters.database import connect, connect_pool
 from adapters.state_loader import load_followers, load_whale_ids
 from engine.follower_state import FollowerState
 from engine.messages import FollowSettings, PositionStatus, SizingMode, TradeStatus
-from tests.pg import execute
+from tests.kit import execute
 
 
 def _load(dsn: str, user_ids: list[int] | None = None):  # type: ignore[no-untyped-def]

@@ -16,31 +16,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from adapters.ccxt_venue import CcxtVenue
-from adapters.credentials import CredentialStore
 from engine.messages import TradeType
-from node.system import EngineSystem
-from tests.harness import insert_signal, running_engine, seed_whale, wait_for, wait_signal_done
-from tests.pg import execute, fetch
-from tests.test_engine_venues import Emulator, fund_accounts, key_of
+from tests.kit import VENUES, VenueEngine, engine_on_venue, fetch, insert_signal, key_of, wait_for, wait_signal_done
 
-VENUES = ("binance", "bybit", "bitget")
 SYMBOL = "ETH/USDT:USDT"
 ENTRY = 3000
 
 
 @dataclass
-class Setup:
-    venue: str
-    name: str
-    emu: Emulator
-    system: EngineSystem
-    dsn: str
+class Setup(VenueEngine):
     users: tuple[int, int, int]  # (liquidated at the venue, far venue liquidation price, untouched)
 
 
@@ -48,40 +36,25 @@ class Setup:
 def engine_on(request: pytest.FixtureRequest, pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     venue = request.param
     index = VENUES.index(venue) + 1
-    name, whale_id = f"{venue}-futures", 950 + index
     users = (index * 1000 + 1, index * 1000 + 2, index * 1000 + 3)
-    emu = Emulator((venue,))
-    emu.set_window(venue, limit=3000, window_s=5.0)
-    environ = fund_accounts(emu, venue, range(users[0], users[-1] + 1))
-    seed_whale(pg_dsn, whale_id)
-    for uid in users:
-        execute(pg_dsn, "INSERT INTO users (id, name, credential_ref, preferred_exchange, max_leverage) "
-                "VALUES ($1, $2, $3, $4, 20)", uid, f"u{uid}", f"env:U{uid}", name)  # fmt: skip
-        execute(pg_dsn, "INSERT INTO user_whale_follows (user_id, whale_id, max_open_positions, max_slippage_pct, "
-                "max_signal_age_s) VALUES ($1, $2, 5, 5, 600)", uid, whale_id)  # fmt: skip
-    adapter = CcxtVenue(
-        venue,
+    with engine_on_venue(
+        pg_dsn,
+        tmp_path_factory.mktemp(f"liq-{venue}"),
+        venue=venue,
         trade_type=TradeType.FUTURES,
-        api_base_url=emu.server.url_for(venue),
-        credentials=CredentialStore(environ),
-        ccxt_options={"timeout": 1500},
-    )
-    venue_toml = (
-        f'[{{name = "{name}", kind = "{venue}", trade_types = ["futures"], weight_per_minute = 36000, '
-        f"weight_window_s = 5.0, price_poll_interval_ms = 200, liquidation_check_interval_ms = 300, "
-        f"liquidation_check_band_pct = 1.0, retry_base_ms = 50.0, retry_max_ms = 500.0}}]"
-    )
-    data_dir = tmp_path_factory.mktemp(f"liq-{venue}")
-    try:
-        with running_engine(
-            pg_dsn, Path(data_dir), venues={name: adapter}, ENGINE_VENUES=venue_toml, ENGINE_LOG_LEVEL="error"
-        ) as system:
-            s = Setup(venue, name, emu, system, pg_dsn, users)
-            _open_longs(s, whale_id)
-            yield s
-            assert emu.call(emu.server.weight_excess, venue) == []
-    finally:
-        emu.stop()
+        whale_id=950 + index,
+        followers=range(users[0], users[-1] + 1),
+        user={"max_leverage": 20},
+        follow={"max_open_positions": 5, "max_slippage_pct": 5, "max_signal_age_s": 600},
+        venue_config={"weight_per_minute": 36000, "weight_window_s": 5.0, "price_poll_interval_ms": 200,
+                      "liquidation_check_interval_ms": 300, "liquidation_check_band_pct": 1.0,
+                      "retry_base_ms": 50.0, "retry_max_ms": 500.0},
+        weight_window=(3000, 5.0),
+    ) as engine:
+        s = Setup(**vars(engine), users=users)
+        _open_longs(s, s.whale_id)
+        yield s
+        assert s.emu.call(s.emu.server.weight_excess, venue) == []
 
 
 def _open_longs(s: Setup, whale_id: int) -> None:

@@ -18,7 +18,8 @@ from adapters.paper import PaperVenue
 from engine.messages import OrderRequest, PositionSide, Side, TradeType, VenuePosition
 from engine.positions import Position
 from engine.venue import OrderRejected, RetryableError, VenueBanned
-from tests.test_ccxt_venue import API_KEY, Harness, harness
+from tests.kit import API_KEY, ccxt_harness
+from tests.kit import CcxtHarness as Harness
 
 BTC, ETH = "BTC/USDT:USDT", "ETH/USDT:USDT"
 FUTURES = ("binance", "bybit", "bitget")
@@ -76,7 +77,7 @@ def order(
 def run_venue(name: str, body: Callable[[Harness], Awaitable[None]], *, secret: str | None = None) -> None:
     async def main() -> None:
         kwargs = {} if secret is None else {"secret": secret}
-        async with harness((name, TradeType.FUTURES), **kwargs) as h:
+        async with ccxt_harness((name, TradeType.FUTURES), **kwargs) as h:
             await body(h)
 
     asyncio.run(main())
@@ -232,7 +233,7 @@ def test_a_spot_venue_holds_no_positions(name: str) -> None:
         assert h.venue.request_weight("fetch_positions") == 0
 
     async def main() -> None:
-        async with harness((name, TradeType.SPOT)) as h:
+        async with ccxt_harness((name, TradeType.SPOT)) as h:
             await body(h)
 
     asyncio.run(main())
