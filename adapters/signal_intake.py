@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from engine import metrics
+from engine.clock import SYSTEM_CLOCK, Clock
 from engine.logs import get_logger
 from engine.messages import Signal, SignalStatus, SignalStatusRow
 from engine.signals import EXPIRED, STALE, SignalRejected, parse_signal
@@ -85,6 +86,7 @@ class SignalIntake:
         poll_interval_ms: float,
         batch_size: int,
         max_age_s: float,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._dsn = dsn
         self._claim = claim
@@ -93,6 +95,7 @@ class SignalIntake:
         self._poll_s = poll_interval_ms / 1000
         self._batch = batch_size
         self._max_age_s = max_age_s
+        self._clock = clock  # a signal's age and expiry are judged on the engine's clock
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
@@ -150,7 +153,7 @@ class SignalIntake:
             rows = await self._claim(self._batch)
             if not rows:
                 return
-            now = datetime.now(UTC)
+            now = self._clock.now()
             for row in rows:
                 self._handle_row(row, now)
             if len(rows) < self._batch:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -111,7 +110,7 @@ class AdminQueries:
         live = await self._blocking(self._live_status)
         pool = runtime.pool_stats()
         return {
-            "uptime_s": round(time.monotonic() - system.started_at, 1),
+            "uptime_s": round(system.clock.monotonic() - system.started_at, 1),
             "version": _version(),
             "draining": system.draining,
             "shutdown_requested": system.shutdown_requested,
@@ -162,7 +161,7 @@ class AdminQueries:
         counts = await self._blocking(lambda: self._get(system.router.proxy().counts()))
         reachable = await database_reachable(system.pool)
         return {
-            "uptime_s": round(time.monotonic() - system.started_at, 1),
+            "uptime_s": round(system.clock.monotonic() - system.started_at, 1),
             "version": _version(),
             **figures,
             "followers": counts.get("followers"),

@@ -160,6 +160,7 @@ def start_services(system: EngineSystem) -> None:
                 poll_interval_ms=cfg.signals.poll_interval_ms,
                 batch_size=cfg.signals.claim_batch_size,
                 max_age_s=cfg.signals.max_signal_age_s,
+                clock=system.clock,
             )
         )
     if system.follows_watcher is not None:  # prepared (LISTEN) before the followers were loaded

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -65,7 +64,7 @@ class Supervisor:
 
     def on_failure(self, user_id: int, message: str, error: str) -> None:
         metrics.incr("followers.failed")
-        now = time.monotonic()
+        now = self._system.clock.monotonic()
         with self._lock:
             history = self._restarts.setdefault(user_id, deque())
             while history and now - history[0] > self._window_s:

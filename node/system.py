@@ -78,7 +78,7 @@ class EngineSystem:
         self.follows_watcher: FollowsWatcher | None = None
         self.draining = False
         self.shutdown_requested = False
-        self.started_at = time.monotonic()
+        self.started_at = clock.monotonic()  # for uptime, on the engine's clock
         self._needs_reconcile: set[int] = set()
         self._needs_lock = threading.Lock()
         self._reconcile_pending_logged = False

@@ -47,6 +47,11 @@ def ten_to_midnight(dsn: str, data_dir: Path) -> tuple[datetime, FakeClock, Pape
     return midnight, clock, venue, start_engine(dsn, data_dir, venue, clock, ENGINE_SNAPSHOT_INTERVAL_S="3600")
 
 
+def signal_on(clock: FakeClock, dsn: str, whale_id: int, symbol: str, **kwargs: Any) -> int:
+    """A signal detected at the engine's time: the intake judges its age (and the future) on that clock."""
+    return signal(dsn, whale_id, symbol, detected_at=clock.now(), **kwargs)
+
+
 def snapshots(dsn: str, user_id: int) -> list[dict[str, Any]]:
     rows = fetch(dsn, "SELECT * FROM portfolio_snapshots WHERE user_id = $1 ORDER BY taken_at", user_id)
     return [dict(r) for r in rows]
@@ -95,7 +100,7 @@ def test_periodic_job_writes_snapshots_on_its_own(pg_dsn: str, tmp_path: Path) -
     system = start_engine(pg_dsn, tmp_path, venue, clock, ENGINE_SNAPSHOT_INTERVAL_S="0.2")
     try:
         follow(system, pg_dsn, user, whale)
-        assert copied(system, pg_dsn, signal(pg_dsn, whale, "SNF/USDT:USDT"))["copied"] == 1
+        assert copied(system, pg_dsn, signal_on(clock, pg_dsn, whale, "SNF/USDT:USDT"))["copied"] == 1
         settle(system)
         assert snapshots(pg_dsn, user) == []  # the clock has not moved: no snapshot is due
 
@@ -125,7 +130,7 @@ def test_day_roll_closes_the_day_and_a_restart_counts_only_today(pg_dsn: str, tm
     midnight, clock, venue, system = ten_to_midnight(pg_dsn, tmp_path)
     try:
         follow(system, pg_dsn, user, whale, stop_loss_pct=D(10), daily_loss_limit_usdt=D(20))
-        a, b = signal(pg_dsn, whale, "DLA/USDT:USDT"), signal(pg_dsn, whale, "DLB/USDT:USDT")
+        a, b = signal_on(clock, pg_dsn, whale, "DLA/USDT:USDT"), signal_on(clock, pg_dsn, whale, "DLB/USDT:USDT")
         assert copied(system, pg_dsn, a)["copied"] == 1 and copied(system, pg_dsn, b)["copied"] == 1
 
         snapshot_then_stop_loss(system, pg_dsn, venue, clock, midnight, position_id_for(a, user))
@@ -143,9 +148,8 @@ def test_day_roll_closes_the_day_and_a_restart_counts_only_today(pg_dsn: str, tm
         assert (described["trades_today"], described["realized_pnl_today_usdt"]) == (0, D(0))
 
         clock.set(midnight + timedelta(minutes=1))  # today: the whale closes DLB, exit fee 0.25
-        assert (
-            copied(system, pg_dsn, signal(pg_dsn, whale, "DLB/USDT:USDT", side="sell", action="close"))["copied"] == 1
-        )
+        close = signal_on(clock, pg_dsn, whale, "DLB/USDT:USDT", side="sell", action="close")
+        assert copied(system, pg_dsn, close)["copied"] == 1
         wait_for(lambda: status(pg_dsn, position_id_for(b, user)) == "closed")
         settle(system)
     finally:
@@ -170,7 +174,7 @@ def test_clean_stop_snapshots_so_a_restart_the_next_day_counts_nothing_from_yest
     midnight, clock, venue, system = ten_to_midnight(pg_dsn, tmp_path)
     try:
         follow(system, pg_dsn, user, whale, stop_loss_pct=D(10), daily_loss_limit_usdt=D(20))
-        a = signal(pg_dsn, whale, "DLA/USDT:USDT")
+        a = signal_on(clock, pg_dsn, whale, "DLA/USDT:USDT")
         assert copied(system, pg_dsn, a)["copied"] == 1
 
         snapshot_then_stop_loss(system, pg_dsn, venue, clock, midnight, position_id_for(a, user))

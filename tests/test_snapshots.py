@@ -83,10 +83,27 @@ def tick(system: EngineSystem) -> None:
     system.io.run(feed.tick(), 30)
 
 
-def signal(dsn: str, whale_id: int, symbol: str, *, side: str = "buy", action: str = "open", leverage: int = 5) -> int:
+def signal(
+    dsn: str,
+    whale_id: int,
+    symbol: str,
+    *,
+    side: str = "buy",
+    action: str = "open",
+    leverage: int = 5,
+    detected_at: datetime | None = None,
+) -> int:
+    """``detected_at``: the engine's clock when it is not the real one (else the row's default, now)."""
     price = PRICES[symbol.split("/", maxsplit=1)[0]]
     return insert_signal(
-        dsn, whale_id=whale_id, symbol=symbol, side=side, action=action, price=price, leverage=leverage
+        dsn,
+        whale_id=whale_id,
+        symbol=symbol,
+        side=side,
+        action=action,
+        price=price,
+        leverage=leverage,
+        detected_at=detected_at,
     )
 
 
