@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -18,6 +17,7 @@ import pykka
 import pytest
 
 from actors.router import RouteSignal, SetBacklog, SetDraining, SetFollowers, SignalRouterActor, SweepStale
+from engine.clock import SYSTEM_CLOCK, Clock, FakeClock
 from engine.messages import (
     CopySignal,
     FollowerDecision,
@@ -73,7 +73,9 @@ def signal(
 
 
 @contextlib.contextmanager
-def started_router(max_pending_copies: int) -> Iterator[tuple[pykka.ActorRef[Any], list[Recorder], Recorder]]:
+def started_router(
+    max_pending_copies: int, clock: Clock = SYSTEM_CLOCK
+) -> Iterator[tuple[pykka.ActorRef[Any], list[Recorder], Recorder]]:
     """The router with three recorder followers of ``WHALE``; yields it, the followers and its persistence."""
     followers, persistence = [Recorder() for _ in range(3)], Recorder()
     ref = SignalRouterActor.start(
@@ -81,6 +83,7 @@ def started_router(max_pending_copies: int) -> Iterator[tuple[pykka.ActorRef[Any
         mark_price=lambda *_: None,
         publish=lambda *_, **__: None,
         max_pending_copies=max_pending_copies,
+        clock=clock,
     )
     try:
         refs = {uid: f for uid, f in enumerate(followers, start=1)}
@@ -197,10 +200,12 @@ def test_draining_keeps_waiting_signals_for_a_resume_or_the_next_run() -> None:
 
 
 def test_the_stale_sweep_counts_from_the_fan_out_not_from_a_long_hold() -> None:
-    with started_router(4) as (ref, followers, persistence):
+    clock = FakeClock()
+    with started_router(4, clock) as (ref, followers, persistence):
         ref.tell(SetBacklog(high=True))
         ref.tell(RouteSignal(signal=signal(30)))
-        time.sleep(1.5)  # held longer than the answer timeout below
+        wait_for(lambda: ref.proxy().counts().get(timeout=10)["queued"] == 1, 10)  # taken (and stamped)
+        clock.advance(1.5)  # held longer than the answer timeout below
         ref.tell(SetBacklog(high=False))
         wait_for(lambda: all(f.signal_ids() == [30] for f in followers), 10)
         ref.tell(SweepStale(answer_timeout_s=1.0))  # just fanned out: nobody is late yet
