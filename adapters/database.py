@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.resources
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -25,7 +25,6 @@ from engine.messages import BalanceRow, DomainEventRow, PositionRow, SignalStatu
 
 log = get_logger(__name__)
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
 
 # pg_advisory_lock key serialising schema changes between processes ("ctschema" as an int64).
 _SCHEMA_LOCK_KEY = 0x6374736368656D61
@@ -40,10 +39,16 @@ class Migration(NamedTuple):
     sql: str
 
 
+def schema_sql() -> str:
+    """The text of ``adapters/schema.sql``, package data found through ``importlib.resources`` (so an installed
+    wheel has it, not only a source checkout)."""
+    return importlib.resources.files("adapters").joinpath("schema.sql").read_text(encoding="utf-8")
+
+
 def migrations() -> tuple[Migration, ...]:
     """Step 1 is ``schema.sql``; add later steps to the tuple below."""
     return (
-        Migration(1, "initial schema", SCHEMA_PATH.read_text()),
+        Migration(1, "initial schema", schema_sql()),
         # Migration(2, "what it changes", "ALTER TABLE ..."),
     )
 

@@ -1,9 +1,10 @@
-"""schema.sql and the migration runner (adapters/database.py)."""
+"""adapters/schema.sql and the migration runner (adapters/database.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import decimal
+import importlib.resources
 import typing
 import uuid
 from datetime import UTC, datetime
@@ -13,7 +14,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from adapters.database import SCHEMA_PATH, apply_schema, connect, create_database
+from adapters.database import apply_schema, connect, create_database, schema_sql
 from engine.messages import (
     BalanceRow,
     DomainEventRow,
@@ -54,8 +55,8 @@ def test_apply_schema_twice_is_idempotent_and_records_versions(pg_server: str) -
             first = await apply_schema(conn)
             second = await apply_schema(conn)
             # The raw file is idempotent on its own too (it may be replayed by hand).
-            await conn.execute(SCHEMA_PATH.read_text())
-            await conn.execute(SCHEMA_PATH.read_text())
+            await conn.execute(schema_sql())
+            await conn.execute(schema_sql())
             return first, second
         finally:
             await conn.close()
@@ -190,3 +191,11 @@ def test_numeric_and_jsonb_codecs(pg_dsn: str) -> None:
     assert got == value and isinstance(got, Decimal)
     doc = fetchval(pg_dsn, "SELECT $1::jsonb", {"a": 1, "price": Decimal("1.10")})
     assert doc == {"a": 1, "price": "1.10"}
+
+
+def test_schema_is_package_data_found_through_importlib_resources() -> None:
+    """An installed wheel has no source tree around it: the schema travels inside the adapters package."""
+    resource = importlib.resources.files("adapters").joinpath("schema.sql")
+    assert resource.is_file()
+    assert schema_sql() == resource.read_text(encoding="utf-8")
+    assert "CREATE TABLE" in schema_sql()

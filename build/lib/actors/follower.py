@@ -1,0 +1,373 @@
+"""FollowerActor: one per user, on the pooled runtime. Owns the user's balances, positions and limits.
+
+For a signal it sizes the copy and applies every limit (``engine.sizing.decide``): a skip with a named reason,
+or an intent. It reserves funds, asks the persistence actor to make the intent durable (group-commit lane), and
+only then sends the order to the exchange actor. Outcomes update positions and balances (``engine.ledger``).
+Prices from the feed drive mark-to-market, stop-loss / take-profit and liquidation (``actors/follower_risk``).
+
+Handlers never block: the persistence actor answers ``IntentAck``, the exchange actor ``OrderOutcome``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from actors.follower_risk import FollowerRisk
+from engine import metrics
+from engine.control import ReconcileNow, SetPaused, TakeSnapshot, UpdateSettings
+from engine.events import FollowerSkipped, TradeNeedsReconciliation
+from engine.ledger import OrderContext, settle_entry, settle_exit, undo_order
+from engine.logs import get_logger
+from engine.messages import (
+    CopySignal,
+    FollowerDecision,
+    IntentAck,
+    OrderOutcome,
+    PersistIntent,
+    PlaceOrder,
+    PositionStatus,
+    PriceUpdate,
+    ResolveOrder,
+    Signal,
+    SkipReason,
+    TradeRow,
+    TradeStatus,
+    TradeType,
+    VenuePositions,
+)
+from engine.sizing import EntryPlan, ExitPlan, Skip, decide
+from engine.trades import Trade
+
+log = get_logger(__name__)
+
+__all__ = ["FollowerActor"]
+
+
+class FollowerActor(FollowerRisk):
+    """See the module docstring. Constructed from its persisted ``FollowerState``."""
+
+    def on_start(self) -> None:
+        if self._orders:
+            # Start-up recovery: ask the venue about every order left open by the last run.
+            self._reconcile()
+
+    def on_receive(self, message: Any) -> Any:
+        self._current = message
+        if isinstance(message, CopySignal):
+            self._on_signal(message)
+        elif isinstance(message, IntentAck):
+            self._on_intent_ack(message)
+        elif isinstance(message, OrderOutcome):
+            self._on_outcome(message)
+        elif isinstance(message, PriceUpdate):
+            self._on_prices(message)
+        elif isinstance(message, VenuePositions):
+            self._on_venue_positions(message)
+        elif isinstance(message, ReconcileNow):
+            self._reconcile()
+        elif isinstance(message, UpdateSettings):
+            self._apply_state_settings(message.state)
+        elif isinstance(message, SetPaused):
+            self._paused_override = message.paused
+        elif isinstance(message, TakeSnapshot):
+            self.snapshot()
+        else:
+            log.warning("follower.unknown_message", user_id=self._user_id, message_type=type(message).__name__)
+        self._current = None
+
+    # ---- ask-able (admin, tests) -------------------------------------------------------------------------
+
+    def dry_run(self, signal: Signal, mark: Decimal | None) -> dict[str, Any]:
+        """What this follower would do with ``signal``; changes nothing."""
+        decision = self._decide(signal, mark)
+        if isinstance(decision, Skip):
+            return {"user_id": self._user_id, "action": "skip", "reason": decision.reason, "detail": decision.detail}
+        return {
+            "user_id": self._user_id,
+            "action": "exit" if isinstance(decision, ExitPlan) else "entry",
+            "client_order_id": decision.client_order_id,
+            "side": decision.side,
+            "qty": decision.qty,
+            "price": decision.price,
+            "notional_usdt": decision.notional_usdt,
+            "leverage": decision.leverage,
+        }
+
+    # ---- signals -----------------------------------------------------------------------------------------
+
+    def _decide(self, signal: Signal, mark: Decimal | None, now: datetime | None = None) -> Skip | EntryPlan | ExitPlan:
+        venue = self._user.preferred_exchange
+        if now is None:
+            now = self._ctx.clock.now()
+        follow = self._follows.get(signal.whale_id)
+        held = self._portfolio.position_on(venue, signal.symbol)
+        orders = self._orders
+        account = self._portfolio.account_view(
+            venue=venue,
+            symbol=signal.symbol,
+            now=now,
+            busy=(venue, signal.symbol) in self._busy,
+            opening=sum(1 for o in orders.values() if o.kind == "open") if orders else 0,
+            in_flight=len(orders),
+            draining=self._ctx.draining(),
+            venue_available=self._ctx.venue_available(venue),
+        )
+        user = self._user
+        if self._paused_override is not None:
+            user = msgspec.structs.replace(user, paused=self._paused_override)
+        market = self._ctx.markets.get(venue, {}).get(signal.symbol)
+        if mark is None and held is not None:
+            mark = self._marks.get(signal.symbol)
+        return decide(signal, user=user, follow=follow, market=market, mark=mark, now=now, account=account)
+
+    def _on_signal(self, message: CopySignal) -> None:
+        signal = message.signal
+        now = self._ctx.clock.now()  # one reading per signal: the decision's and the order's creation time
+        decision = self._decide(signal, message.mark_price, now)
+        if isinstance(decision, Skip):
+            self._skip(signal, decision.reason, decision.detail, now)
+            return
+        venue = self._user.preferred_exchange
+        trade = Trade.for_plan(decision, signal=signal, user_id=self._user_id, venue=venue)
+        if trade.client_order_id in self._orders:
+            self._skip(signal, SkipReason.POSITION_BUSY, "order for this signal already in flight", now)
+            return
+        reserved = Decimal(0)
+        if isinstance(decision, EntryPlan):
+            reserved = decision.reserve_usdt
+            if not self._portfolio.reserve(venue, reserved):
+                self._skip(signal, SkipReason.INSUFFICIENT_BALANCE, f"cannot reserve {reserved}", now)
+                return
+            kind = "increase" if decision.is_increase else "open"
+        else:
+            kind = "exit"
+        order = OrderContext(
+            trade=trade,
+            kind=kind,
+            reserved_usdt=reserved,
+            received_at_ns=message.received_at_ns,
+            created_at=now,
+        )
+        self._track(order)
+        # The row carries the reservation: after a crash it is what start-up recovery releases or settles.
+        order.intent_row = self._trade_row(order)
+        self._ctx.persistence.tell(PersistIntent(row=order.intent_row, reply_to=self.actor_ref))
+
+    def _skip(self, signal: Signal, reason: SkipReason, detail: str, now: datetime | None = None) -> None:
+        metrics.incr(f"skips.{reason.value}")
+        log.info(
+            "copy.skipped",
+            signal_id=signal.signal_id,
+            user_id=self._user_id,
+            whale_id=signal.whale_id,
+            reason=reason.value,
+            detail=detail,
+        )
+        self._publish(
+            FollowerSkipped(
+                occurred_at=now if now is not None else self._ctx.clock.now(),
+                user_id=self._user_id,
+                signal_id=signal.signal_id,
+                reason=reason.value,
+                detail=detail,
+            )
+        )
+        self._ctx.router.tell(
+            FollowerDecision(signal_id=signal.signal_id, user_id=self._user_id, outcome="skipped", reason=reason.value)
+        )
+
+    # ---- intents and orders ------------------------------------------------------------------------------
+
+    def _on_intent_ack(self, ack: IntentAck) -> None:
+        order = self._orders.get(ack.client_order_id)
+        if order is None or order.trade.status is not TradeStatus.PENDING:
+            return
+        trade = order.trade
+        if ack.duplicate:
+            # The same order (same client order id) was decided before, e.g. the signal was routed again after a
+            # restart: its trade row is the truth. Drop this copy without writing over that row.
+            self._orders.pop(trade.client_order_id, None)
+            self._busy.discard((trade.venue, trade.symbol))
+            if order.reserved_usdt > 0:
+                self._portfolio.release(trade.venue, order.reserved_usdt)
+            if order.kind == "close":
+                self._close_id_taken(order)
+            metrics.incr("copies.duplicate")
+            log.info("copy.duplicate", user_id=self._user_id, client_order_id=trade.client_order_id)
+            self._answer_router(order, "copied", "already_copied")
+            return
+        if not ack.durable:
+            # No durable intent, no order: this is the rule that keeps the books and the venue in agreement.
+            trade.transition(TradeStatus.FAILED, error=f"intent not durable: {ack.error}")
+            self._spend_close_id(order)
+            metrics.incr("copies.failed")
+            log.warning(
+                "copy.not_durable", user_id=self._user_id, client_order_id=trade.client_order_id, error=ack.error
+            )
+            self._finish(order, undo_order(self._portfolio, order, now=self._ctx.clock.now()))
+            self._answer_router(order, "failed", "not_durable")
+            return
+        self._send(order)
+        self._answer_router(order, "copied", None)
+
+    def _close_id_taken(self, order: OrderContext) -> None:
+        """A close whose id already has a trade row, and which no order of ours tracks: that attempt ended
+        earlier (e.g. filled in part before a restart). Reopen the position; the next trigger tries a new id."""
+        self._spend_close_id(order)
+        position = self._portfolio.positions.get(order.trade.position_id or "")
+        if position is None:
+            return
+        if position.status is PositionStatus.CLOSING:
+            position.abort_closing()
+            self._persist(position.to_row())
+
+    def _spend_close_id(self, order: OrderContext) -> None:
+        """An engine close attempt ended (filled in part, refused, failed, or never durable): its id is spent.
+        The next attempt needs a new one: the venue would answer a spent id with the old order, and a FAILED row
+        still on its way to the database would overwrite a new intent under the same id."""
+        position_id = order.trade.position_id
+        if order.kind == "close" and position_id is not None:
+            self._close_attempts[position_id] = self._close_attempts.get(position_id, 0) + 1
+
+    def _send(self, order: OrderContext) -> None:
+        trade = order.trade
+        exchange = self._ctx.exchanges.get(trade.venue)
+        if exchange is None:
+            trade.transition(TradeStatus.FAILED, error=f"no exchange actor for venue {trade.venue}")
+            self._finish(order, undo_order(self._portfolio, order, now=self._ctx.clock.now()))
+            return
+        trade.transition(TradeStatus.SUBMITTED)
+        exchange.tell(PlaceOrder(request=trade.to_order_request(), reply_to=self.actor_ref))
+        metrics.incr("orders.sent")
+        if order.received_at_ns:
+            metrics.observe("signal_to_order_ms", (self._ctx.clock.monotonic_ns() - order.received_at_ns) / 1e6)
+        self._persist(self._submitted_row(order))
+
+    def _submitted_row(self, order: OrderContext) -> TradeRow:
+        # PENDING -> SUBMITTED changes only status and version: reuse the intent row when that is all that moved.
+        intent, trade = order.intent_row, order.trade
+        order.intent_row = None
+        if intent is None or intent.version + 1 != trade.version:
+            return self._trade_row(order)
+        return msgspec.structs.replace(intent, status=trade.status, version=trade.version)
+
+    def _answer_router(self, order: OrderContext, outcome: str, reason: str | None) -> None:
+        if order.trade.signal_id is not None and order.kind in ("open", "increase", "exit"):
+            self._ctx.router.tell(
+                FollowerDecision(signal_id=order.trade.signal_id, user_id=self._user_id, outcome=outcome, reason=reason)
+            )
+
+    def _on_outcome(self, outcome: OrderOutcome) -> None:
+        order = self._orders.get(outcome.client_order_id)
+        if order is None:
+            return  # an answer for an order already settled (duplicate resolution): nothing to do
+        trade = order.trade
+        now = self._ctx.clock.now()
+        if outcome.status is TradeStatus.FAILED and outcome.error == "not_found" and not self._grace_over(order, now):
+            # The venue may not have it *yet*; keep it unknown and ask again at the next reconciliation.
+            self._ctx.needs_reconcile(self._user_id)
+            return
+        try:
+            changed = trade.apply_outcome(outcome)
+        except ValueError as exc:  # IllegalTransition is a ValueError subclass too
+            log.error(
+                "order.bad_outcome",
+                user_id=self._user_id,
+                client_order_id=trade.client_order_id,
+                status=outcome.status,
+                error=str(exc),
+            )
+            return
+        if not changed and trade.status not in (TradeStatus.UNKNOWN, TradeStatus.SUBMITTED):
+            return
+        status = trade.status
+        position = self._portfolio.positions.get(trade.position_id or "")
+        if trade.is_final:
+            self._spend_close_id(order)
+        if status in (TradeStatus.FILLED, TradeStatus.PARTIALLY_FILLED):
+            metrics.incr("orders.filled")
+            if order.kind in ("open", "increase"):
+                market = self._ctx.markets.get(trade.venue, {}).get(trade.symbol)
+                follow = self._follows.get(trade.whale_id or -1)
+                events = settle_entry(self._portfolio, order, market=market, follow=follow, now=now)
+            else:
+                market = self._ctx.markets.get(trade.venue, {}).get(trade.symbol)
+                events = settle_exit(self._portfolio, order, now=now, market=market)
+            self._finish(order, events, position)
+        elif status in (TradeStatus.REJECTED, TradeStatus.FAILED, TradeStatus.CANCELLED):
+            metrics.incr("orders.rejected" if status is TradeStatus.REJECTED else "orders.failed")
+            self._finish(order, undo_order(self._portfolio, order, now=now), position)
+            if (
+                status is TradeStatus.REJECTED
+                and order.kind == "close"
+                and position is not None
+                and position.trade_type is TradeType.FUTURES
+                and position.is_active
+            ):
+                # A refused reduce-only close often means the venue holds nothing to reduce: ask before the
+                # next tick tries again with a new id (and again, and again).
+                self._ask_venue(trade.venue, [position], 0.0, reason="close_rejected")
+        elif status is TradeStatus.UNKNOWN and changed:
+            metrics.incr("orders.unknown")
+            self._publish(
+                TradeNeedsReconciliation(
+                    occurred_at=now,
+                    user_id=self._user_id,
+                    signal_id=trade.signal_id,
+                    client_order_id=trade.client_order_id,
+                    error=outcome.error,
+                )
+            )
+            self._persist(self._trade_row(order))
+            self._ctx.needs_reconcile(self._user_id)
+        elif status is TradeStatus.UNKNOWN:
+            # Resolution answered "not yet" (not found within the grace, look-up failed, resting on the book):
+            # still unknown, so it must be asked about again; reconcile() clears the set it was taken from.
+            self._ctx.needs_reconcile(self._user_id)
+
+    def _grace_over(self, order: OrderContext, now: datetime) -> bool:
+        created = order.created_at or now
+        return (now - created).total_seconds() >= self._ctx.unknown_grace_s
+
+    def _reconcile(self) -> None:
+        """Ask the venue by client order id about every order whose outcome we do not know."""
+        for order in list(self._orders.values()):
+            trade = order.trade
+            if trade.status not in (TradeStatus.UNKNOWN, TradeStatus.SUBMITTED, TradeStatus.PENDING):
+                continue
+            exchange = self._ctx.exchanges.get(trade.venue)
+            if exchange is None:
+                continue
+            if trade.status is TradeStatus.PENDING and not self._recovered_pending(order):
+                continue  # a live intent waiting for its IntentAck, not a leftover
+            exchange.tell(
+                ResolveOrder(
+                    user_id=self._user_id,
+                    symbol=trade.symbol,
+                    trade_type=trade.trade_type,
+                    client_order_id=trade.client_order_id,
+                    reply_to=self.actor_ref,
+                )
+            )
+
+    def _recovered_pending(self, order: OrderContext) -> bool:
+        # A PENDING trade loaded at start-up may or may not have reached the venue before the crash; treat it
+        # as UNKNOWN so the resolution rules apply (found -> apply; not found after the grace -> FAILED).
+        if order.trade.client_order_id in self._recovered:
+            order.trade.transition(TradeStatus.UNKNOWN, error="recovered at start-up")
+            return True
+        return False
+
+    # ---- admin closes (same path as SL/TP: ``FollowerRisk.start_close``) ---------------------------------
+
+    def close_position(self, position_id: str, reason: str = "manual") -> dict[str, Any]:
+        """Close ``position_id`` (admin ``close``); a position already closing is a no-op with a clear reply."""
+        return self.start_close(position_id, reason)
+
+    def close_all(self) -> list[dict[str, Any]]:
+        """Close every open position (admin ``close-all``)."""
+        return [self.start_close(pid, "manual") for pid in list(self._portfolio.positions)]

@@ -1,0 +1,419 @@
+"""The persistence actor: the only writer of PostgreSQL.
+
+Two lanes:
+
+* **Durable** (``PersistIntent``): PENDING trades that must be committed before their order is sent. Intents
+  arriving within ``durable_window_ms`` (or until ``durable_max_rows``) share one transaction (group commit);
+  while one commits, the next group gathers. Each requester gets exactly one ``IntentAck``.
+  **Failure policy: fail fast.** One attempt, bounded by ``durable_timeout_ms``; if it fails (server down,
+  connection cut, timeout) every intent of the group is answered ``durable=False`` with the error and no order
+  is sent. Intents are never retried: a follower must not wait, and the next signal is a fresh attempt. A row
+  the schema rejects is answered ``durable=False`` alone (the group is bisected) and goes to ``dead_letters``.
+* **Batched** (``PersistRows``): state and facts, upserted by natural key at most ``flush_interval_ms`` after
+  they arrive or as soon as ``flush_max_rows`` are queued. Up to ``batches_in_flight`` batches are written at
+  once on their own connections, but they commit in the order they were formed (see "batched lane" below),
+  so batches land in order. A failed batch is kept and retried with backoff until it is written; rows the
+  schema rejects are bisected out to ``dead_letters``.
+
+Threads: handlers run on this actor's thread; SQL runs on the I/O loop (``actors.persistence_io``, statements
+in ``actors.persistence_sql``), whose completion callback only ``tell``s a message back here. ``flush()`` and
+``on_stop`` are the exceptions: they wait for the loop (shutdown, composition root and tests only). Counters,
+``stats()`` and the health log events (database down/up, dead letters, backlog high water) are the mixin
+``PersistenceHealth`` in ``actors.persistence_health``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Set
+from typing import Any
+
+import pykka
+
+from actors import persistence_sql
+from actors.persistence_health import PersistenceHealth
+from actors.persistence_io import PersistenceIo, PreviousBatchFailed, WriteMethod
+from adapters import database as db
+from adapters.ioloop import IoLoop
+from engine.backoff import backoff_s
+from engine.control import BatchDone, DurableDue, FlushDue, IntentsDone, RetryDue, RunWrite
+from engine.logs import get_logger
+from engine.messages import IntentAck, PersistIntent, PersistRows
+from engine.runtime import SingletonActor
+
+log = get_logger(__name__)
+_JITTER = random.Random()  # spreads the retries of a failed batch (engine.backoff)
+
+
+class _Batch:
+    """A batch of the batched lane (actor thread only): collapsed rows, their keys, and its write if in flight."""
+
+    __slots__ = ("blocked_by", "future", "keys", "rows", "seq")
+
+    def __init__(self, rows: list[Any], keys: Set[tuple[Any, ...]]) -> None:
+        self.rows = rows
+        self.keys = keys
+        self.seq = 0
+        self.future: concurrent.futures.Future[BatchDone] | None = None
+        self.blocked_by: tuple[int, ...] | None = None  # the in-flight writes it was found to share a key with
+
+
+def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
+    with contextlib.suppress(pykka.ActorDeadError):
+        ref.tell(message)  # a late result for a stopped actor has nowhere to go
+
+
+class PersistenceActor(PersistenceHealth, SingletonActor):
+    """Group commit for intents, batched idempotent upserts for everything else (see the module doc)."""
+
+    def __init__(
+        self,
+        *,
+        io_loop: IoLoop,
+        dsn: str,
+        durable_window_ms: float = 2,
+        durable_max_rows: int = 2000,
+        durable_timeout_ms: float = 1000,
+        flush_interval_ms: float = 50,
+        flush_max_rows: int = 5000,
+        queue_max_rows: int = 500_000,
+        high_water_rows: int = 100_000,
+        pool_max_size: int = 4,
+        retry_initial_ms: float = 100,
+        retry_max_ms: float = 5000,
+        stop_flush_timeout_s: float = 10.0,
+        write_method: WriteMethod = "json",
+        batches_in_flight: int = 2,
+        on_backlog: Callable[[bool], None] | None = None,
+    ) -> None:
+        """``on_backlog(True)`` is called (on this actor's thread) when the write queue reaches
+        ``high_water_rows``, ``on_backlog(False)`` when it is back under half of it: the router holds signals
+        meanwhile, so an overloaded engine does not queue rows towards ``queue_max_rows`` (where they are dropped)."""
+        super().__init__()
+        self._on_backlog = on_backlog
+        self._io = io_loop
+        self._durable_window_s = durable_window_ms / 1000
+        self._durable_max_rows = durable_max_rows
+        self._flush_interval_s = flush_interval_ms / 1000
+        self._flush_max_rows = flush_max_rows
+        self._queue_max_rows = queue_max_rows
+        self._high_water_rows = high_water_rows
+        self._retry_initial_s = retry_initial_ms / 1000
+        self._retry_max_s = retry_max_ms / 1000
+        self._stop_flush_timeout_s = stop_flush_timeout_s
+        self._write_method: WriteMethod = write_method
+        # Ordered commits need the "json" writer's hook inside the transaction; the others go one at a time.
+        self._batches_in_flight = max(1, batches_in_flight) if write_method == "json" else 1
+        self._db = PersistenceIo(  # touched on the loop thread only
+            dsn=dsn,
+            # A connection for every batch in flight and one more, so intents never wait behind a batch.
+            pool_max_size=max(self._batches_in_flight + 1, pool_max_size),
+            write_method=write_method,
+            durable_timeout_s=durable_timeout_ms / 1000,
+        )
+
+        self._queue: deque[Any] = deque()
+        self._batches: deque[_Batch] = deque()  # formed, in order: in flight (a prefix), then waiting
+        self._batch_seq = 0
+        self._failed = False  # a batch failed: settle what is in flight, then back off
+        self._retry_token = 0
+        self._retry_due_token = 0  # non-zero while backing off
+        self._retry_attempts = 0  # failed attempts in a row: the next backoff step
+        self._flush_armed = False
+        self._flush_due = False
+        self._intents: list[PersistIntent] = []
+        self._intents_inflight: list[PersistIntent] | None = None
+        self._intents_seq = 0
+        self._intents_future: concurrent.futures.Future[IntentsDone] | None = None
+        self._durable_armed = False
+        self._above_high_water = False
+        self._db_reachable = True
+        self._down_since = 0.0
+        self._stats = {
+            "rows_written": 0,
+            "intents_written": 0,
+            "flushes": 0,
+            "durable_commits": 0,
+            "dead_letters": 0,
+            "retries": 0,
+            "rows_dropped": 0,
+        }
+        self._last_flush_ms = 0.0
+        self._flush_ms_total = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self._io.submit(self._db.warm())
+        log.info(
+            "persistence.started",
+            durable_window_ms=self._durable_window_s * 1000,
+            flush_interval_ms=self._flush_interval_s * 1000,
+            flush_max_rows=self._flush_max_rows,
+            write_method=self._write_method,
+            batches_in_flight=self._batches_in_flight,
+        )
+
+    def on_stop(self) -> None:
+        # No new orders while stopping: intents not yet committing are refused, then everything else flushes.
+        for intent in self._intents:
+            self._ack(intent, durable=False, error="persistence stopping")
+        self._intents = []
+        if not self.flush(timeout_s=self._stop_flush_timeout_s):
+            log.error("persistence.stop_unflushed", queue_depth=self._queue_depth())
+        with contextlib.suppress(Exception):
+            self._io.run(self._db.close(), timeout_s=5)
+        log.info("persistence.stopped", **self.stats())
+
+    # -- public, ask-able ------------------------------------------------------------------------------------
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Write everything queued (both lanes) and return ``True``; ``False`` if ``timeout_s`` ran out first
+        (the database stayed down). Blocks this actor's thread meanwhile: for shutdown, the composition
+        root and tests (``proxy.flush().get()``), never on the hot path."""
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                if self._intents_future is not None:
+                    self._on_intents_done(self._intents_future.result(deadline - time.monotonic()))
+                elif self._intents:
+                    self._start_durable()
+                elif (first := next((b.future for b in self._batches if b.future), None)) is not None:
+                    self._on_batch_done(first.result(deadline - time.monotonic()))
+                elif self._batches or self._queue:
+                    if self._retry_due_token or self._failed:  # after a failed attempt: back off first
+                        pause_s = backoff_s(
+                            self._retry_attempts + 1, base_s=self._retry_initial_s, cap_s=self._retry_max_s, rng=_JITTER
+                        )
+                        time.sleep(min(pause_s, max(0.0, deadline - time.monotonic())))
+                        self._retry_due_token, self._failed = 0, False
+                    self._flush_due = True
+                    self._pump()
+                else:
+                    return True
+                if time.monotonic() >= deadline:
+                    raise TimeoutError
+        except (TimeoutError, concurrent.futures.TimeoutError):
+            log.warning("persistence.flush_timeout", queue_depth=self._queue_depth(), timeout_s=timeout_s)
+            return False
+
+    # -- messages --------------------------------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case PersistIntent():
+                self._on_intent(message)
+            case PersistRows():
+                self._on_rows(message.rows)
+            case FlushDue():
+                self._flush_armed = False
+                self._flush_due = True
+                self._pump()
+                self._arm_flush()
+            case DurableDue():
+                self._durable_armed = False
+                if self._intents_inflight is None and self._intents:
+                    self._start_durable()
+            case BatchDone():
+                self._on_batch_done(message)
+            case IntentsDone():
+                self._on_intents_done(message)
+            case RetryDue(token=token):
+                self._on_retry_due(token)
+            case RunWrite():
+                self._run_write(message)
+            case _:
+                log.warning("persistence.unknown_message", type=type(message).__name__)
+        return None
+
+    # -- ad-hoc writes ---------------------------------------------------------------------------------------
+
+    def _run_write(self, message: RunWrite) -> None:
+        """A write that needs an answer: run on our pool, not behind the batched lane (see ``PersistenceIo``)."""
+        self._io.submit(self._db.run_write(message))
+
+    # -- durable lane ----------------------------------------------------------------------------------------
+
+    def _on_intent(self, intent: PersistIntent) -> None:
+        self._intents.append(intent)
+        if self._intents_inflight is not None:
+            return  # the group gathers while the previous one commits
+        if len(self._intents) >= self._durable_max_rows:
+            self._start_durable()
+        elif not self._durable_armed:
+            self._durable_armed = True
+            self._after(self._durable_window_s, DurableDue())
+
+    def _start_durable(self) -> None:
+        n = self._durable_max_rows
+        group, self._intents = self._intents[:n], self._intents[n:]
+        self._intents_inflight = group
+        self._intents_seq += 1
+        self._intents_future = self._submit(self._db.write_intents(self._intents_seq, [i.row for i in group]))
+
+    def _on_intents_done(self, done: IntentsDone) -> None:
+        if done.seq != self._intents_seq or self._intents_inflight is None:
+            return  # already handled by flush()
+        group, self._intents_inflight, self._intents_future = self._intents_inflight, None, None
+        if done.error is not None:
+            error = f"{type(done.error).__name__}: {done.error}"
+            self._note_failure(done.error, lane="durable")
+            for intent in group:
+                self._ack(intent, durable=False, error=error)
+        else:
+            self._note_success()
+            rejected = {row.client_order_id: error for row, error in done.poison}
+            self._dead_lettered(done.poison)
+            for intent in group:
+                cid = intent.row.client_order_id
+                if cid in done.existing:
+                    self._ack(intent, durable=False, error="intent already exists", duplicate=True)
+                else:
+                    self._ack(intent, durable=cid not in rejected, error=rejected.get(cid))
+            self._stats["durable_commits"] += 1
+            self._stats["intents_written"] += len(group) - len(rejected)
+        if self._intents:
+            self._start_durable()  # they waited at least one commit already: no window
+
+    def _ack(self, intent: PersistIntent, *, durable: bool, error: str | None = None, duplicate: bool = False) -> None:
+        if intent.reply_to is not None:
+            ack = IntentAck(
+                client_order_id=intent.row.client_order_id, durable=durable, error=error, duplicate=duplicate
+            )
+            _tell(intent.reply_to, ack)
+
+    # -- batched lane ----------------------------------------------------------------------------------------
+    #
+    # Ordering: batches are formed from the queue in arrival order and commit in that order. Up to
+    # ``batches_in_flight`` run at once on their own connections (the server's work on two cores instead of
+    # one), but only batches with no natural key in common: a later batch never waits on a row lock of an
+    # earlier one, and each one commits only after the one before it has committed (it waits inside its
+    # transaction, see ``PersistenceIo.write_batch``). If one fails, the later ones roll back, and all of them
+    # are retried in order after the backoff. So the tables always hold a prefix of the batches, as with one
+    # at a time. (A waiting batch holds the locks of its own rows: an intent for one of them would wait too,
+    # at worst until ``durable_timeout_ms``. Rows of a trade come after its intent's ack, so this does not
+    # happen in the copy flow.)
+
+    def _on_rows(self, rows: tuple[Any, ...]) -> None:
+        room = self._queue_max_rows - self._queue_depth()
+        if len(rows) > room:
+            # Newer versions supersede older ones: collapsing the backlog usually makes room without loss.
+            self._queue = deque(db.collapse(self._queue))
+            room = self._queue_max_rows - self._queue_depth()
+        if len(rows) > room:
+            dropped = len(rows) - max(room, 0)
+            self._stats["rows_dropped"] += dropped
+            log.error("backlog.overflow", dropped=dropped, queue_max_rows=self._queue_max_rows)
+            rows = rows[: max(room, 0)]
+        self._queue.extend(rows)
+        self._check_high_water()
+        if len(self._queue) >= self._flush_max_rows:
+            self._pump()
+        self._arm_flush()
+
+    def _arm_flush(self) -> None:
+        """Whatever is queued gets written within the flush interval. Called after every change of the lane: a
+        size-triggered batch leaves a remainder behind, and nothing else would come back for it."""
+        if self._queue and not self._flush_armed:
+            self._flush_armed = True
+            self._after(self._flush_interval_s, FlushDue())
+
+    def _pump(self) -> None:
+        """Submit what may go now: formed batches first (in order), then new ones while the queue holds a full
+        batch or a flush is due. Nothing goes while a failure is backing off."""
+        if self._failed or self._retry_due_token:
+            return
+        while True:
+            waiting = [b for b in self._batches if b.future is None]
+            if waiting:
+                if not self._submit_batch(waiting[0]):
+                    return  # blocked by a shared key or no free slot: a completion pumps again
+                continue
+            if not self._queue or not (self._flush_due or len(self._queue) >= self._flush_max_rows):
+                return
+            if len(self._batches) >= self._batches_in_flight:
+                return
+            n = min(len(self._queue), self._flush_max_rows)
+            latest = persistence_sql.collapse(self._queue.popleft() for _ in range(n))
+            self._batches.append(_Batch(list(latest.values()), latest.keys()))
+            if not self._queue:
+                self._flush_due = False
+
+    def _submit_batch(self, batch: _Batch) -> bool:
+        in_flight = [b for b in self._batches if b.future is not None]
+        if len(in_flight) >= self._batches_in_flight:
+            return False
+        # Comparing key sets costs ~0.5 ms for two full batches, and the pump runs on every PersistRows while a
+        # backlog waits: compare again only once the writes in flight have changed.
+        against = tuple(b.seq for b in in_flight)
+        if batch.blocked_by == against:
+            return False
+        if any(not batch.keys.isdisjoint(b.keys) for b in in_flight):
+            batch.blocked_by = against
+            return False
+        previous = in_flight[-1].future if in_flight else None
+        self._batch_seq += 1
+        batch.seq = self._batch_seq
+        batch.future = self._submit(self._db.write_batch(batch.seq, batch.rows, previous))
+        return True
+
+    def _on_batch_done(self, done: BatchDone) -> None:
+        batch = next((b for b in self._batches if b.future is not None and b.seq == done.seq), None)
+        if batch is None:
+            return  # already handled by flush()
+        batch.future = None
+        if done.error is not None:
+            # Unknown commit outcome or no write at all: the same rows go again; upserts make that harmless.
+            if not isinstance(done.error, PreviousBatchFailed):  # that one was reported already
+                self._note_failure(done.error, lane="batched", rows=done.rows)
+                self._stats["retries"] += 1
+            self._failed = True
+        else:
+            self._note_success()
+            self._batches.remove(batch)
+            self._dead_lettered(done.poison)
+            self._stats["rows_written"] += done.rows - len(done.poison)
+            self._stats["flushes"] += 1
+            self._last_flush_ms = done.elapsed_ms
+            self._flush_ms_total += done.elapsed_ms
+            self._check_high_water()
+        if self._failed:
+            if not any(b.future is not None for b in self._batches):
+                self._back_off()  # everything in flight has settled: retry from the first failed batch
+            return
+        self._retry_attempts = 0
+        self._pump()
+        self._arm_flush()
+
+    def _back_off(self) -> None:
+        self._failed = False
+        self._retry_token += 1
+        self._retry_due_token = self._retry_token
+        self._retry_attempts += 1
+        delay = backoff_s(self._retry_attempts, base_s=self._retry_initial_s, cap_s=self._retry_max_s, rng=_JITTER)
+        self._after(delay, RetryDue(self._retry_token))
+
+    def _on_retry_due(self, token: int) -> None:
+        if token == self._retry_due_token:
+            self._retry_due_token = 0
+            self._pump()
+            self._arm_flush()
+
+    # -- shared ----------------------------------------------------------------------------------------------
+
+    def _submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
+        ref = self.actor_ref
+
+        def on_done(future: concurrent.futures.Future[Any]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                _tell(ref, future.result())
+
+        return self._io.submit(coro, on_done)
+
+    def _after(self, delay_s: float, message: Any) -> None:
+        ref = self.actor_ref
+        self._io.call_soon(lambda: self._io.loop.call_later(delay_s, _tell, ref, message))

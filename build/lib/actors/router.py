@@ -1,0 +1,438 @@
+"""SignalRouterActor: takes signals, drops duplicates and expired ones, fans out one message per follower.
+
+Runs as a ``pykka.ThreadingActor`` (one long-lived singleton). It keeps an in-memory index
+whale_id -> follower refs (the ``FollowerDirectory``, rebuilt from the database at start and on follow changes),
+orders queued signals by priority then age (never one ahead of an earlier one of the same whale and symbol: see
+``_WaitingSignals``), and marks a signal PROCESSED with its counts once every follower
+answered (``FollowerDecision``). Nothing here blocks: followers answer with messages.
+
+Back-pressure: while ``max_pending_copies`` follower copies are out (told and not yet answered; a follower
+answers a copy once its order is sent), or the persistence actor's write queue is past its high-water mark
+(``SetBacklog``), new signals wait here in priority order, a few structs each, instead of as millions of messages
+in follower mailboxes and rows in the write queue: memory stays bounded when signals come faster than the engine
+copies them (``router.backpressure``), and a high-priority signal still overtakes the waiting ones. Without a
+backlog, a signal is always let through when nothing is out, however many followers it has.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+import pykka
+
+from actors.router_queue import WaitingSignals
+from engine import metrics
+from engine.clock import SYSTEM_CLOCK, Clock
+from engine.events import SignalExpired, SignalProcessed
+from engine.logs import get_logger
+from engine.messages import (
+    CopySignal,
+    FollowerDecision,
+    PersistRows,
+    Signal,
+    SignalStatus,
+    SignalStatusRow,
+)
+from engine.runtime import SingletonActor
+
+log = get_logger(__name__)
+
+# How many external ids the router remembers for in-memory de-duplication; the UNIQUE constraint on
+# whale_signals.external_id is the durable guard, this one saves a round trip for bursts of repeats.
+_DEDUPE_MEMORY = 100_000
+
+
+class RouteSignal(msgspec.Struct, frozen=True, kw_only=True):
+    """Route this (already validated and stored) signal to the whale's followers."""
+
+    signal: Signal
+    received_at_ns: int = 0
+
+
+class SetFollowers(msgspec.Struct, frozen=True, kw_only=True):
+    """Replace the follower index: ``refs`` by user id and the whale ids each user follows."""
+
+    refs: dict[int, Any]
+    follows: dict[int, tuple[int, ...]]
+    known_whales: frozenset[int]
+
+
+class UpdateFollower(msgspec.Struct, frozen=True, kw_only=True):
+    """One user's ref and followed whales changed (new user, restart after failure, follow change)."""
+
+    user_id: int
+    ref: Any
+    whale_ids: tuple[int, ...]
+
+
+class SetDraining(msgspec.Struct, frozen=True, kw_only=True):
+    draining: bool = True
+
+
+class SetWhalePaused(msgspec.Struct, frozen=True, kw_only=True):
+    """Operator pause (admin ``pause whale ID``): every follower skips this whale's signals (``paused``)."""
+
+    whale_id: int
+    paused: bool
+
+
+class SetKnownWhales(msgspec.Struct, frozen=True, kw_only=True):
+    """The enabled whales, after a reload: signals from any other whale fail with ``unknown_whale``."""
+
+    whale_ids: frozenset[int]
+
+
+class _Drain(msgspec.Struct, frozen=True):
+    pass
+
+
+class SetBacklog(msgspec.Struct, frozen=True, kw_only=True):
+    """The persistence actor's write queue passed its high-water mark (``high``) or came back under half of it:
+    while it is high, new signals wait here (rows for more copies would only lengthen the queue)."""
+
+    high: bool
+
+
+class SweepStale(msgspec.Struct, frozen=True, kw_only=True):
+    """Finish signals whose followers did not all answer within ``answer_timeout_s`` (a follower that failed
+    mid-signal never answers): the missing answers count as failed with reason ``no_answer``."""
+
+    answer_timeout_s: float = 60.0
+
+
+@dataclass
+class _InFlight:
+    signal: Signal
+    expected: int
+    received_at_ns: int  # when the router took the signal: signal.processed's elapsed_ms includes any hold
+    fanned_out_ns: int  # when the copies were told: the stale sweep's age, so a long hold is not counted as late
+    copied: int = 0
+    skipped: int = 0
+    failed: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def answered(self) -> int:
+        return self.copied + self.skipped + self.failed
+
+
+class SignalRouterActor(SingletonActor):
+    """Fans signals out to follower actors. ``persistence`` gets signal status rows and events;
+    ``mark_price`` (symbol, trade_type) -> Decimal | None reads the price feeds' published marks. ``clock``
+    stamps receipt, expiry and the stale sweep's ages."""
+
+    def __init__(
+        self,
+        *,
+        persistence: Any,
+        mark_price: Any,
+        publish: Any,
+        max_pending_copies: int = 20_000,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        super().__init__()
+        self._clock = clock
+        self._max_pending_copies = max_pending_copies
+        self._pending_copies = 0  # copies told and not yet answered, over every in-flight signal
+        self._held_since_ns = 0  # when back-pressure began holding signals (0: not holding)
+        self._backlog_high = False
+        self._persistence = persistence
+        self._mark_price = mark_price
+        self._publish = publish
+        self._refs: dict[int, Any] = {}
+        self._by_whale: dict[int, list[Any]] = {}
+        self._follows: dict[int, tuple[int, ...]] = {}
+        self._known_whales: frozenset[int] = frozenset()
+        self._queue = WaitingSignals()
+        self._seen: OrderedDict[str, int] = OrderedDict()
+        self._in_flight: dict[int, _InFlight] = {}
+        self._draining = False
+        self._drain_scheduled = False
+        self._paused_whales: set[int] = set()
+
+    # ---- messages ---------------------------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        try:
+            self._dispatch(message)
+        except Exception as exc:
+            log.exception("router.handler_failed", message_type=type(message).__name__, error=repr(exc))
+
+    def _dispatch(self, message: Any) -> None:
+        if isinstance(message, FollowerDecision):
+            self._on_decision(message)
+        elif isinstance(message, RouteSignal):
+            self._enqueue(message)
+        elif isinstance(message, _Drain):
+            self._drain_scheduled = False
+            self._drain()
+        elif isinstance(message, SetFollowers):
+            self._set_followers(message)
+        elif isinstance(message, UpdateFollower):
+            self._update_follower(message)
+        elif isinstance(message, SetDraining):
+            self._set_draining(message.draining)
+        elif isinstance(message, SetWhalePaused):
+            (self._paused_whales.add if message.paused else self._paused_whales.discard)(message.whale_id)
+        elif isinstance(message, SetKnownWhales):
+            self._known_whales = message.whale_ids
+        elif isinstance(message, SetBacklog):
+            self._backlog_high = message.high
+            if self._queue:
+                self._schedule_drain()
+        elif isinstance(message, SweepStale):
+            self._sweep(message.answer_timeout_s)
+        else:
+            log.warning("router.unknown_message", message_type=type(message).__name__)
+
+    # ---- ask-able ----------------------------------------------------------------------------------------
+
+    def in_flight(self) -> int:
+        """Signals being copied, and the ones waiting to be (not while draining: those wait for the next run)."""
+        return len(self._in_flight) + (0 if self._draining else len(self._queue))
+
+    def follower_ref(self, user_id: int) -> Any:
+        return self._refs.get(user_id)
+
+    def follower_refs(self) -> dict[int, Any]:
+        return dict(self._refs)
+
+    def followers_of(self, whale_id: int) -> list[int]:
+        return [uid for uid, whales in self._follows.items() if whale_id in whales]
+
+    def known_whales(self) -> frozenset[int]:
+        return self._known_whales
+
+    def paused_whales(self) -> list[int]:
+        return sorted(self._paused_whales)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "followers": len(self._refs),
+            "whales": len(self._known_whales),
+            "in_flight": self.in_flight(),
+            "queued": len(self._queue),
+            "pending_copies": self._pending_copies,
+        }
+
+    # ---- index -------------------------------------------------------------------------------------------
+
+    def _set_followers(self, message: SetFollowers) -> None:
+        self._refs = dict(message.refs)
+        self._follows = dict(message.follows)
+        self._known_whales = message.known_whales
+        self._rebuild_index()
+
+    def _update_follower(self, message: UpdateFollower) -> None:
+        self._refs[message.user_id] = message.ref
+        self._follows[message.user_id] = message.whale_ids
+        self._known_whales = self._known_whales | frozenset(message.whale_ids)
+        self._rebuild_index()
+
+    def _rebuild_index(self) -> None:
+        by_whale: dict[int, list[Any]] = {}
+        for user_id, whale_ids in self._follows.items():
+            ref = self._refs.get(user_id)
+            if ref is None:
+                continue
+            for whale_id in whale_ids:
+                by_whale.setdefault(whale_id, []).append(ref)
+        self._by_whale = by_whale
+
+    # ---- intake ------------------------------------------------------------------------------------------
+
+    def _enqueue(self, message: RouteSignal) -> None:
+        signal = message.signal
+        if self._is_duplicate(signal):
+            metrics.incr("signals.duplicate")
+            log.info("signal.duplicate", signal_id=signal.signal_id, external_id=signal.external_id)
+            return
+        metrics.incr("signals.received")
+        if message.received_at_ns == 0:
+            message = RouteSignal(signal=signal, received_at_ns=self._clock.monotonic_ns())
+        self._queue.push(message)
+        self._schedule_drain()  # after the mailbox's current burst, so a later high-priority signal can overtake
+
+    def _is_duplicate(self, signal: Signal) -> bool:
+        if signal.external_id in self._seen or signal.signal_id in self._in_flight:
+            return True
+        self._seen[signal.external_id] = signal.signal_id
+        if len(self._seen) > _DEDUPE_MEMORY:
+            self._seen.popitem(last=False)
+        return False
+
+    def _set_draining(self, draining: bool) -> None:
+        """Draining holds back every signal not fanned out yet. Their rows stay 'processing': a resume routes
+        them, and the next start puts them back to 'pending' (``REQUEUE_SQL``) and claims them again."""
+        self._draining = draining
+        if draining and self._queue:
+            ids = self._queue.signal_ids()
+            log.info("signals.held_for_next_run", signals=len(ids), signal_ids=ids[:50])
+        elif not draining and self._queue:
+            self._schedule_drain()
+
+    def _drain(self) -> None:
+        if self._draining:
+            return
+        while (waiting := self._queue.peek()) is not None:
+            if not self._admissible(waiting):
+                self._hold()
+                return
+            self._fan_out(self._queue.pop())
+        self._release()
+
+    def _admissible(self, message: RouteSignal) -> bool:
+        if self._backlog_high:
+            return False
+        if self._pending_copies == 0:
+            return True
+        followers = len(self._by_whale.get(message.signal.whale_id, ()))
+        return self._pending_copies + followers <= self._max_pending_copies
+
+    def _hold(self) -> None:
+        if not self._held_since_ns:
+            self._held_since_ns = self._clock.monotonic_ns()
+            metrics.incr("router.backpressure")
+            log.warning(
+                "router.backpressure",
+                persistence_backlog=self._backlog_high,
+                pending_copies=self._pending_copies,
+                max_pending_copies=self._max_pending_copies,
+                queued=len(self._queue),
+            )
+
+    def _release(self) -> None:
+        if self._held_since_ns:
+            held_ms = (self._clock.monotonic_ns() - self._held_since_ns) / 1e6
+            self._held_since_ns = 0
+            log.info("router.backpressure_released", held_ms=held_ms, pending_copies=self._pending_copies)
+
+    def _schedule_drain(self) -> None:
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            self.actor_ref.tell(_Drain())
+
+    def _fan_out(self, message: RouteSignal) -> None:
+        signal = message.signal
+        now = self._clock.now()
+        if signal.expires_at is not None and signal.expires_at <= now:
+            metrics.incr("signals.expired")
+            self._finish_without_fanout(signal, SignalStatus.EXPIRED, "expired")
+            self._publish(SignalExpired(signal_id=signal.signal_id, occurred_at=now, detail="expired before routing"))
+            return
+        if signal.whale_id not in self._known_whales:
+            metrics.incr("signals.failed")
+            self._finish_without_fanout(signal, SignalStatus.FAILED, "unknown_whale")
+            return
+        refs = self._by_whale.get(signal.whale_id, [])
+        mark: Decimal | None = self._mark_price(signal.symbol, signal.trade_type)
+        copy = CopySignal(signal=signal, received_at_ns=message.received_at_ns, mark_price=mark)
+        state = _InFlight(
+            signal=signal,
+            expected=len(refs),
+            received_at_ns=message.received_at_ns,
+            fanned_out_ns=self._clock.monotonic_ns(),
+        )
+        self._in_flight[signal.signal_id] = state
+        log.info(
+            "signal.routed",
+            signal_id=signal.signal_id,
+            whale_id=signal.whale_id,
+            symbol=signal.symbol,
+            action=signal.action,
+            followers=len(refs),
+        )
+        if signal.whale_id in self._paused_whales:
+            # Operator pause: answered here for every follower; nothing is sent to them.
+            state.skipped = state.reasons["paused"] = len(refs)
+            metrics.incr("skips.paused", len(refs))
+            self._maybe_done(state)
+            return
+        for ref in refs:
+            try:
+                ref.tell(copy)
+            except pykka.ActorDeadError:
+                # The supervisor is restarting that follower; it will not see this signal.
+                state.failed += 1
+                state.reasons["follower_unavailable"] += 1
+        self._pending_copies += state.expected - state.answered
+        self._maybe_done(state)
+
+    def _finish_without_fanout(self, signal: Signal, status: SignalStatus, error: str) -> None:
+        log.info("signal." + status.value, signal_id=signal.signal_id, whale_id=signal.whale_id, reason=error)
+        self._persistence.tell(
+            PersistRows(rows=(SignalStatusRow(signal_id=signal.signal_id, status=status, error=error),))
+        )
+
+    # ---- answers -----------------------------------------------------------------------------------------
+
+    def _on_decision(self, decision: FollowerDecision) -> None:
+        state = self._in_flight.get(decision.signal_id)
+        if state is None:
+            return
+        self._pending_copies -= 1
+        if self._held_since_ns and (waiting := self._queue.peek()) is not None and self._admissible(waiting):
+            self._schedule_drain()
+        if decision.outcome == "copied":
+            state.copied += 1
+        elif decision.outcome == "skipped":
+            state.skipped += 1
+            state.reasons[str(decision.reason or "unspecified")] += 1
+        else:
+            state.failed += 1
+            state.reasons[str(decision.reason or "failed")] += 1
+        self._maybe_done(state)
+
+    def _sweep(self, answer_timeout_s: float) -> None:
+        cutoff = self._clock.monotonic_ns() - int(answer_timeout_s * 1e9)
+        for state in [s for s in self._in_flight.values() if s.fanned_out_ns < cutoff]:
+            missing = state.expected - state.answered
+            log.warning("signal.answers_missing", signal_id=state.signal.signal_id, missing=missing)
+            state.failed += missing
+            state.reasons["no_answer"] += missing
+            self._pending_copies -= missing
+            self._maybe_done(state)
+        if self._queue:
+            self._schedule_drain()
+
+    def _maybe_done(self, state: _InFlight) -> None:
+        if state.answered < state.expected:
+            return
+        signal = state.signal
+        del self._in_flight[signal.signal_id]
+        metrics.incr("signals.processed")
+        elapsed_ms = (self._clock.monotonic_ns() - state.received_at_ns) / 1e6 if state.received_at_ns else None
+        reasons = dict(state.reasons)
+        log.info(
+            "signal.processed",
+            signal_id=signal.signal_id,
+            whale_id=signal.whale_id,
+            copied=state.copied,
+            skipped=state.skipped,
+            failed=state.failed,
+            reasons=reasons,
+            elapsed_ms=elapsed_ms,
+        )
+        row = SignalStatusRow(
+            signal_id=signal.signal_id,
+            status=SignalStatus.PROCESSED,
+            copied=state.copied,
+            skipped=state.skipped,
+            failed=state.failed,
+            skip_reasons=reasons,
+        )
+        self._persistence.tell(PersistRows(rows=(row,)))
+        self._publish(
+            SignalProcessed(
+                signal_id=signal.signal_id,
+                copied=state.copied,
+                skipped=state.skipped,
+                failed=state.failed,
+                skip_reasons=reasons,
+                occurred_at=self._clock.now(),
+            )
+        )

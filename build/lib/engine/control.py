@@ -1,0 +1,117 @@
+"""Control messages: what the node, the operator and timers tell actors, as opposed to the copy flow's data
+(``engine/messages.py``). Frozen msgspec Structs like every message between actors; grouped by the actor that
+receives them. Private timer ticks an actor sends itself live here too, so every message type is in ``engine/``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Any
+
+import msgspec
+
+from engine.follower_state import FollowerState
+from engine.messages import VenueOrder, VenuePosition
+
+# ---- signal router --------------------------------------------------------------------------------------------
+
+
+# ---- follower ---------------------------------------------------------------------------------------------------
+
+
+class ReconcileNow(msgspec.Struct, frozen=True):
+    """Ask the venue again about every trade whose outcome is not known (UNKNOWN / SUBMITTED / PENDING)."""
+
+
+class UpdateSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """New user/follow settings from the database (NOTIFY, polling or admin ``reload``)."""
+
+    state: FollowerState
+
+
+class SetPaused(msgspec.Struct, frozen=True, kw_only=True):
+    """Operator override of ``users.paused`` (admin ``pause``); ``None`` clears it."""
+
+    paused: bool | None
+
+
+class TakeSnapshot(msgspec.Struct, frozen=True):
+    """Persist a portfolio snapshot at the follower's latest marks."""
+
+
+# ---- exchange actor -------------------------------------------------------------------------------------------
+
+
+class ExchangeDrain(msgspec.Struct, frozen=True):
+    """The exchange actor to itself, once per burst of messages, so one turn sends one batch."""
+
+
+class ExchangeWake(msgspec.Struct, frozen=True):
+    """The exchange actor's timer (backoff, ban, budget refill) for the deadline ``at`` (its clock) fired."""
+
+    at: float
+
+
+class CallResult(msgspec.Struct, frozen=True, kw_only=True):
+    """How one venue call ended, classified on the I/O loop (the outcome policy of ``engine/venue.py``)."""
+
+    job_id: int
+    order: VenueOrder | None = None
+    positions: tuple[VenuePosition, ...] | None = None  # a fetch_positions answer
+    error: str | None = None  # None | "rejected" | "retryable" | "banned" | "unknown" | "not_sent"
+    message: str = ""
+    retry_after_s: float | None = None
+    ban_s: float | None = None
+
+
+class CallsCompleted(msgspec.Struct, frozen=True):
+    """The I/O loop to the exchange actor: the calls that ended in one loop iteration."""
+
+    results: tuple[CallResult, ...]
+
+
+# ---- persistence actor ----------------------------------------------------------------------------------------
+
+
+class FlushDue(msgspec.Struct, frozen=True):
+    """The persistence actor's flush timer: write what the batched lane holds."""
+
+
+class DurableDue(msgspec.Struct, frozen=True):
+    """The persistence actor's group-commit window closed: commit the intents gathered."""
+
+
+class RetryDue(msgspec.Struct, frozen=True):
+    """The backoff after a failed batch is over (``token`` names the backoff, so a stale timer is ignored)."""
+
+    token: int
+
+
+class BatchDone(msgspec.Struct, frozen=True):
+    """The I/O loop to the persistence actor: a batched-lane write ended."""
+
+    seq: int
+    rows: int
+    poison: tuple[tuple[Any, str], ...] = ()
+    error: BaseException | None = None
+    elapsed_ms: float = 0.0
+
+
+class IntentsDone(msgspec.Struct, frozen=True):
+    """The I/O loop to the persistence actor: a durable-lane group commit ended."""
+
+    seq: int
+    poison: tuple[tuple[Any, str], ...] = ()
+    existing: frozenset[str] = frozenset()  # client order ids that had a row before this commit (replays)
+    error: BaseException | None = None
+    elapsed_ms: float = 0.0
+
+
+class RunWrite(msgspec.Struct, frozen=True, kw_only=True):
+    """Run ``fn(connection)`` inside a transaction; the result (or exception) completes ``future``."""
+
+    fn: Any  # Callable[[asyncpg.Connection], Awaitable[Any]]
+    future: concurrent.futures.Future[Any]
+
+
+__all__ = ["msgspec"]

@@ -1,0 +1,309 @@
+"""EngineAdminHandler: runs admin socket commands (``engine/admin_commands.py``) on an ``EngineSystem``.
+
+Runs on the I/O loop (``AdminServer`` awaits ``handle``), so nothing here blocks the loop: asks to actors
+(pykka futures) and the system's blocking helpers run in the loop's default executor (``_blocking``). The
+read-only commands are in the base class, ``node.admin_queries.AdminQueries``. The one write, an injected
+signal, goes through the persistence actor (``run_write``), the only writer to PostgreSQL.
+
+Operator pauses (``pause`` / ``resume``) live in memory and end with the process:
+
+* ``user ID``: that follower gets ``SetPaused(paused=True)``; resume clears the override (``paused=None``),
+  so the user's own ``users.paused`` applies again;
+* ``all``: every follower gets the same override; ``resume all`` lifts it except for users paused one by one;
+* ``whale ID``: the router skips that whale's signals for every follower (reason ``paused``);
+* ``exchange NAME``: the venue takes no new entries (followers skip with ``venue_unavailable``); exits,
+  SL/TP and closes still run.
+
+A follower started later (``reload``, a restart after a failure) gets the ``all`` / ``user`` overrides on the
+next ``pause``, ``resume`` or admin ``reload``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+import pykka
+
+from actors.router import RouteSignal, SetWhalePaused
+from adapters.signal_intake import INSERT_SQL
+from engine import logs
+from engine.admin_commands import (
+    Close,
+    CloseAll,
+    Command,
+    CommandError,
+    Drain,
+    DryRun,
+    InjectSignal,
+    Pause,
+    Peer,
+    Positions,
+    Reconcile,
+    Reload,
+    Resume,
+    SetLogLevel,
+    SetPrice,
+    Shutdown,
+    Stats,
+    Status,
+    Trades,
+    User,
+    Users,
+)
+from engine.control import SetPaused
+from engine.logs import get_logger
+from engine.messages import Signal
+from engine.signals import SignalRejected, parse_signal
+from node.admin_queries import AdminQueries, OperatorPauses, position_owner
+from node.persistence_writes import run_write
+from node.price_feed import PriceFeed
+
+__all__ = ["DRY_RUN_LIST_LIMIT", "EngineAdminHandler", "OperatorPauses"]
+
+log = get_logger(__name__)
+
+DRY_RUN_LIST_LIMIT = 1000  # per-follower answers listed in a dry-run reply (the counts cover everyone)
+
+
+class EngineAdminHandler(AdminQueries):
+    """Implements ``adapters.admin_socket.AdminHandler`` for one ``EngineSystem``:
+    ``EngineAdminHandler(system)``. ``pauses`` holds what the operator paused."""
+
+    async def handle(self, cmd: Command, peer: Peer) -> dict[str, Any]:
+        """Run one command (on the I/O loop). ``CommandError`` carries a refusal the operator reads."""
+        match cmd:
+            case Status():
+                return await self._status()
+            case Stats():
+                return await self._stats()
+            case Users():
+                return await self._users()
+            case User(user_id=user_id):
+                return await self._user(user_id)
+            case Positions():
+                return await self._positions(cmd)
+            case Trades():
+                return await self._trades(cmd)
+            case InjectSignal(payload=payload):
+                return await self._inject(payload)
+            case DryRun(payload=payload):
+                return await self._dry_run(payload)
+            case Pause() | Resume():
+                return await self._pause(cmd, paused=isinstance(cmd, Pause))
+            case Close(position_id=position_id):
+                return await self._close(position_id)
+            case CloseAll(user_id=user_id):
+                return await self._close_all(user_id)
+            case SetPrice(symbol=symbol, price=price):
+                return self._set_price(symbol, price)
+            case Reconcile():
+                count = await self._blocking(lambda: self._system.reconcile(all_followers=True))
+                return {"followers_asked": count}
+            case Reload():
+                return await self._reload()
+            case SetLogLevel(level=level):
+                logs.set_level(level)
+                log.info("admin.log_level_set", level=level, peer_uid=peer.uid)
+                return {"level": level}
+            case Drain():
+                await self._blocking(lambda: self._system.set_draining(True))
+                return {"draining": True}
+            case Shutdown():
+                # run_engine's main loop sees the flag within a fraction of a second and stops the engine
+                # (drain, settle, flush): reply first, the socket closes with the engine.
+                self._system.shutdown_requested = True
+                log.warning("engine.shutdown_requested", peer_uid=peer.uid, peer_pid=peer.pid)
+                return {"shutting_down": True}
+        raise CommandError(f"command {type(cmd).__name__} is not handled by this engine")
+
+    def _parse(self, payload: dict[str, Any]) -> Signal:
+        system = self._system
+        data = {**payload, "signal_id": 0}
+        if not data.get("external_id"):
+            data["external_id"] = f"admin-{uuid.uuid4().hex}"
+        try:
+            return parse_signal(data, now=system.clock.now(), max_age_s=system.config.signals.max_signal_age_s)
+        except SignalRejected as exc:
+            raise CommandError(f"signal rejected: {exc.reason}: {exc.detail}") from None
+
+    async def _require_known_whale(self, whale_id: int) -> None:
+        known = await self._blocking(lambda: self._get(self._system.router.proxy().known_whales()))
+        if whale_id not in known:
+            listed = ", ".join(map(str, sorted(known))) or "none"
+            raise CommandError(f"unknown whale {whale_id} (known: {listed})")
+
+    # ---- signals -----------------------------------------------------------------------------------------
+
+    async def _inject(self, payload: dict[str, Any]) -> dict[str, Any]:
+        system = self._system
+        signal = self._parse(payload)
+        if system.draining:
+            raise CommandError("the engine is draining: it takes no new signals")
+        await self._require_known_whale(signal.whale_id)
+        args = (
+            signal.external_id, signal.whale_id, signal.symbol, signal.side.value, signal.action.value,
+            signal.trade_type.value, signal.price, signal.size_usdt, signal.leverage, signal.priority.value,
+            signal.detected_at, signal.expires_at, signal.fraction,
+        )  # fmt: skip
+        signal_id = await run_write(system, lambda conn: conn.fetchval(INSERT_SQL, *args))
+        if signal_id is None:
+            raise CommandError(f"duplicate external_id {signal.external_id!r}: that signal was already taken")
+        signal = msgspec.structs.replace(signal, signal_id=int(signal_id))
+        system.router.tell(RouteSignal(signal=signal))
+        log.info(
+            "admin.signal_injected",
+            signal_id=signal.signal_id,
+            external_id=signal.external_id,
+            whale_id=signal.whale_id,
+            symbol=signal.symbol,
+            action=signal.action,
+        )
+        return {"signal_id": signal.signal_id, "external_id": signal.external_id, "symbol": signal.symbol}
+
+    async def _dry_run(self, payload: dict[str, Any]) -> dict[str, Any]:
+        system = self._system
+        signal = self._parse(payload)
+        await self._require_known_whale(signal.whale_id)
+        mark = system.mark_price(signal.symbol, signal.trade_type)
+        router = system.router.proxy()
+        user_ids = await self._blocking(lambda: self._get(router.followers_of(signal.whale_id)))
+        results = await self._blocking(lambda: self._ask_dry_run(sorted(user_ids), signal, mark))
+        actions = Counter(str(r["action"]) for r in results)
+        reasons = Counter(str(r["reason"]) for r in results if r["action"] == "skip")
+        return {
+            "whale_id": signal.whale_id,
+            "symbol": signal.symbol,
+            "mark": mark,
+            "followers": len(results),
+            "actions": dict(actions),
+            "skip_reasons": dict(reasons),
+            "results": results[:DRY_RUN_LIST_LIMIT],
+            "capped": len(results) > DRY_RUN_LIST_LIMIT,
+        }
+
+    def _ask_dry_run(self, user_ids: list[int], signal: Signal, mark: Decimal | None) -> list[dict[str, Any]]:
+        """Runs in the executor: ask every follower at once, then collect (one timeout for the lot)."""
+        refs = self._refs()
+        pending: list[tuple[int, Any]] = []
+        results: list[dict[str, Any]] = []
+        for user_id in user_ids:
+            try:
+                pending.append((user_id, refs[user_id].proxy().dry_run(signal, mark)))
+            except (KeyError, pykka.ActorDeadError):
+                results.append({"user_id": user_id, "action": "unavailable", "reason": None})
+        deadline = time.monotonic() + self._ask_timeout_s
+        for user_id, future in pending:
+            try:
+                results.append(future.get(timeout=max(0.0, deadline - time.monotonic())))
+            except (pykka.ActorDeadError, pykka.Timeout) as exc:
+                results.append({"user_id": user_id, "action": "unavailable", "reason": type(exc).__name__})
+            except Exception as exc:  # noqa: BLE001 - one follower's bug must not hide the others' answers
+                results.append({"user_id": user_id, "action": "error", "reason": f"{type(exc).__name__}: {exc}"})
+        results.sort(key=lambda r: int(r["user_id"]))
+        return results
+
+    # ---- pause / resume ----------------------------------------------------------------------------------
+
+    async def _pause(self, cmd: Pause | Resume, *, paused: bool) -> dict[str, Any]:
+        pauses = self.pauses
+        if cmd.target == "all":
+            pauses.everything = paused
+            told = await self._blocking(lambda: self._apply_user_pauses(self._refs()))
+            return {"target": "all", "paused": paused, "followers": told}
+        if cmd.target == "user":
+            user_id = int(cmd.target_id or 0)
+            ref = self._follower(user_id)
+            (pauses.users.add if paused else pauses.users.discard)(user_id)
+            self._apply_user_pauses({user_id: ref})
+            return {"target": "user", "user_id": user_id, "paused": pauses.user_paused(user_id)}
+        if cmd.target == "whale":
+            whale_id = int(cmd.target_id or 0)
+            await self._require_known_whale(whale_id)
+            message = SetWhalePaused(whale_id=whale_id, paused=paused)
+            (pauses.whales.add if paused else pauses.whales.discard)(whale_id)
+            self._system.router.tell(message)
+            return {"target": "whale", "whale_id": whale_id, "paused": paused}
+        return await self._pause_exchange(str(cmd.exchange), paused=paused)
+
+    def _apply_user_pauses(self, refs: dict[int, Any]) -> int:
+        """Tell each follower its operator override: paused, or none (its own setting applies)."""
+        told = 0
+        for user_id, ref in refs.items():
+            # ``None`` clears the override: the user's own ``users.paused`` applies again.
+            try:
+                ref.tell(SetPaused(paused=True if self.pauses.user_paused(user_id) else None))
+                told += 1
+            except pykka.ActorDeadError:
+                pass  # restarting; it gets the override on the next pause / resume / reload
+        return told
+
+    async def _pause_exchange(self, name: str, *, paused: bool) -> dict[str, Any]:
+        venue = self._system.venues.get(name)
+        if venue is None:
+            listed = ", ".join(sorted(self._system.venues))
+            raise CommandError(f"unknown exchange {name!r} (venues: {listed})")
+        # The override, not entries_open alone: the venue-health timer would reopen entries within a second.
+        venue.entries_paused = paused
+        (self.pauses.exchanges.add if paused else self.pauses.exchanges.discard)(name)
+        if paused:
+            venue.entries_open = False  # now, not at the next health tick
+        else:
+            await self._blocking(venue.refresh_health)  # reopen now if the breaker allows
+        return {"target": "exchange", "exchange": name, "paused": paused, "entries_open": venue.entries_open}
+
+    # ---- positions -----------------------------------------------------------------------------------------
+
+    async def _close(self, position_id: str) -> dict[str, Any]:
+        user_id = await position_owner(self._system.pool, position_id)
+        ref = self._follower(user_id)
+        reply: dict[str, Any] = await self._blocking(
+            lambda: self._get(ref.proxy().close_position(position_id))
+        )
+        if not reply.get("closing") and reply.get("detail") == "no such open position":
+            raise CommandError(f"position {position_id!r} is not open")
+        return {"user_id": user_id, **reply}
+
+    async def _close_all(self, user_id: int) -> dict[str, Any]:
+        ref = self._follower(user_id)
+        closes: list[dict[str, Any]] = await self._blocking(lambda: self._get(ref.proxy().close_all()))
+        closing = sum(1 for c in closes if c.get("closing"))
+        return {"user_id": user_id, "closing": closing, "positions": closes}
+
+    # ---- prices, reload ----------------------------------------------------------------------------------
+
+    def _set_price(self, symbol: str, price: Decimal) -> dict[str, Any]:
+        paper = [v for v in self._system.venues.values() if v.kind == "paper"]
+        if not paper:
+            raise CommandError("no paper venue: `price` sets marks on the paper venue only")
+        for venue in paper:
+            if "/" in symbol and symbol not in venue.markets:
+                raise CommandError(f"unknown symbol {symbol!r} on venue {venue.name}")
+            try:
+                venue.adapter.set_mark(symbol, price)
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
+        names = {v.name for v in paper}
+        feeds = [s for s in self._system.services if isinstance(s, PriceFeed) and s.state()["venue"] in names]
+        for feed in feeds:
+            feed.poke()  # followers see the mark now, so SL/TP react without waiting for the next tick
+        return {"symbol": symbol, "price": price, "venues": sorted(names), "feeds_poked": len(feeds)}
+
+    async def _reload(self) -> dict[str, Any]:
+        supervisor = self._system.supervisor
+        if supervisor is None:
+            raise CommandError("the engine is still starting")
+        result = await supervisor.reload()
+        if self.pauses.everything or self.pauses.users:
+            # New followers start without the operator's overrides.
+            await self._blocking(lambda: self._apply_user_pauses(_paused_only(self._refs(), self.pauses)))
+        return dict(result)
+
+
+def _paused_only(refs: dict[int, Any], pauses: OperatorPauses) -> dict[int, Any]:
+    return {uid: ref for uid, ref in refs.items() if pauses.user_paused(uid)}
+

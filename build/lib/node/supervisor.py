@@ -1,0 +1,136 @@
+"""Supervisor of the follower actors: starts them, restarts one that failed, applies follow changes.
+
+A follower whose handler raises is stopped by the runtime (pykka semantics) and reports here through
+``FollowerContext.on_failure``. The supervisor waits for the persistence actor's batched lane to write what the
+follower had already sent, reloads that user from PostgreSQL and starts a fresh actor; other followers are
+untouched. Orders that were in flight are reconciled by the new actor on start (they are in the database as
+PENDING / SUBMITTED / UNKNOWN). A follower that keeps failing (``max_restarts`` within ``window_s``) is left
+stopped, with an error log, rather than crash-looping.
+
+Runs its slow parts on the I/O loop; never inside an actor handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import pykka
+
+from actors.follower import FollowerActor
+from actors.router import SetKnownWhales, UpdateFollower
+from adapters.state_loader import load_followers, load_whale_ids
+from engine import metrics
+from engine.control import UpdateSettings
+from engine.follower_state import FollowerState
+from engine.logs import get_logger
+
+if TYPE_CHECKING:
+    from node.system import EngineSystem
+
+log = get_logger(__name__)
+
+
+class Supervisor:
+    """Follower lifecycle. Thread-safe: failures are reported from pool workers."""
+
+    def __init__(self, system: EngineSystem, *, max_restarts: int = 5, window_s: float = 60.0) -> None:
+        self._system = system
+        self._max_restarts = max_restarts
+        self._window_s = window_s
+        self._restarts: dict[int, deque[float]] = {}
+        self._lock = threading.Lock()
+        self._refs: dict[int, Any] = {}
+
+    def start_followers(self, states: list[FollowerState]) -> dict[int, Any]:
+        ctx = self._system.follower_context()
+        refs = {s.user.user_id: FollowerActor.start(s, ctx) for s in states}
+        with self._lock:
+            self._refs.update(refs)
+        return refs
+
+    def ref(self, user_id: int) -> Any:
+        with self._lock:
+            return self._refs.get(user_id)
+
+    def refs(self) -> dict[int, Any]:
+        with self._lock:
+            return dict(self._refs)
+
+    # ---- failures ----------------------------------------------------------------------------------------
+
+    def on_failure(self, user_id: int, message: str, error: str) -> None:
+        metrics.incr("followers.failed")
+        now = time.monotonic()
+        with self._lock:
+            history = self._restarts.setdefault(user_id, deque())
+            while history and now - history[0] > self._window_s:
+                history.popleft()
+            give_up = len(history) >= self._max_restarts
+            if not give_up:
+                history.append(now)
+        if give_up:
+            log.error("follower.gave_up", user_id=user_id, message_type=message, error=error, restarts=len(history))
+            return
+        log.error("follower.failed", user_id=user_id, message_type=message, error=error)
+        self._system.io.submit(self._restart(user_id))
+
+    async def _restart(self, user_id: int) -> None:
+        # Let the batched lane write what the failed actor had already sent, so we reload its latest books.
+        await asyncio.sleep(self._system.config.persistence.flush_interval_ms * 4 / 1000)
+        try:
+            states = await load_followers(self._system.pool, [user_id])
+        except Exception as exc:  # noqa: BLE001 - retry once the database is back
+            log.warning("follower.restart_deferred", user_id=user_id, error=repr(exc))
+            await asyncio.sleep(1.0)
+            self._system.io.submit(self._restart(user_id))
+            return
+        if not states:
+            return
+        state = self._system._with_paper_balance(states[0])  # noqa: SLF001 - the system's own helper
+        ref = FollowerActor.start(state, self._system.follower_context())
+        with self._lock:
+            self._refs[user_id] = ref
+        self._system.router.tell(
+            UpdateFollower(user_id=user_id, ref=ref, whale_ids=tuple(f.whale_id for f in state.follows))
+        )
+        metrics.incr("followers.restarted")
+        log.info("follower.restarted", user_id=user_id, open_orders=len(state.open_trades))
+
+    # ---- follow changes ------------------------------------------------------------------------------------
+
+    async def reload(self, user_ids: list[int] | None = None) -> dict[str, int]:
+        """Apply users / follows as they are in the database now (NOTIFY, polling or admin ``reload``)."""
+        states = await load_followers(self._system.pool, user_ids)
+        seen = {s.user.user_id for s in states}
+        added = updated = removed = 0
+        for state in states:
+            uid = state.user.user_id
+            whale_ids = tuple(f.whale_id for f in state.follows)
+            current = self.ref(uid)
+            if current is not None and current.is_alive():
+                current.tell(UpdateSettings(state=state))
+                updated += 1
+                ref = current
+            else:
+                ref = FollowerActor.start(self._system._with_paper_balance(state), self._system.follower_context())  # noqa: SLF001
+                with self._lock:
+                    self._refs[uid] = ref
+                added += 1
+            self._system.router.tell(UpdateFollower(user_id=uid, ref=ref, whale_ids=whale_ids))
+        asked = set(user_ids) if user_ids is not None else set(self.refs())
+        for uid in asked - seen:  # deleted users: stop copying for them
+            with self._lock:
+                gone = self._refs.pop(uid, None)
+            if gone is not None:
+                self._system.router.tell(UpdateFollower(user_id=uid, ref=gone, whale_ids=()))
+                with contextlib.suppress(pykka.ActorDeadError):
+                    gone.stop(block=False)
+                removed += 1
+        self._system.router.tell(SetKnownWhales(whale_ids=await load_whale_ids(self._system.pool)))
+        log.info("follows.reloaded", added=added, updated=updated, removed=removed)
+        return {"added": added, "updated": updated, "removed": removed}

@@ -1,0 +1,414 @@
+"""EngineSystem: the composition root. Starts and stops everything in order.
+
+Start: I/O loop -> PostgreSQL (embedded unless a URL is configured) -> schema -> persistence actor -> venues and
+their exchange actors -> followers rebuilt from the database (start-up recovery of open orders) -> router ->
+signal intake and admin socket -> timers. ``engine.ready`` is logged when signals are accepted.
+
+Stop (SIGINT/SIGTERM, admin ``shutdown``): stop taking signals, let in-flight orders settle (bounded by
+``shutdown_grace_s``), stop the services, take one portfolio snapshot per follower (the baseline a restart on a
+later day counts "realised today" from), stop the actors, close venues, flush persistence, stop the embedded
+server if we started it.
+
+``start``/``stop`` run on the main thread and may block on futures; nothing here runs inside an actor handler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import pykka
+
+from actors.persistence import PersistenceActor
+from actors.router import SetBacklog, SetDraining, SetFollowers, SignalRouterActor
+from adapters.database import apply_schema, connect_pool
+from adapters.embedded_pg import EmbeddedPostgres
+from adapters.ioloop import IoLoop
+from adapters.state_loader import load_followers, load_whale_ids
+from engine import logs, metrics, runtime
+from engine.clock import SYSTEM_CLOCK, Clock
+from engine.config import EngineConfig, effective_config
+from engine.control import ReconcileNow
+from engine.events import DomainEvent
+from engine.follower_state import FollowerContext, FollowerState, LiquidationCheck
+from engine.logs import get_logger
+from engine.messages import PersistRows
+from node.periodic import PeriodicJob
+from node.supervisor import Supervisor
+from node.venues import Venue, build_venues
+
+if TYPE_CHECKING:
+    from node.services import FollowsWatcher
+
+log = get_logger(__name__)
+
+
+class EngineSystem:
+    """Owns every long-lived piece of one engine process. ``venue_adapters`` lets tests and benchmarks bring
+    a venue that outlives the engine (a real venue does: restart tests need that). ``clock`` is the one clock
+    every component reads the time from and arms its timers on (a ``FakeClock`` in tests)."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        demo: bool = False,
+        venue_adapters: dict[str, Any] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.config = config
+        self.demo = demo
+        self.clock = clock
+        self._venue_adapters = venue_adapters or {}
+        self.io = IoLoop()
+        self.embedded: EmbeddedPostgres | None = None
+        self.dsn = ""
+        self.pool: Any = None
+        self.persistence: Any = None
+        self.router: Any = None
+        self.venues: dict[str, Venue] = {}
+        self.supervisor: Supervisor | None = None
+        self.services: list[Any] = []  # things with async start()/stop() on the I/O loop (intake, admin, feeds)
+        self.follows_watcher: FollowsWatcher | None = None
+        self.draining = False
+        self.shutdown_requested = False
+        self.started_at = time.monotonic()
+        self._needs_reconcile: set[int] = set()
+        self._needs_lock = threading.Lock()
+        self._reconcile_pending_logged = False
+        self._timers: list[PeriodicJob] = []  # on the clock: a FakeClock drives them in tests
+        self._subscribers: list[Callable[[DomainEvent], None]] = [log_event]
+        self._stopped = False
+
+    # ---- start -------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        t0 = time.monotonic()
+        cfg = self.config
+        log.info("engine.config", config=effective_config(cfg))
+        cfg.data_path.mkdir(parents=True, exist_ok=True)
+        self.io.start()
+        self._start_database()
+        # Already running in this process (tests start several engines): keep the pool.
+        with contextlib.suppress(RuntimeError):
+            runtime.configure_pool(workers=cfg.runtime.workers, max_messages_per_turn=cfg.runtime.max_messages_per_turn)
+        runtime.tune_gc(gen0_threshold=cfg.runtime.gc_gen0_threshold)
+        p = cfg.persistence
+        self.persistence = PersistenceActor.start(
+            io_loop=self.io,
+            dsn=self.dsn,
+            durable_window_ms=p.durable_window_ms,
+            durable_max_rows=p.durable_max_rows,
+            durable_timeout_ms=p.durable_timeout_ms,
+            flush_interval_ms=p.flush_interval_ms,
+            flush_max_rows=p.flush_max_rows,
+            queue_max_rows=p.queue_max_rows,
+            high_water_rows=p.high_water_rows,
+            batches_in_flight=p.batches_in_flight,
+            pool_max_size=cfg.database.pool_max_size,
+            on_backlog=self._persistence_backlog,
+        )
+        self.venues = build_venues(self, self._venue_adapters)
+        if self.demo:
+            from adapters.demo import seed_demo
+
+            self.io.run(seed_demo(self.pool, cfg.demo), 120)
+        from node.services import FollowsWatcher
+
+        # LISTEN before the load: a follow change committed during the load is then notified, not lost.
+        self.follows_watcher = FollowsWatcher(self)
+        self.io.run(self.follows_watcher.prepare(), 60)
+        self.services.append(self.follows_watcher)
+        with runtime.long_lived_allocations():
+            states = self._load_states()
+            whales = self.io.run(load_whale_ids(self.pool), 60)
+            self.router = SignalRouterActor.start(
+                persistence=self.persistence,
+                mark_price=self.mark_price,
+                publish=self.publish,
+                max_pending_copies=cfg.signals.max_pending_copies,
+                clock=self.clock,
+            )
+            self.supervisor = Supervisor(self)
+            refs = self.supervisor.start_followers(states)
+            follows = {s.user.user_id: tuple(f.whale_id for f in s.follows) for s in states}
+            self.router.tell(SetFollowers(refs=refs, follows=follows, known_whales=whales))
+            recovering = sum(1 for s in states if s.open_trades)
+            log.info(
+                "recovery.started",
+                followers_with_open_orders=recovering,
+                open_orders=sum(len(s.open_trades) for s in states),
+            )
+            del states, follows
+        from node.services import start_services
+
+        start_services(self)
+        self._start_timers()
+        log.info(
+            "engine.ready",
+            followers=len(refs),
+            whales=len(whales),
+            venues=sorted(self.venues),
+            startup_ms=round((time.monotonic() - t0) * 1000, 1),
+            demo=self.demo,
+        )
+
+    def _start_database(self) -> None:
+        cfg = self.config
+        if cfg.database.url:
+            self.dsn = cfg.database.url
+        else:
+            self.embedded = EmbeddedPostgres(cfg.data_path / "pgdata")
+            self.dsn = self.embedded.start()
+            log.info("database.embedded_started", data_dir=str(self.embedded.pgdata))
+        self.pool = self.io.run(
+            connect_pool(
+                self.dsn,
+                min_size=1,
+                max_size=cfg.database.pool_max_size,
+                connect_timeout_s=cfg.database.connect_timeout_s,
+            ),
+            cfg.database.connect_timeout_s * 3,
+        )
+        applied = self.io.run(apply_schema(self.pool), 60)
+        log.info("database.ready", schema_steps_applied=applied, embedded=self.embedded is not None)
+
+    def _load_states(self) -> list[FollowerState]:
+        from node.venue_accounts import prepare_accounts
+
+        states = self.io.run(load_followers(self.pool), 300)
+        return prepare_accounts(self, states)  # paper funding; real venues: credentials and balances
+
+    def _with_paper_balance(self, state: FollowerState) -> FollowerState:
+        """A follower started later (supervisor): paper funding, or its credential registered with its venue.
+        No I/O: this runs on the I/O loop."""
+        from node.venue_accounts import prepare_account
+
+        return prepare_account(self, state)
+
+    # ---- shared views handed to actors -----------------------------------------------------------------
+
+    def follower_context(self) -> FollowerContext:
+        return FollowerContext(
+            persistence=self.persistence,
+            router=self.router,
+            exchanges={name: v.exchange for name, v in self.venues.items()},
+            markets={name: v.markets for name, v in self.venues.items()},
+            clock=self.clock,
+            publish=self.publish,
+            draining=lambda: self.draining,
+            venue_available=self.venue_available,
+            needs_reconcile=self.needs_reconcile,
+            on_failure=self.on_follower_failure,
+            unknown_grace_s=min((v.config.unknown_grace_s for v in self.venues.values()), default=60.0),
+            liquidation_checks={
+                name: LiquidationCheck(
+                    band=Decimal(str(v.config.liquidation_check_band_pct)) / 100,
+                    interval_s=v.config.liquidation_check_interval_ms / 1000,
+                )
+                for name, v in self.venues.items()
+                if v.kind != "paper" and "futures" in v.config.trade_types
+            },
+        )
+
+    def mark_price(self, symbol: str, trade_type: Any) -> Decimal | None:
+        for venue in self.venues.values():
+            mark = venue.mark(symbol)
+            if mark is not None:
+                return mark
+        return None
+
+    def _persistence_backlog(self, high: bool) -> None:
+        """The persistence actor's write queue passed its high-water mark, or recovered (its thread)."""
+        if self.router is not None:
+            with contextlib.suppress(pykka.ActorDeadError):  # stopping: the router is gone first
+                self.router.tell(SetBacklog(high=high))
+
+    def venue_available(self, name: str) -> bool:
+        venue = self.venues.get(name)
+        return venue is not None and venue.entries_open
+
+    def subscribe(self, subscriber: Callable[[DomainEvent], None]) -> None:
+        """Add an in-process domain-event subscriber (before start, or from tests). Must be thread-safe."""
+        self._subscribers = [*self._subscribers, subscriber]
+
+    def publish(self, event: DomainEvent, *, persisted: bool = False) -> None:
+        """Write the event to ``domain_events`` and tell the subscribers. ``persisted``: the publisher already
+        sent the event's row with its own rows (one message to persistence instead of one per event)."""
+        if not persisted:
+            self.persistence.tell(PersistRows(rows=(event.to_row(),)))
+        for subscriber in self._subscribers:
+            try:
+                subscriber(event)
+            except Exception as exc:  # noqa: BLE001 - one broken subscriber must not break a follower
+                log.error("events.subscriber_failed", event_type=event.event_type, error=repr(exc))
+
+    def needs_reconcile(self, user_id: int) -> None:
+        """A follower has orders whose outcome is unknown. Logged once when the engine goes from none to some
+        (not per order): ``reconciliation.needed``; the stats line counts the unknowns."""
+        with self._needs_lock:
+            first = not self._needs_reconcile and not self._reconcile_pending_logged
+            self._needs_reconcile.add(user_id)
+            if first:
+                self._reconcile_pending_logged = True
+        if first:
+            log.warning("reconciliation.needed", user_id=user_id)
+
+    def on_follower_failure(self, user_id: int, message: str, error: str) -> None:
+        if self.supervisor is not None:
+            self.supervisor.on_failure(user_id, message, error)
+
+    # ---- operations ----------------------------------------------------------------------------------------
+
+    def reconcile(self, *, all_followers: bool = False) -> int:
+        """Tell followers with unknown outcomes (or all) to ask their venues again. Returns how many."""
+        refs = self.router.proxy().follower_refs().get(timeout=30)
+        with self._needs_lock:
+            targets = set(refs) if all_followers else set(self._needs_reconcile)
+            self._needs_reconcile.clear()
+            # A follower still unknown after this round asks again (and is logged again only after a clean round).
+            self._reconcile_pending_logged = bool(targets)
+        for user_id in targets:
+            ref = refs.get(user_id)
+            if ref is not None:
+                with contextlib.suppress(pykka.ActorDeadError):
+                    ref.tell(ReconcileNow())
+        return len(targets)
+
+    def set_draining(self, draining: bool = True) -> None:
+        """Stop (or resume) taking signals; in-flight orders finish."""
+        self.draining = draining
+        self.router.tell(SetDraining(draining=draining))
+        for service in self.services:
+            pause = getattr(service, "pause", None)
+            if pause is not None:
+                pause(draining)
+        log.info("engine.draining" if draining else "engine.resumed")
+
+    def in_flight(self) -> dict[str, int]:
+        exchanges = sum(v.exchange.proxy().status().get(timeout=10).get("in_flight", 0) for v in self.venues.values())
+        persistence = self.persistence.proxy().stats().get(timeout=10)
+        return {
+            "router": self.router.proxy().in_flight().get(timeout=10),
+            "exchange": exchanges,
+            "durable_pending": int(persistence.get("durable_pending", 0)),
+        }
+
+    # ---- timers --------------------------------------------------------------------------------------------
+
+    def _start_timers(self) -> None:
+        from node.services import periodic_jobs
+
+        for name, interval_s, job in periodic_jobs(self):
+            timer = PeriodicJob(name, interval_s, job, self.clock)
+            timer.start()
+            self._timers.append(timer)
+
+    # ---- stop ----------------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ordered shutdown. Every step runs even if an earlier one failed: the embedded server must stop."""
+        if self._stopped:
+            return
+        self._stopped = True
+        t0 = time.monotonic()
+        log.info("engine.stopping")
+        for timer in self._timers:
+            timer.stop()
+        from node.services import stop_services
+
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("drain", self._drain_and_settle),
+            ("services", lambda: stop_services(self)),
+            ("snapshots", self._final_snapshots),
+            ("followers", lambda: runtime.stop_all_pooled(timeout_s=60)),
+            ("router", lambda: self.router.stop() if self.router is not None else None),
+            ("venues", self._stop_venues),
+            ("persistence", self._stop_persistence),
+            ("pool", lambda: self.io.run(self.pool.close(), 10) if self.pool is not None else None),
+            ("io_loop", self.io.stop),
+            ("database", lambda: self.embedded.stop() if self.embedded is not None else None),
+        ]
+        for name, step in steps:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the rest
+                log.error("engine.stop_step_failed", step=name, error=f"{type(exc).__name__}: {exc}")
+        log.info(
+            "engine.stopped",
+            shutdown_ms=round((time.monotonic() - t0) * 1000, 1),
+            counters=metrics.counters(),
+        )
+
+    def _drain_and_settle(self) -> None:
+        if self.router is not None and self.router.is_alive():
+            self.set_draining(True)
+            self._settle(self.config.shutdown_grace_s)
+
+    def _final_snapshots(self) -> None:
+        """One snapshot per follower at its settled books, so a restart after midnight takes "realised today"
+        from it (``adapters/state_loader.py``) and not from the last periodic one, which misses what was realised
+        since. After ``services``: no price tick or signal changes the books any more. Before ``followers``: each
+        follower handles the request before its stop (stops queue behind it) and tells persistence the row, which
+        the ``persistence`` step then flushes."""
+        from node.stats import take_snapshots
+
+        take_snapshots(self, reason="shutdown")
+
+    def _stop_venues(self) -> None:
+        for venue in self.venues.values():
+            venue.stop(self.io)
+
+    def _stop_persistence(self) -> None:
+        if self.persistence is None:
+            return
+        flushed = self.persistence.proxy().flush(30).get(timeout=40)
+        self.persistence.stop()
+        log.info("persistence.flushed", complete=flushed)
+
+    def _settle(self, grace_s: float) -> None:
+        deadline = time.monotonic() + grace_s
+        left: dict[str, int] = {}
+        while time.monotonic() < deadline:
+            try:
+                left = self.in_flight()
+            except Exception:  # noqa: BLE001 - an actor already gone has nothing in flight
+                return
+            if not any(left.values()):
+                return
+            time.sleep(0.05)
+        log.warning("engine.settle_timeout", grace_s=grace_s, in_flight=left)
+
+
+_LOG_NAMES = {
+    "trade_executed": "trade.executed",
+    "trade_failed": "trade.failed",
+    "trade_needs_reconciliation": "trade.needs_reconciliation",
+    "position_opened": "position.opened",
+    "position_increased": "position.increased",
+    "position_reduced": "position.reduced",
+    "position_closed": "position.closed",
+    "position_liquidated": "position.liquidated",
+}
+
+
+def log_event(event: DomainEvent) -> None:
+    """The log subscriber: position and trade facts as their own log lines (signal and skip events already
+    have theirs, written where they happen, with more context)."""
+    name = _LOG_NAMES.get(event.event_type)
+    if name is None or not logs.enabled("info"):
+        return
+    fields = msgspec.to_builtins(event)
+    fields.pop("event_type", None)
+    fields.pop("occurred_at", None)
+    log.info(name, **fields)
+
+
+def data_path(config: EngineConfig) -> Path:
+    return config.data_path

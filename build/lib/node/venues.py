@@ -1,0 +1,162 @@
+"""One ``Venue`` per configured exchange: its adapter, its exchange actor, its markets and its health.
+
+Markets are loaded once per venue at start and shared (read-only) by every follower on it. ``entries_open``
+mirrors the exchange actor's breaker for entries; the stats timer refreshes it, and followers read it to skip
+with ``venue_unavailable`` instead of queueing orders the exchange actor would refuse anyway.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from actors.exchange import ExchangeActor
+from engine.config import VenueConfig
+from engine.logs import get_logger
+from engine.messages import MarketInfo, PositionRow, PositionSide, TradeType
+
+if TYPE_CHECKING:
+    from adapters.ioloop import IoLoop
+    from node.system import EngineSystem
+
+log = get_logger(__name__)
+
+
+class Venue:
+    """A configured venue. ``adapter`` implements ``engine.venue.VenueAdapter``."""
+
+    def __init__(self, config: VenueConfig, adapter: Any, exchange: Any, markets: dict[str, MarketInfo]) -> None:
+        self.config = config
+        self.name = config.name
+        self.kind = config.kind
+        self.adapter = adapter
+        self.exchange = exchange
+        self.markets = markets
+        self.entries_open = True
+        self.entries_paused = False  # operator pause (admin ``pause exchange NAME``): no new entries
+        self.marks: dict[str, Decimal] = {}  # replaced wholesale by the price feed (readers see one version)
+
+    def mark(self, symbol: str) -> Decimal | None:
+        if self.kind == "paper":
+            mark: Decimal | None = self.adapter.marks().get(symbol)
+            return mark
+        return self.marks.get(symbol)
+
+    def paper_fund(self, user_id: int, usdt: Decimal, positions: Iterable[PositionRow]) -> None:
+        """The paper venue lives in memory: give it the balances and spot holdings our books say exist."""
+        self.adapter.deposit(user_id, "USDT", usdt)
+        for row in positions:
+            if row.venue != self.name:
+                continue
+            if row.trade_type is TradeType.SPOT:
+                self.adapter.deposit(user_id, row.symbol.split("/")[0], row.qty)
+            else:
+                signed = row.qty if row.side is PositionSide.LONG else -row.qty
+                self.adapter.restore_position(
+                    user_id,
+                    row.symbol,
+                    qty=signed,
+                    entry_price=row.entry_price,
+                    margin=row.margin_usdt,
+                    leverage=row.leverage,
+                )
+
+    def refresh_health(self) -> dict[str, Any]:
+        status: dict[str, Any] = self.exchange.proxy().status().get(timeout=10)
+        state = str(status.get("breaker", "closed"))
+        self.entries_open = state != "open" and not status.get("banned_until") and not self.entries_paused
+        return status
+
+    def stop(self, io: IoLoop) -> None:
+        try:
+            self.exchange.stop(timeout=10)
+        except Exception as exc:  # noqa: BLE001 - shutting down regardless
+            log.warning("venue.stop_failed", venue=self.name, error=repr(exc))
+        try:
+            io.run(self.adapter.close(), 10)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("venue.close_failed", venue=self.name, error=repr(exc))
+
+
+def _make_adapter(system: EngineSystem, cfg: VenueConfig) -> Any:
+    if cfg.kind == "paper":
+        from adapters.paper import PaperVenue
+
+        return PaperVenue(
+            slippage_bps=Decimal(str(cfg.paper_slippage_bps)), latency_ms=cfg.paper_latency_ms, clock=system.clock
+        )
+    from adapters.ccxt_venue import CcxtVenue
+    from adapters.credentials import CredentialStore
+
+    # Accounts (users.credential_ref) are registered by ``node.venue_accounts.prepare_accounts``.
+    return CcxtVenue(
+        cfg.kind,
+        trade_type=venue_trade_type(cfg),
+        api_base_url=cfg.api_base_url,
+        credentials=CredentialStore(),
+        margin_mode=cfg.margin_mode,
+    )
+
+
+def venue_trade_type(cfg: VenueConfig) -> TradeType:
+    """A ccxt venue trades one type: futures if the config lists it, else spot (configure two venues for both)."""
+    return TradeType.FUTURES if "futures" in cfg.trade_types else TradeType.SPOT
+
+
+def order_weight_per_minute(cfg: VenueConfig, adapter: Any) -> int:
+    """What is left of the venue's weight budget for orders once the price feed (which calls the adapter
+    directly, not through the exchange actor) has taken its share: one ``fetch_marks`` per poll interval."""
+    if cfg.kind == "paper":
+        return cfg.weight_per_minute
+    feed = math.ceil(int(adapter.request_weight("fetch_marks")) * 60_000 / cfg.price_poll_interval_ms)
+    if feed > cfg.weight_per_minute // 2:
+        log.warning(
+            "venue.price_feed_weight_high",
+            venue=cfg.name,
+            feed_weight_per_minute=feed,
+            weight_per_minute=cfg.weight_per_minute,
+            hint="raise price_poll_interval_ms",
+        )
+    return max(1, cfg.weight_per_minute - feed)
+
+
+def build_venues(system: EngineSystem, adapters: dict[str, Any]) -> dict[str, Venue]:
+    """Adapters (given ones first, e.g. from tests), markets and exchange actors for every configured venue."""
+    venues: dict[str, Venue] = {}
+    for cfg in system.config.venues:
+        adapter = adapters.get(cfg.name) or _make_adapter(system, cfg)
+        markets = system.io.run(adapter.load_markets(), 120)
+        exchange = ExchangeActor.start(
+            system.io,
+            adapter,
+            weight_per_minute=order_weight_per_minute(cfg, adapter),
+            weight_window_s=cfg.weight_window_s,
+            orders_per_second_per_account=cfg.orders_per_second_per_account,
+            max_in_flight=cfg.max_in_flight,
+            retry_max_attempts=cfg.retry_max_attempts,
+            retry_base_ms=cfg.retry_base_ms,
+            retry_max_ms=cfg.retry_max_ms,
+            breaker_error_rate=cfg.breaker_error_rate,
+            breaker_min_requests=cfg.breaker_min_requests,
+            breaker_window_s=cfg.breaker_window_s,
+            breaker_cooldown_s=cfg.breaker_cooldown_s,
+            unknown_grace_s=cfg.unknown_grace_s,
+            clock=system.clock,
+            venue=cfg.name,
+        )
+        venue = Venue(cfg, adapter, exchange, markets)
+        if cfg.kind != "paper":
+            _seed_marks(system, venue)
+        venues[cfg.name] = venue
+        log.info("venue.ready", venue=cfg.name, kind=cfg.kind, markets=len(markets), api_base_url=cfg.api_base_url)
+    return venues
+
+
+def _seed_marks(system: EngineSystem, venue: Venue) -> None:
+    """Marks for every symbol before the first signal (the price feed keeps them fresh from then on)."""
+    try:
+        venue.marks = system.io.run(venue.adapter.fetch_marks([]), 60)
+    except Exception as exc:  # noqa: BLE001 - the price feed retries; until then entries skip with no_price
+        log.warning("venue.marks_unavailable", venue=venue.name, error=f"{type(exc).__name__}: {exc}")
