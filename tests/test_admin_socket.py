@@ -16,20 +16,18 @@ import socket
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
 
 import orjson
 import pytest
-import structlog
-from structlog.testing import capture_logs
 
-import adapters.admin_socket as admin_socket
 from adapters.admin_socket import AdminServer, AdminSocketError
 from adapters.ioloop import IoLoop
 from engine.admin_commands import Close, Command, CommandError, Peer, Status, User, Users, command_name
+from tests.kit import LogEntries, events
 
 GUARD_S = 30.0  # only to turn a hang into a failure
 
@@ -134,18 +132,6 @@ def make_server(io_loop: IoLoop, sock_dir: Path) -> Iterator[ServerFactory]:
         io_loop.run(server.stop(), GUARD_S)
 
 
-@pytest.fixture
-def logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[MutableMapping[str, Any]]]:
-    """Captured log entries. A fresh logger is swapped in because the project's log config caches loggers."""
-    with capture_logs() as entries:
-        monkeypatch.setattr(admin_socket, "_log", structlog.get_logger("adapters.admin_socket"))
-        yield entries
-
-
-def events(entries: list[MutableMapping[str, Any]], name: str) -> list[MutableMapping[str, Any]]:
-    return [e for e in entries if e["event"] == name]
-
-
 # -- replies ---------------------------------------------------------------------------------------------
 
 
@@ -166,13 +152,13 @@ def test_handler_command_error_is_an_error_reply(make_server: ServerFactory) -> 
 
 
 def test_handler_crash_is_an_internal_error_and_the_server_lives(
-    make_server: ServerFactory, logs: list[MutableMapping[str, Any]]
+    make_server: ServerFactory, captured_logs: LogEntries
 ) -> None:
     client = Client(make_server().path)
     reply = client.request({"cmd": "close", "position_id": "boom"})
     assert reply == {"ok": False, "error": "internal error: RuntimeError: kaboom"}
     assert client.request({"cmd": "stats"})["ok"] is True
-    [entry] = events(logs, "admin.handler_error")
+    [entry] = events(captured_logs, "admin.handler_error")
     assert entry["cmd"] == "close"
     assert entry["log_level"] == "error"
 
@@ -207,13 +193,13 @@ def test_last_line_without_newline_is_answered(make_server: ServerFactory) -> No
 
 
 def test_mutating_command_is_logged_with_peer(
-    make_server: ServerFactory, logs: list[MutableMapping[str, Any]]
+    make_server: ServerFactory, captured_logs: LogEntries
 ) -> None:
     handler = FakeHandler()
     client = Client(make_server(handler=handler).path)
     assert client.request({"cmd": "pause", "target": "whale", "id": 3})["ok"] is True
     assert client.request({"cmd": "positions"})["ok"] is True
-    [entry] = events(logs, "admin.command")  # read-only commands are not audit-logged
+    [entry] = events(captured_logs, "admin.command")  # read-only commands are not audit-logged
     assert entry["log_level"] == "info"
     assert entry["cmd"] == "pause"
     assert entry["args"] == {"target": "whale", "id": 3, "exchange": None}
@@ -223,7 +209,7 @@ def test_mutating_command_is_logged_with_peer(
 
 
 def test_mutating_refused_for_uid_not_allowed(
-    make_server: ServerFactory, logs: list[MutableMapping[str, Any]]
+    make_server: ServerFactory, captured_logs: LogEntries
 ) -> None:
     handler = FakeHandler()
     client = Client(make_server(handler=handler, allow_mutating_uids=[os.geteuid() + 12345]).path)
@@ -235,7 +221,7 @@ def test_mutating_refused_for_uid_not_allowed(
         client.request({"cmd": "dry-run", "payload": {"whale_id": 1}})["ok"] is True
     )  # read-only still fine
     assert [command_name(cmd) for cmd, _ in handler.calls] == ["dry-run"]
-    assert events(logs, "admin.command_refused")[0]["peer_uid"] == os.geteuid()
+    assert events(captured_logs, "admin.command_refused")[0]["peer_uid"] == os.geteuid()
 
 
 def test_mutating_allowed_for_listed_uid(make_server: ServerFactory) -> None:
@@ -357,7 +343,7 @@ def _as_nobody(path: Path) -> bytes:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to fork a child that becomes another uid")
-def test_other_uid_is_refused(make_server: ServerFactory, logs: list[MutableMapping[str, Any]]) -> None:
+def test_other_uid_is_refused(make_server: ServerFactory, captured_logs: LogEntries) -> None:
     handler = FakeHandler()
     server = make_server(handler=handler)
 
@@ -372,7 +358,7 @@ def test_other_uid_is_refused(make_server: ServerFactory, logs: list[MutableMapp
     assert reply["ok"] is False
     assert f"uid {NOBODY}" in reply["error"]
     assert handler.calls == []
-    assert events(logs, "admin.connection_refused")[0]["peer_uid"] == NOBODY
+    assert events(captured_logs, "admin.connection_refused")[0]["peer_uid"] == NOBODY
     assert Client(server.path).request({"cmd": "status"})["ok"] is True  # the engine's own uid still gets in
 
 
@@ -465,12 +451,12 @@ def test_connection_cap(make_server: ServerFactory) -> None:
         pytest.fail("a slot never came free after a client left")
 
 
-def test_idle_connection_is_closed(make_server: ServerFactory, logs: list[MutableMapping[str, Any]]) -> None:
+def test_idle_connection_is_closed(make_server: ServerFactory, captured_logs: LogEntries) -> None:
     server = make_server(idle_timeout_s=0.2)
     client = Client(server.path)
     assert client.request({"cmd": "status"})["ok"] is True
     assert client.at_eof()  # no reply owed, nothing sent: the server hangs up
-    assert events(logs, "admin.idle_timeout")
+    assert events(captured_logs, "admin.idle_timeout")
     assert Client(server.path).request({"cmd": "status"})["ok"] is True
 
 

@@ -19,7 +19,8 @@ from adapters.paper import PaperVenue
 from engine.ids import client_order_id, position_id_for
 from engine.messages import PriceUpdate
 from tests.kit import fetchval, insert_signal, running_engine, wait_for, wait_signal_done
-from tests.test_copy_flow import START_USDT, event_count, position, seed_simple, signal_and_wait, trade, usdt
+from tests.kit.copying import PAPER_START_USDT as START_USDT
+from tests.kit.copying import event_count, position, seed_simple, signal_and_wait, trade, usdt
 
 D = Decimal
 

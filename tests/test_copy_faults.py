@@ -16,8 +16,8 @@ from pathlib import Path
 from adapters.paper import PaperVenue
 from engine.ids import client_order_id, position_id_for
 from tests.kit import fetchval, insert_signal, running_engine, settle, wait_for, wait_signal_done
-from tests.test_copy_flow import (
-    START_USDT,
+from tests.kit.copying import PAPER_START_USDT as START_USDT
+from tests.kit.copying import (
     event_count,
     insert_signal_with_id,
     next_signal_id,

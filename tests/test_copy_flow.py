@@ -5,16 +5,11 @@ from the rules in ``engine/sizing.py``'s docstring and the money model of ``engi
 the engine's own arithmetic. The paper venue has no slippage, so a fill happens exactly at the mark.
 
 Tests of this module share one database: each uses its own whale, user and symbol ids.
-
-The helpers at the top are shared with the other end-to-end modules (faults, recovery, bad signals).
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -27,7 +22,6 @@ import pytest
 
 from actors.follower import FollowerActor
 from actors.router import RouteSignal
-from adapters.database import connect
 from adapters.paper import PaperVenue, default_markets
 from adapters.signal_intake import row_to_signal
 from engine import runtime
@@ -49,7 +43,6 @@ from engine.messages import (
     UserSettings,
 )
 from tests.kit import (
-    execute,
     fetch,
     fetchval,
     insert_signal,
@@ -60,170 +53,21 @@ from tests.kit import (
     wait_for,
     wait_signal_done,
 )
+from tests.kit.copying import PAPER_START_USDT as START_USDT
+from tests.kit.copying import (
+    Group,
+    event_count,
+    position,
+    seed_groups,
+    seed_simple,
+    signal_and_wait,
+    trade,
+    trades_by_user,
+    usdt,
+)
 
 D = Decimal
-START_USDT = D(10_000)  # paper_starting_usdt: the balance of a follower without a balances row
 CID_RE = re.compile(r"c[0-9a-z]{13}u[0-9a-z]+e")
-
-
-# ---- shared helpers ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Group:
-    """Followers with the same settings: ``user`` columns of ``users``, ``follow`` of ``user_whale_follows``."""
-
-    name: str
-    user_ids: range
-    user: dict[str, Any] = field(default_factory=dict)
-    follow: dict[str, Any] = field(default_factory=dict)
-    usdt: Decimal | None = None  # a balances row with this free USDT (else the paper default)
-
-
-def seed_groups(dsn: str, whale_id: int, groups: Iterable[Group]) -> None:
-    """Users, follows and balances for every group, in one connection (a thousand followers in a second)."""
-
-    async def run() -> None:
-        conn = await connect(dsn)
-        try:
-            async with conn.transaction():
-                for group in groups:
-                    await _insert_many(
-                        conn, "users", [{"id": uid, "name": f"u{uid}", **group.user} for uid in group.user_ids]
-                    )
-                    await _insert_many(
-                        conn,
-                        "user_whale_follows",
-                        [{"user_id": uid, "whale_id": whale_id, **group.follow} for uid in group.user_ids],
-                    )
-                    if group.usdt is not None:
-                        await _insert_many(
-                            conn,
-                            "balances",
-                            [
-                                {
-                                    "user_id": uid,
-                                    "venue": "paper",
-                                    "asset": "USDT",
-                                    "free": group.usdt,
-                                    "reserved": D(0),
-                                }
-                                for uid in group.user_ids
-                            ],
-                        )
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
-
-
-async def _insert_many(conn: asyncpg.Connection, table: str, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    names = list(rows[0])
-    params = ", ".join(f"${i + 1}" for i in range(len(names)))
-    await conn.executemany(
-        f"INSERT INTO {table} ({', '.join(names)}) VALUES ({params})", [tuple(r[n] for n in names) for r in rows]
-    )
-
-
-def seed_simple(dsn: str, whale_id: int, user_ids: range, **follow: Any) -> None:
-    """A whale and followers with default user settings and the given follow settings."""
-    seed_whale(dsn, whale_id)
-    seed_groups(dsn, whale_id, [Group("all", user_ids, follow=follow)])
-
-
-def next_signal_id(dsn: str) -> int:
-    """Reserve a ``whale_signals`` id, so a test knows its client order ids before the signal exists."""
-    value: int = fetchval(dsn, "SELECT nextval(pg_get_serial_sequence('whale_signals', 'id'))")
-    return value
-
-
-def insert_signal_with_id(
-    dsn: str,
-    signal_id: int,
-    *,
-    whale_id: int,
-    symbol: str,
-    side: str = "buy",
-    action: str = "open",
-    price: Decimal | str | int,
-    size_usdt: Decimal | str | int = 10_000,
-    leverage: int = 1,
-    fraction: Decimal | str | None = None,
-    detected_at: datetime | None = None,
-) -> int:
-    """INSERT a pending ``whale_signals`` row with a reserved id (see ``next_signal_id``)."""
-    now = datetime.now(UTC)
-    execute(
-        dsn,
-        """INSERT INTO whale_signals (id, external_id, whale_id, symbol, side, action, trade_type, price, size_usdt,
-               leverage, detected_at, expires_at, fraction)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)""",
-        signal_id,
-        f"test-id-{signal_id}",
-        whale_id,
-        symbol,
-        side,
-        action,
-        "futures" if symbol.endswith(":USDT") else "spot",
-        D(str(price)),
-        D(str(size_usdt)),
-        leverage,
-        detected_at or now,
-        now + timedelta(minutes=5),
-        D(str(fraction)) if fraction is not None else None,
-    )
-    return signal_id
-
-
-def trades_by_user(dsn: str, signal_id: int) -> dict[int, dict[str, Any]]:
-    rows = fetch(dsn, "SELECT * FROM trades WHERE signal_id = $1", signal_id)
-    return {r["user_id"]: dict(r) for r in rows}
-
-
-def trade(dsn: str, cid: str) -> dict[str, Any]:
-    rows = fetch(dsn, "SELECT * FROM trades WHERE client_order_id = $1", cid)
-    return dict(rows[0]) if rows else {}
-
-
-def position(dsn: str, position_id: str) -> dict[str, Any]:
-    rows = fetch(dsn, "SELECT * FROM positions WHERE position_id = $1", position_id)
-    return dict(rows[0]) if rows else {}
-
-
-def usdt(dsn: str, user_id: int) -> tuple[Decimal, Decimal]:
-    """``(free, reserved)`` of the user's paper USDT balance row."""
-    rows = fetch(
-        dsn, "SELECT free, reserved FROM balances WHERE user_id = $1 AND venue = 'paper' AND asset = 'USDT'", user_id
-    )
-    assert rows, f"no balance row for user {user_id}"
-    return rows[0]["free"], rows[0]["reserved"]
-
-
-def event_count(dsn: str, event_type: str, *, signal_id: int | None = None, user_id: int | None = None) -> int:
-    value: int = fetchval(
-        dsn,
-        """SELECT count(*) FROM domain_events WHERE event_type = $1
-           AND ($2::bigint IS NULL OR signal_id = $2) AND ($3::bigint IS NULL OR user_id = $3)""",
-        event_type,
-        signal_id,
-        user_id,
-    )
-    return value
-
-
-def wait_trades_final(
-    dsn: str, cids: Iterable[str], statuses: tuple[str, ...] = ("filled",), timeout_s: float = 60
-) -> None:
-    """Wait until every trade in ``cids`` has one of ``statuses`` in the database."""
-    wanted = list(cids)
-
-    def done() -> bool:
-        rows = fetch(dsn, "SELECT status FROM trades WHERE client_order_id = ANY($1::text[])", wanted)
-        return len(rows) == len(wanted) and all(r["status"] in statuses for r in rows)
-
-    wait_for(done, timeout_s)
 
 
 @pytest.fixture
@@ -459,14 +303,6 @@ def _assert_same_signal_places_no_second_order(pg_dsn: str, system: Any, venue: 
 
 
 # ---- 3. whale close and reduce: realised PnL and balances ----------------------------------------------------
-
-
-def signal_and_wait(dsn: str, system: Any, **kwargs: Any) -> int:
-    """Insert a signal (``insert_signal`` arguments), wait until it is processed and everything settled."""
-    signal_id = insert_signal(dsn, **kwargs)
-    assert wait_signal_done(dsn, signal_id)["status"] == "processed"
-    settle(system)
-    return signal_id
 
 
 def test_whale_close_realises_pnl_long_and_short(pg_dsn: str, engine_dir: Path) -> None:

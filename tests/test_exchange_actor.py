@@ -16,12 +16,10 @@ from typing import Any
 import msgspec
 import pykka
 import pytest
-import structlog
 
 from actors.exchange import ExchangeActor
 from adapters.ioloop import IoLoop
 from adapters.paper import PaperVenue
-from engine import logs as engine_logs
 from engine.clock import FakeClock
 from engine.messages import (
     CheckPositions,
@@ -35,6 +33,7 @@ from engine.messages import (
     TradeType,
     VenuePositions,
 )
+from tests.kit import LogEntries, events, wait_for
 
 WAIT_S = 60.0
 
@@ -60,13 +59,6 @@ class Inbox:
     def by_id(self) -> dict[str, OrderOutcome]:
         with self._cond:
             return {o.client_order_id: o for o in self.items}
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def drive(clock: FakeClock, condition: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
@@ -125,15 +117,6 @@ def start_actor(io_loop: IoLoop, venue: PaperVenue) -> Iterator[Callable[..., py
         ref.stop(timeout=WAIT_S)
 
 
-@pytest.fixture
-def captured() -> Iterator[list[dict[str, Any]]]:
-    # Loggers may already be cached by an earlier engine.logs.configure(): drop the caches around the capture.
-    engine_logs._reset_caches()
-    with structlog.testing.capture_logs() as entries:
-        yield entries
-    engine_logs._reset_caches()
-
-
 _seq = iter(range(1, 10**9))
 
 
@@ -183,10 +166,6 @@ def resolve(req: OrderRequest, inbox: Inbox) -> ResolveOrder:
 def status(ref: pykka.ActorRef[Any]) -> dict[str, Any]:
     result: dict[str, Any] = ref.proxy().status().get(timeout=WAIT_S)
     return result
-
-
-def events(entries: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    return [e for e in entries if e["event"] == name]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -334,11 +313,11 @@ def open_breaker(ref: pykka.ActorRef[Any], venue: PaperVenue, inbox: Inbox, fail
     place(ref, inbox, *(request(user_id=u) for u in range(1, failures + 1)))
     inbox.wait_for(failures)
     venue.clear_faults()
-    wait_until(lambda: status(ref)["breaker"] == "open")
+    wait_for(lambda: status(ref)["breaker"] == "open")
 
 
 def test_breaker_opens_on_errors_refuses_entries_and_lets_exits_through(
-    start_actor: Callable[..., pykka.ActorRef[Any]], venue: PaperVenue, captured: list[dict[str, Any]]
+    start_actor: Callable[..., pykka.ActorRef[Any]], venue: PaperVenue, captured_logs: LogEntries
 ) -> None:
     ref = start_actor(
         retry_max_attempts=1, breaker_min_requests=5, breaker_error_rate=0.5, breaker_cooldown_s=600.0
@@ -355,7 +334,7 @@ def test_breaker_opens_on_errors_refuses_entries_and_lets_exits_through(
     assert outcomes[entry.client_order_id].error == "venue_unavailable"
     assert venue.create_calls(entry.client_order_id) == 0  # refused without calling the venue
     assert outcomes[exit_.client_order_id].status is TradeStatus.FILLED
-    assert len(events(captured, "breaker.opened")) == 1
+    assert len(events(captured_logs, "breaker.opened")) == 1
     assert status(ref)["counters"]["refused"] == 1
 
 
@@ -363,7 +342,7 @@ def test_half_open_probe_closes_the_breaker(
     start_actor: Callable[..., pykka.ActorRef[Any]],
     timed_venue: PaperVenue,
     clock: FakeClock,
-    captured: list[dict[str, Any]],
+    captured_logs: LogEntries,
 ) -> None:
     venue = timed_venue
     ref = start_actor(adapter=venue, clock=clock, retry_max_attempts=1, breaker_min_requests=3, breaker_cooldown_s=0.2)
@@ -379,7 +358,7 @@ def test_half_open_probe_closes_the_breaker(
     assert outcomes[follower.client_order_id].status is TradeStatus.FILLED
     assert status(ref)["breaker"] == "closed"
     # Each state change logged exactly once.
-    assert [e["event"] for e in captured if e["event"].startswith("breaker.")] == [
+    assert [e["event"] for e in captured_logs if e["event"].startswith("breaker.")] == [
         "breaker.opened",
         "breaker.half_open",
         "breaker.closed",
@@ -390,7 +369,7 @@ def test_failed_probe_reopens(
     start_actor: Callable[..., pykka.ActorRef[Any]],
     timed_venue: PaperVenue,
     clock: FakeClock,
-    captured: list[dict[str, Any]],
+    captured_logs: LogEntries,
 ) -> None:
     venue = timed_venue
     ref = start_actor(adapter=venue, clock=clock, retry_max_attempts=1, breaker_min_requests=3, breaker_cooldown_s=0.2)
@@ -402,7 +381,7 @@ def test_failed_probe_reopens(
     probe = request(user_id=70)
     place(ref, inbox, probe)
     assert inbox.wait_for(4)[3].status is TradeStatus.FAILED
-    assert [(e["event"], e["reason"]) for e in captured if e["event"].startswith("breaker.")][:3] == [
+    assert [(e["event"], e["reason"]) for e in captured_logs if e["event"].startswith("breaker.")][:3] == [
         ("breaker.opened", "error_rate"),
         ("breaker.half_open", "cool_down"),
         ("breaker.opened", "probe_failed"),
@@ -413,7 +392,7 @@ def test_ban_stops_all_traffic_until_it_ends(
     start_actor: Callable[..., pykka.ActorRef[Any]],
     timed_venue: PaperVenue,
     clock: FakeClock,
-    captured: list[dict[str, Any]],
+    captured_logs: LogEntries,
 ) -> None:
     venue = timed_venue
     ref, inbox = start_actor(adapter=venue, clock=clock, breaker_cooldown_s=0.1), Inbox()
@@ -429,7 +408,7 @@ def test_ban_stops_all_traffic_until_it_ends(
     entry = request(user_id=8)
     place(ref, inbox, *exits, entry)
     assert inbox.wait_for(2)[1].client_order_id == entry.client_order_id  # refused at once: breaker open
-    wait_until(lambda: status(ref)["queued_exits"] == 5)  # held for the ban, nothing sent
+    wait_for(lambda: status(ref)["queued_exits"] == 5)  # held for the ban, nothing sent
     assert len(inbox.items) == 2
     clock.advance(1.0 + 0.01)  # past the ban (and the timer's slack)
     inbox.wait_for(7)
@@ -439,8 +418,8 @@ def test_ban_stops_all_traffic_until_it_ends(
     assert venue.calls_while_banned == 0  # nothing was sent during the ban
     exit_ids = {e.client_order_id for e in exits}
     assert all(at >= ban_ends_at for at, _, _, cid in venue.calls() if cid in exit_ids)
-    assert len(events(captured, "venue.banned")) == 1
-    assert len(events(captured, "venue.unbanned")) == 1
+    assert len(events(captured_logs, "venue.banned")) == 1
+    assert len(events(captured_logs, "venue.unbanned")) == 1
     assert status(ref)["banned_until"] is None
 
 
@@ -458,10 +437,10 @@ def test_exits_go_before_entries_under_a_saturated_budget(
     ref, inbox = start_actor(adapter=venue, clock=clock, weight_per_minute=100, weight_window_s=3.0), Inbox()
     entries = [request(user_id=u) for u in range(1, 11)]
     place(ref, inbox, *entries)
-    wait_until(lambda: status(ref)["queued_entries"] == 5)
+    wait_for(lambda: status(ref)["queued_entries"] == 5)
     exits = [exit_request(user_id=u) for u in range(11, 16)]
     place(ref, inbox, *exits)
-    wait_until(lambda: status(ref)["queued_exits"] == 5)
+    wait_for(lambda: status(ref)["queued_exits"] == 5)
     drive(clock, lambda: len(inbox.items) >= 15)  # each refill of the budget is a window on the clock
     order = [cid for _, op, _, cid in venue.calls() if op == "create_order"]
     exit_ids = {e.client_order_id for e in exits}
@@ -482,7 +461,7 @@ def test_resolve_of_an_order_still_queued_waits_for_its_own_outcome(
     inbox = Inbox()
     entries = [request(user_id=u) for u in range(1, 8)]
     place(ref, inbox, *entries)
-    wait_until(lambda: status(ref)["queued_entries"] == 2)
+    wait_for(lambda: status(ref)["queued_entries"] == 2)
     queued = entries[-1]
     ref.tell(resolve(queued, inbox))
     drive(clock, lambda: len(inbox.items) >= 8)

@@ -18,7 +18,6 @@ from typing import Any
 import msgspec
 import pykka
 import pytest
-from structlog.testing import capture_logs
 
 from actors.persistence import PersistenceActor
 from actors.persistence_io import PersistenceIo, PreviousBatchFailed
@@ -44,7 +43,7 @@ from engine.messages import (
     TradeType,
 )
 from node.persistence_writes import run_write
-from tests.kit import TcpProxy, fetch, fetchval
+from tests.kit import TcpProxy, capture_logs, fetch, fetchval, wait_for
 
 
 class Replies:
@@ -103,11 +102,7 @@ def uid() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
+
 
 
 @pytest.fixture
@@ -201,11 +196,11 @@ def test_acks_reach_actor_refs_and_a_replayed_intent_is_a_duplicate(
     try:
         for f in followers:
             f.send(20)
-        wait_until(lambda: all(f.ack_count().get() == 20 for f in followers))
+        wait_for(lambda: all(f.ack_count().get() == 20 for f in followers))
         # The same intents again (a replay: the durable lane never retries and followers never resend, so an
         # existing row means this order was decided before): answered duplicate, not durable, row untouched.
         followers[0].send(20)
-        wait_until(lambda: followers[0].ack_count().get() == 40)
+        wait_for(lambda: followers[0].ack_count().get() == 40)
         first, again = followers[0].acks.get()[:20], followers[0].acks.get()[20:]
         assert all(a.durable and not a.duplicate for a in first)
         assert all(a.duplicate and not a.durable for a in again)
@@ -416,7 +411,7 @@ def test_connection_cut_mid_batch_loses_nothing(pg_dsn: str, start_actor: Callab
         with capture_logs() as logs:
             proxy.cut_after(50_000)  # well inside the 5,000-row COPY below
             ref.tell(PersistRows(rows=tuple(trade(f"{tag}-{i}", version=2) for i in range(5000))))
-            wait_until(lambda: not actor.stats().get()["db_reachable"])
+            wait_for(lambda: not actor.stats().get()["db_reachable"])
 
             replies = Replies()  # while down, intents fail fast: no order may be sent
             for i in range(5):
@@ -458,7 +453,7 @@ def test_server_stopped_and_restarted_loses_nothing(pg_data_dir: Path, start_act
 
         server.stop()
         ref.tell(PersistRows(rows=tuple(trade(f"r-{i}", version=2, status=TradeStatus.FILLED) for i in range(1000))))
-        wait_until(lambda: not actor.stats().get()["db_reachable"])
+        wait_for(lambda: not actor.stats().get()["db_reachable"])
         replies = Replies()
         ref.tell(PersistIntent(row=trade("r-intent"), reply_to=replies))
         assert replies.wait(1)[0].durable is False
@@ -503,7 +498,7 @@ def test_remainder_after_a_size_triggered_batch_is_flushed(pg_dsn: str, start_ac
     actor = start_actor(dsn=pg_dsn, flush_max_rows=100, flush_interval_ms=20)
     tag = f"r{uid()}"
     actor.actor_ref.tell(PersistRows(rows=tuple(trade(f"{tag}-{i}") for i in range(250))))
-    wait_until(
+    wait_for(
         lambda: fetchval(pg_dsn, "SELECT count(*) FROM trades WHERE client_order_id LIKE $1", tag + "-%") == 250,
         timeout_s=30,
     )
@@ -609,7 +604,7 @@ def test_connection_cut_with_batches_in_flight_loses_nothing(pg_dsn: str, start_
         proxy.cut_after(200_000)
         for v in (1, 2):  # version 2 of every row lands in later batches than version 1
             ref.tell(PersistRows(rows=tuple(trade(f"{tag}-{i}", version=v) for i in range(3000))))
-        wait_until(lambda: not actor.stats().get()["db_reachable"])
+        wait_for(lambda: not actor.stats().get()["db_reachable"])
         proxy.resume()
         assert actor.flush(timeout_s=60).get()
         assert actor.stats().get()["retries"] >= 1

@@ -12,24 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import asyncpg
 import pytest
-import structlog
 
 from adapters.database import connect_pool
 from adapters.paper import PaperVenue
-from engine import logs as engine_logs
 from engine.config import VenueConfig
 from engine.messages import PriceUpdate
 from engine.venue import RetryableError, VenueBanned
 from node.price_feed import PriceFeed
 from node.venues import Venue
-from tests.kit import TcpProxy, execute
+from tests.kit import LogEntries, TcpProxy, execute
 
 D = Decimal
 T = TypeVar("T")
@@ -84,15 +82,6 @@ class FlakyVenue(PaperVenue):
             raise RetryableError("paper: 429 too many requests (test)", retry_after_s=self.retry_after_s)
         marks = await super().fetch_marks(symbols)
         return {s: m for s, m in marks.items() if s not in self.frozen}
-
-
-@pytest.fixture
-def captured() -> Iterator[list[dict[str, Any]]]:
-    # Loggers may already be cached by an earlier engine.logs.configure(): drop the caches around the capture.
-    engine_logs._reset_caches()
-    with structlog.testing.capture_logs() as entries:
-        yield entries
-    engine_logs._reset_caches()
 
 
 def seed_positions(dsn: str, rows: list[tuple[int, str, str, str]]) -> None:
@@ -190,7 +179,7 @@ def test_each_follower_gets_only_the_symbols_it_holds(pg_dsn: str) -> None:
     run_with_feed(pg_dsn, venue, [201, 202, 203, 204], body)
 
 
-def test_stale_flagged_and_logged_once_per_change(pg_dsn: str, captured: list[dict[str, Any]]) -> None:
+def test_stale_flagged_and_logged_once_per_change(pg_dsn: str, captured_logs: LogEntries) -> None:
     seed_positions(pg_dsn, [(211, "paper", "LINK/USDT:USDT", "open"), (211, "paper", "AVAX/USDT:USDT", "open")])
     venue = FlakyVenue()
     link = "LINK/USDT:USDT"
@@ -217,13 +206,13 @@ def test_stale_flagged_and_logged_once_per_change(pg_dsn: str, captured: list[di
     stale = run_with_feed(pg_dsn, venue, [211], body)
     flagged = frozenset({link})
     assert stale == [frozenset(), frozenset(), flagged, flagged, frozenset(), flagged]
-    mine = [e for e in captured if e.get("symbol") == link]
+    mine = [e for e in captured_logs if e.get("symbol") == link]
     changes = [e["event"] for e in mine if e["event"].startswith("price.")]
     assert changes == ["price.stale", "price.fresh", "price.stale"]
     assert mine[0]["log_level"] == "warning" and mine[0]["stale_after_ms"] == STALE_MS
 
 
-def test_marks_go_stale_when_the_venue_stops_answering(pg_dsn: str, captured: list[dict[str, Any]]) -> None:
+def test_marks_go_stale_when_the_venue_stops_answering(pg_dsn: str, captured_logs: LogEntries) -> None:
     """A ticker call that fails leaves the last marks in place; once they are older than the limit every
     follower is told they are stale (so no SL/TP/liquidation decision is taken on them)."""
     seed_positions(pg_dsn, [(221, "paper", "BNB/USDT:USDT", "open")])
@@ -244,12 +233,12 @@ def test_marks_go_stale_when_the_venue_stops_answering(pg_dsn: str, captured: li
     updates = run_with_feed(pg_dsn, venue, [221], body)
     assert [u.stale_symbols for u in updates] == [frozenset(), {bnb}, {bnb}, frozenset()]
     assert all(u.marks == {bnb: D(580)} for u in updates)
-    events = [e["event"] for e in captured if e.get("symbol") == bnb or e["event"] == "prices.tick_failed"]
+    events = [e["event"] for e in captured_logs if e.get("symbol") == bnb or e["event"] == "prices.tick_failed"]
     assert events.count("price.stale") == 1 and events.count("price.fresh") == 1
     assert events.count("prices.tick_failed") == 2
 
 
-def test_prices_keep_flowing_when_the_holdings_read_fails(pg_dsn: str, captured: list[dict[str, Any]]) -> None:
+def test_prices_keep_flowing_when_the_holdings_read_fails(pg_dsn: str, captured_logs: LogEntries) -> None:
     """The database goes away just as a poke asks for fresh holdings: the feed logs it, keeps telling the
     holders it knows, and reads the holdings again once the database is back (a new holder gets prices)."""
     seed_positions(pg_dsn, [(231, "paper", "LTC/USDT:USDT", "open")])
@@ -277,11 +266,11 @@ def test_prices_keep_flowing_when_the_holdings_read_fails(pg_dsn: str, captured:
         run_with_feed(proxy.dsn(pg_dsn), venue, [231, 232], body, poll_ms=10.0)
     finally:
         proxy.close()
-    failed = [e for e in captured if e["event"] == "prices.holdings_refresh_failed"]
+    failed = [e for e in captured_logs if e["event"] == "prices.holdings_refresh_failed"]
     assert failed[0]["log_level"] == "warning" and failed[0]["venue"] == "paper" and failed[0]["error"]
 
 
-def test_no_ticker_call_while_banned(pg_dsn: str, captured: list[dict[str, Any]]) -> None:
+def test_no_ticker_call_while_banned(pg_dsn: str, captured_logs: LogEntries) -> None:
     """A 418 bans the client for ``ban_s``: asking again before its end only lengthens the ban (Binance
     escalates), so the feed waits it out; the marks go stale meanwhile, as for any venue that stops answering."""
     seed_positions(pg_dsn, [(241, "paper", "ADA/USDT:USDT", "open")])
@@ -306,10 +295,10 @@ def test_no_ticker_call_while_banned(pg_dsn: str, captured: list[dict[str, Any]]
     assert calls_during_ban == 2
     assert len(venue.fetches) == 3
     assert [u.stale_symbols for u in updates] == [frozenset(), frozenset()] + [{ada}] * 5 + [frozenset()]
-    (backoff,) = [e for e in captured if e["event"] == "prices.venue_backoff"]
+    (backoff,) = [e for e in captured_logs if e["event"] == "prices.venue_backoff"]
     assert backoff["reason"] == "banned" and backoff["log_level"] == "warning"
     assert 0 < backoff["pause_ms"] <= ban_s * 1000
-    assert [e["event"] for e in captured if e["event"] == "prices.venue_resumed"] == ["prices.venue_resumed"]
+    assert [e["event"] for e in captured_logs if e["event"] == "prices.venue_resumed"] == ["prices.venue_resumed"]
 
 
 def test_rate_limited_feed_backs_off_exponentially_until_an_answer(pg_dsn: str) -> None:
@@ -372,7 +361,7 @@ def test_rate_limited_feed_waits_the_retry_after(pg_dsn: str) -> None:
     ],
 )
 def test_order_budget_is_the_venue_budget_minus_the_feed(
-    captured: list[dict[str, Any]], kind: str, weight_per_minute: int, poll_ms: float, for_orders: int,
+    captured_logs: LogEntries, kind: str, weight_per_minute: int, poll_ms: float, for_orders: int,
     warned_feed_weight: int | None,
 ) -> None:  # fmt: skip
     from node.venues import _make_adapter, order_weight_per_minute
@@ -385,7 +374,7 @@ def test_order_budget_is_the_venue_budget_minus_the_feed(
     finally:
         if kind != "paper":
             asyncio.run(adapter.close())
-    warnings = [e for e in captured if e["event"] == "venue.price_feed_weight_high"]
+    warnings = [e for e in captured_logs if e["event"] == "venue.price_feed_weight_high"]
     if warned_feed_weight is None:
         assert warnings == []
     else:

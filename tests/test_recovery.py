@@ -19,8 +19,8 @@ from engine.ids import client_order_id, position_id_for
 from engine.messages import TradeType, VenueOrder
 from engine.venue import RetryableError
 from tests.kit import execute, fetchval, running_engine, settle, signal_row, wait_for, wait_signal_done
-from tests.test_copy_flow import (
-    START_USDT,
+from tests.kit.copying import PAPER_START_USDT as START_USDT
+from tests.kit.copying import (
     event_count,
     insert_signal_with_id,
     next_signal_id,

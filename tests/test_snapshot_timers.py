@@ -25,7 +25,7 @@ from engine.portfolio import Portfolio, day_end
 from node.stats import take_snapshots
 from node.system import EngineSystem
 from tests.kit import engine_config, fetch, settle, wait_for
-from tests.test_snapshots import PRICES, copied, figures, follow, markets, signal, status, tick
+from tests.kit.snapshots import PRICES, copied, figures, follow, markets, signal, status, tick
 
 D = Decimal
 VENUES = '[{name = "paper", price_poll_interval_ms = 600000, price_stale_after_ms = 600000}]'

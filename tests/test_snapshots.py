@@ -16,43 +16,18 @@ import pytest
 
 from adapters.paper import PaperVenue
 from engine.ids import client_order_id, close_order_id, position_id_for
-from engine.messages import MarketInfo, TradeType
-from node.price_feed import PriceFeed
 from node.stats import take_snapshots
 from node.system import EngineSystem
 from tests.kit import (
     fetch,
     fetchval,
-    insert_signal,
     running_engine,
-    seed_followers,
-    seed_whale,
     settle,
     wait_for,
-    wait_signal_done,
 )
+from tests.kit.snapshots import PRICES, copied, figures, follow, markets, signal, status, tick
 
 D = Decimal
-PRICES = {"SNF": D(100), "SNS": D(50), "SNC": D(200), "SNR": D(100), "DLA": D(100), "DLB": D(100), "DLC": D(100)}
-
-
-def markets() -> list[MarketInfo]:
-    out: list[MarketInfo] = []
-    for base in PRICES:
-        common: dict[str, Any] = {"base": base, "quote": "USDT", "qty_step": D("0.001"), "price_tick": D("0.01")}
-        out.append(MarketInfo(symbol=f"{base}/USDT", trade_type=TradeType.SPOT, taker_fee_rate=D("0.001"), **common))
-        out.append(
-            MarketInfo(
-                symbol=f"{base}/USDT:USDT",
-                trade_type=TradeType.FUTURES,
-                max_leverage=50,
-                taker_fee_rate=D("0.0005"),
-                **common,
-            )
-        )
-    return out
-
-
 @pytest.fixture(scope="module")
 def venue() -> PaperVenue:
     return PaperVenue(markets=markets(), initial_marks=PRICES, latency_ms=0)
@@ -68,67 +43,9 @@ def engine(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory, venue: PaperVe
         yield system
 
 
-def follow(system: EngineSystem, dsn: str, user_id: int, whale_id: int, **settings: Any) -> None:
-    seed_whale(dsn, whale_id)
-    cols = {"max_leverage": 20, "max_slippage_pct": D(5), **settings}
-    seed_followers(dsn, whale_id=whale_id, user_ids=[user_id], user={"max_leverage": 20}, follow=cols)
-    assert system.supervisor is not None
-    system.io.run(system.supervisor.reload([user_id]), 30)
-
-
-def tick(system: EngineSystem) -> None:
-    system.persistence.proxy().flush(30).get(timeout=60)
-    feed = next(s for s in system.services if isinstance(s, PriceFeed))
-    system.io.run(feed._refresh_holdings(), 30)
-    system.io.run(feed.tick(), 30)
-
-
-def signal(
-    dsn: str,
-    whale_id: int,
-    symbol: str,
-    *,
-    side: str = "buy",
-    action: str = "open",
-    leverage: int = 5,
-    detected_at: datetime | None = None,
-) -> int:
-    """``detected_at``: the engine's clock when it is not the real one (else the row's default, now)."""
-    price = PRICES[symbol.split("/", maxsplit=1)[0]]
-    return insert_signal(
-        dsn,
-        whale_id=whale_id,
-        symbol=symbol,
-        side=side,
-        action=action,
-        price=price,
-        leverage=leverage,
-        detected_at=detected_at,
-    )
-
-
-def copied(system: EngineSystem, dsn: str, signal_id: int) -> dict[str, Any]:
-    row = wait_signal_done(dsn, signal_id)
-    settle(system)
-    return row
-
-
-def status(dsn: str, position_id: str) -> str | None:
-    value: str | None = fetchval(dsn, "SELECT status FROM positions WHERE position_id = $1", position_id)
-    return value
-
-
 def snapshot_row(dsn: str, user_id: int, taken_at: datetime) -> dict[str, Any]:
     rows = fetch(dsn, "SELECT * FROM portfolio_snapshots WHERE user_id = $1 AND taken_at = $2", user_id, taken_at)
     return dict(rows[0]) if rows else {}
-
-
-def figures(row: Any) -> dict[str, Any]:
-    names = ("equity_usdt", "free_usdt", "reserved_usdt", "unrealized_pnl_usdt", "realized_pnl_usdt")
-    out = {n: D(row[n]) if isinstance(row, dict) else getattr(row, n) for n in names}
-    for n in ("open_positions", "trades_today"):
-        out[n] = row[n] if isinstance(row, dict) else getattr(row, n)
-    return out
 
 
 def test_snapshot_figures_against_a_hand_computed_account(
