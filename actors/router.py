@@ -21,12 +21,22 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-import msgspec
 import pykka
 
 from actors.router_queue import WaitingSignals
 from engine import metrics
 from engine.clock import SYSTEM_CLOCK, Clock
+from engine.control import (
+    RouterDrain,
+    RouteSignal,
+    SetBacklog,
+    SetDraining,
+    SetFollowers,
+    SetKnownWhales,
+    SetWhalePaused,
+    SweepStale,
+    UpdateFollower,
+)
 from engine.events import SignalExpired, SignalProcessed
 from engine.logs import get_logger
 from engine.messages import (
@@ -44,64 +54,6 @@ log = get_logger(__name__)
 # How many external ids the router remembers for in-memory de-duplication; the UNIQUE constraint on
 # whale_signals.external_id is the durable guard, this one saves a round trip for bursts of repeats.
 _DEDUPE_MEMORY = 100_000
-
-
-class RouteSignal(msgspec.Struct, frozen=True, kw_only=True):
-    """Route this (already validated and stored) signal to the whale's followers."""
-
-    signal: Signal
-    received_at_ns: int = 0
-
-
-class SetFollowers(msgspec.Struct, frozen=True, kw_only=True):
-    """Replace the follower index: ``refs`` by user id and the whale ids each user follows."""
-
-    refs: dict[int, Any]
-    follows: dict[int, tuple[int, ...]]
-    known_whales: frozenset[int]
-
-
-class UpdateFollower(msgspec.Struct, frozen=True, kw_only=True):
-    """One user's ref and followed whales changed (new user, restart after failure, follow change)."""
-
-    user_id: int
-    ref: Any
-    whale_ids: tuple[int, ...]
-
-
-class SetDraining(msgspec.Struct, frozen=True, kw_only=True):
-    draining: bool = True
-
-
-class SetWhalePaused(msgspec.Struct, frozen=True, kw_only=True):
-    """Operator pause (admin ``pause whale ID``): every follower skips this whale's signals (``paused``)."""
-
-    whale_id: int
-    paused: bool
-
-
-class SetKnownWhales(msgspec.Struct, frozen=True, kw_only=True):
-    """The enabled whales, after a reload: signals from any other whale fail with ``unknown_whale``."""
-
-    whale_ids: frozenset[int]
-
-
-class _Drain(msgspec.Struct, frozen=True):
-    pass
-
-
-class SetBacklog(msgspec.Struct, frozen=True, kw_only=True):
-    """The persistence actor's write queue passed its high-water mark (``high``) or came back under half of it:
-    while it is high, new signals wait here (rows for more copies would only lengthen the queue)."""
-
-    high: bool
-
-
-class SweepStale(msgspec.Struct, frozen=True, kw_only=True):
-    """Finish signals whose followers did not all answer within ``answer_timeout_s`` (a follower that failed
-    mid-signal never answers): the missing answers count as failed with reason ``no_answer``."""
-
-    answer_timeout_s: float = 60.0
 
 
 @dataclass
@@ -167,7 +119,7 @@ class SignalRouterActor(SingletonActor):
             self._on_decision(message)
         elif isinstance(message, RouteSignal):
             self._enqueue(message)
-        elif isinstance(message, _Drain):
+        elif isinstance(message, RouterDrain):
             self._drain_scheduled = False
             self._drain()
         elif isinstance(message, SetFollowers):
@@ -314,7 +266,7 @@ class SignalRouterActor(SingletonActor):
     def _schedule_drain(self) -> None:
         if not self._drain_scheduled:
             self._drain_scheduled = True
-            self.actor_ref.tell(_Drain())
+            self.actor_ref.tell(RouterDrain())
 
     def _fan_out(self, message: RouteSignal) -> None:
         signal = message.signal

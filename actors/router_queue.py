@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from actors.router import RouteSignal
+from engine.control import RouteSignal
 
 __all__ = ["WaitingSignals"]
 

@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from actors.follower import FollowerActor
-from actors.router import RouteSignal
 from adapters import database as db
 from adapters.paper import PaperVenue
 from adapters.paper_markets import DEFAULT_MARKS, default_markets
 from bench._engine import engine_config, insert_signal_row, make_signal, new_database
 from bench._report import row
+from engine.control import RouteSignal
 from engine.events import DomainEvent, PositionClosed, PositionOpened
 from engine.ids import position_id_for
 from engine.messages import PriceUpdate

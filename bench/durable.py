@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from actors.router import RouteSignal
 from adapters import database as db
 from adapters.paper import DEFAULT_MARKS, PaperVenue
 from bench._engine import insert_signal_row, make_signal, new_database, running_engine, seed
 from bench._report import row
 from engine import metrics
+from engine.control import RouteSignal
 
 SCENARIO = "2 durable end to end"
 SYMBOLS = [f"{b}/USDT:USDT" for b in ("ETH", "SOL", "BNB", "XRP", "LINK", "LTC", "AVAX", "ADA", "DOGE")]

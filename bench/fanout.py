@@ -29,13 +29,14 @@ from typing import Any
 import pykka
 
 from actors.follower import FollowerActor
-from actors.router import RouteSignal, SetFollowers, SignalRouterActor
+from actors.router import SignalRouterActor
 from adapters.paper import DEFAULT_MARKS, default_markets
 from bench._engine import AckingPersistence, CountingExchange, make_signal, mixed_settings
 from bench._report import row
 from engine import runtime
 from engine.clock import SYSTEM_CLOCK
 from engine.config import RuntimeConfig
+from engine.control import RouteSignal, SetFollowers
 from engine.events import DomainEvent
 from engine.follower_state import FollowerContext, FollowerState
 from engine.messages import BalanceRow, CopySignal, FollowerDecision, PersistRows, PlaceOrder, Signal

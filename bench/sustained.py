@@ -33,11 +33,11 @@ from typing import Any
 import msgspec
 import psutil
 
-from actors.router import RouteSignal
 from adapters.paper import DEFAULT_MARKS, PaperVenue
 from bench._engine import make_signal, new_database, running_engine, seed
 from bench._report import percentile, row
 from engine import metrics, runtime
+from engine.control import RouteSignal
 from engine.messages import Signal, SignalAction
 
 SCENARIO = "6 sustained load"

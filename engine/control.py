@@ -9,11 +9,78 @@ import concurrent.futures
 from typing import Any
 
 import msgspec
+import pykka
 
 from engine.follower_state import FollowerState
-from engine.messages import VenueOrder, VenuePosition
+from engine.messages import Signal, VenueOrder, VenuePosition
 
 # ---- signal router --------------------------------------------------------------------------------------------
+
+
+class RouteSignal(msgspec.Struct, frozen=True, kw_only=True):
+    """Route this (already validated and stored) signal to the whale's followers."""
+
+    signal: Signal
+    received_at_ns: int = 0
+
+
+class SetFollowers(msgspec.Struct, frozen=True, kw_only=True):
+    """Replace the follower index: ``refs`` by user id and the whale ids each user follows."""
+
+    refs: dict[int, pykka.ActorRef[Any]]
+    follows: dict[int, tuple[int, ...]]
+    known_whales: frozenset[int]
+
+
+class UpdateFollower(msgspec.Struct, frozen=True, kw_only=True):
+    """One user's ref and followed whales changed (new user, restart after failure, follow change)."""
+
+    user_id: int
+    ref: pykka.ActorRef[Any]
+    whale_ids: tuple[int, ...]
+
+
+class RemoveFollower(msgspec.Struct, frozen=True, kw_only=True):
+    """The user is gone (deleted): the router forgets its ref and follows (the supervisor stops the actor)."""
+
+    user_id: int
+
+
+class SetDraining(msgspec.Struct, frozen=True, kw_only=True):
+    """Stop (or resume) fanning signals out: waiting ones stay for a resume or the next run."""
+
+    draining: bool = True
+
+
+class SetWhalePaused(msgspec.Struct, frozen=True, kw_only=True):
+    """Operator pause (admin ``pause whale ID``): every follower skips this whale's signals (``paused``)."""
+
+    whale_id: int
+    paused: bool
+
+
+class SetKnownWhales(msgspec.Struct, frozen=True, kw_only=True):
+    """The enabled whales, after a reload: signals from any other whale fail with ``unknown_whale``."""
+
+    whale_ids: frozenset[int]
+
+
+class RouterDrain(msgspec.Struct, frozen=True):
+    """The router to itself, after the mailbox's current burst: let waiting signals go."""
+
+
+class SetBacklog(msgspec.Struct, frozen=True, kw_only=True):
+    """The persistence actor's write queue passed its high-water mark (``high``) or came back under half of it:
+    while it is high, new signals wait here (rows for more copies would only lengthen the queue)."""
+
+    high: bool
+
+
+class SweepStale(msgspec.Struct, frozen=True, kw_only=True):
+    """Finish signals whose followers did not all answer within ``answer_timeout_s`` (a follower that failed
+    mid-signal never answers): the missing answers count as failed with reason ``no_answer``."""
+
+    answer_timeout_s: float = 60.0
 
 
 # ---- follower ---------------------------------------------------------------------------------------------------

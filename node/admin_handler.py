@@ -29,7 +29,6 @@ from typing import Any
 import msgspec
 import pykka
 
-from actors.router import RouteSignal, SetWhalePaused
 from adapters.signal_intake import INSERT_SQL
 from engine import logs
 from engine.admin_commands import (
@@ -55,7 +54,7 @@ from engine.admin_commands import (
     User,
     Users,
 )
-from engine.control import SetPaused
+from engine.control import RouteSignal, SetPaused, SetWhalePaused
 from engine.logs import get_logger
 from engine.messages import Signal
 from engine.signals import SignalRejected, parse_signal

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from actors.router import RouteSignal, SweepStale
 from adapters.signal_intake import CLAIM_SQL, REQUEUE_SQL, SignalIntake
+from engine.control import RouteSignal, SweepStale
 from engine.logs import get_logger
 from engine.messages import PersistRows, Signal, SignalStatusRow
 from node.persistence_writes import run_write

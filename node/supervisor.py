@@ -21,10 +21,9 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from actors.follower import FollowerActor
-from actors.router import SetKnownWhales, UpdateFollower
 from adapters.state_loader import load_followers, load_whale_ids
 from engine import metrics
-from engine.control import UpdateSettings
+from engine.control import SetKnownWhales, UpdateFollower, UpdateSettings
 from engine.follower_state import FollowerState
 from engine.logs import get_logger
 

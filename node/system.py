@@ -26,7 +26,7 @@ import msgspec
 import pykka
 
 from actors.persistence import PersistenceActor
-from actors.router import SetBacklog, SetDraining, SetFollowers, SignalRouterActor
+from actors.router import SignalRouterActor
 from adapters.database import apply_schema, connect_pool
 from adapters.embedded_pg import EmbeddedPostgres
 from adapters.ioloop import IoLoop
@@ -34,7 +34,7 @@ from adapters.state_loader import load_followers, load_whale_ids
 from engine import logs, metrics, runtime
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import EngineConfig, effective_config
-from engine.control import ReconcileNow
+from engine.control import ReconcileNow, SetBacklog, SetDraining, SetFollowers
 from engine.events import DomainEvent
 from engine.follower_state import FollowerContext, FollowerState, LiquidationCheck
 from engine.logs import get_logger

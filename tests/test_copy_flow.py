@@ -21,11 +21,11 @@ import pykka
 import pytest
 
 from actors.follower import FollowerActor
-from actors.router import RouteSignal
 from adapters.paper import PaperVenue, default_markets
 from adapters.signal_intake import row_to_signal
 from engine import runtime
 from engine.clock import SYSTEM_CLOCK
+from engine.control import RouteSignal
 from engine.follower_state import FollowerContext, FollowerState
 from engine.ids import client_order_id, parse_client_order_id, position_id_for
 from engine.messages import (

@@ -16,8 +16,9 @@ from typing import Any
 import pykka
 import pytest
 
-from actors.router import RouteSignal, SetBacklog, SetDraining, SetFollowers, SignalRouterActor, SweepStale
+from actors.router import SignalRouterActor
 from engine.clock import SYSTEM_CLOCK, Clock, FakeClock
+from engine.control import RouteSignal, SetBacklog, SetDraining, SetFollowers, SweepStale
 from engine.messages import (
     CopySignal,
     FollowerDecision,
