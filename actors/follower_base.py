@@ -200,9 +200,6 @@ class FollowerBase(PooledActor):
         self._persist(row)
         return row
 
-    def positions_by_symbol(self) -> dict[tuple[str, str], str]:
-        return {(p.venue, p.symbol): p.position_id for p in self._portfolio.positions.values()}
-
 
 def _plain(row: Any) -> Any:
     """A row as builtins, Decimals kept (the admin encoder prints them in fixed point)."""

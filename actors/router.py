@@ -147,9 +147,6 @@ class SignalRouterActor(SingletonActor):
         """Signals being copied, and the ones waiting to be (not while draining: those wait for the next run)."""
         return len(self._in_flight) + (0 if self._draining else len(self._queue))
 
-    def follower_ref(self, user_id: int) -> Any:
-        return self._refs.get(user_id)
-
     def follower_refs(self) -> dict[int, Any]:
         return dict(self._refs)
 
@@ -158,9 +155,6 @@ class SignalRouterActor(SingletonActor):
 
     def known_whales(self) -> frozenset[int]:
         return self._known_whales
-
-    def paused_whales(self) -> list[int]:
-        return sorted(self._paused_whales)
 
     def counts(self) -> dict[str, int]:
         return {

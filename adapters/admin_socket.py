@@ -103,10 +103,6 @@ class AdminServer:
     def path(self) -> Path:
         return self._path
 
-    @property
-    def connection_count(self) -> int:
-        return len(self._connections)
-
     async def start(self) -> None:
         """Prepare the directory, replace a stale socket file, listen. Raises ``AdminSocketError``."""
         self._check_loop()

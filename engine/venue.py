@@ -47,13 +47,6 @@ class OutcomeUnknown(VenueError):
     pass
 
 
-class AccountRef(Protocol):
-    """Who is trading: the user and a reference to their credentials (never the secret itself)."""
-
-    user_id: int
-    credential_ref: str | None
-
-
 class VenueAdapter(Protocol):
     """One venue. Coroutines run on the I/O loop."""
 

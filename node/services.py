@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -228,11 +228,6 @@ def periodic_jobs(system: EngineSystem) -> list[tuple[str, float, Callable[[], N
         ("timer-day-roll", 1.0, day_roll),
         ("timer-snapshots", cfg.snapshot_interval_s, lambda: _discard(take_snapshots(system))),
     ]
-
-
-def await_result(system: EngineSystem, make: Callable[[], Awaitable[Any]], timeout_s: float = 30) -> Any:
-    """Run a coroutine on the I/O loop from a plain thread (admin helpers, tests)."""
-    return system.io.run(make(), timeout_s)  # type: ignore[arg-type]
 
 
 def _discard(_value: object) -> None:

@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable
 from decimal import Decimal
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -408,7 +407,3 @@ def log_event(event: DomainEvent) -> None:
     fields.pop("event_type", None)
     fields.pop("occurred_at", None)
     log.info(name, **fields)
-
-
-def data_path(config: EngineConfig) -> Path:
-    return config.data_path
