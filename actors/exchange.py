@@ -218,10 +218,11 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
             if isinstance(message, CheckPositions)
             else "fetch_order"
         )
-        weight = self._adapter.request_weight(operation)
-        order_weight = getattr(self._adapter, "order_weight", None)  # a first futures order also sets leverage
-        if order_weight is not None and isinstance(message, PlaceOrder):
-            weight = order_weight(message.request)
+        # A first futures order also sets leverage: the adapter says what the order costs.
+        if isinstance(message, PlaceOrder):
+            weight = self._adapter.order_weight(message.request)
+        else:
+            weight = self._adapter.request_weight(operation)
         # A call heavier than the whole budget could never go; let it use the whole budget instead.
         weight = min(weight, self._bucket.capacity)
         self._lanes[lane].append(Job(next(self._job_ids), message, lane, weight))

@@ -23,7 +23,7 @@ from adapters.ccxt_profiles import PROFILES, VenueProfile, rewrite_api_urls
 from adapters.credentials import Credential, CredentialError, CredentialStore
 from engine.logs import get_logger
 from engine.messages import MarketInfo, OrderRequest, Side, TradeType, VenueOrder, VenuePosition
-from engine.venue import OrderRejected, OutcomeUnknown, RetryableError, VenueError
+from engine.venue import LiquidationModel, OrderRejected, OutcomeUnknown, RetryableError, VenueError
 
 __all__ = ["CcxtVenue"]
 
@@ -34,6 +34,11 @@ _DEFAULT_TIMEOUT_MS = 10_000
 
 class CcxtVenue:
     """One venue (``binance``/``bybit``/``bitget``) and one trade type, for every follower account on it."""
+
+    funds_accounts = False
+    settable_marks = False
+    supports_mark_batch = True
+    liquidation_model: LiquidationModel = "venue"
 
     def __init__(
         self,

@@ -111,7 +111,7 @@ class DemoFeed:
 
     def _paper(self) -> Any:
         for venue in self._system.venues.values():
-            if venue.kind == "paper":
+            if venue.adapter.settable_marks:
                 self._venue_name = venue.name
                 return venue.adapter
         return None

@@ -39,7 +39,7 @@ from adapters.paper_traffic import CallRecord, InjectedFault, PaperTraffic
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.logs import get_logger
 from engine.messages import MarketInfo, OrderRequest, Side, TradeStatus, TradeType, VenueOrder, VenuePosition
-from engine.venue import OrderRejected, OutcomeUnknown
+from engine.venue import LiquidationModel, OrderRejected, OutcomeUnknown
 
 log = get_logger(__name__)
 
@@ -72,6 +72,10 @@ class PaperVenue(PaperTraffic):
     """Implements ``engine.venue.VenueAdapter``."""
 
     name = "paper"
+    funds_accounts = True
+    settable_marks = True
+    supports_mark_batch = False
+    liquidation_model: LiquidationModel = "estimate"
 
     def __init__(
         self,
@@ -201,6 +205,10 @@ class PaperVenue(PaperTraffic):
     async def load_markets(self) -> dict[str, MarketInfo]:
         self._arrive("load_markets", None)
         return dict(self._markets)
+
+    def order_weight(self, request: OrderRequest) -> int:
+        """An order costs what ``create_order`` costs: the paper venue sets no leverage first."""
+        return self.request_weight("create_order")
 
     async def create_order(self, request: OrderRequest) -> VenueOrder:
         with self._lock:

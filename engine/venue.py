@@ -18,9 +18,14 @@ Order-outcome policy (the exchange actor follows it; see docs/architecture.md):
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Protocol
+from typing import Literal, Protocol
 
 from engine.messages import MarketInfo, OrderRequest, TradeType, VenueOrder, VenuePosition
+
+LiquidationModel = Literal["estimate", "venue"]
+"""Who decides a futures liquidation: ``estimate``: the engine's isolated-margin estimate on the marks is the venue's
+rule (the paper venue liquidates by it too), so the books liquidate by it; ``venue``: the venue decides, and a
+follower near the liquidation price asks the venue for its position."""
 
 
 class VenueError(Exception):
@@ -48,9 +53,24 @@ class OutcomeUnknown(VenueError):
 
 
 class VenueAdapter(Protocol):
-    """One venue. Coroutines run on the I/O loop."""
+    """One venue. Coroutines run on the I/O loop.
+
+    Capabilities (what differs between the paper venue and a real one; the engine asks these, never the kind):
+    """
 
     name: str
+    funds_accounts: bool
+    """True: the engine funds the venue's accounts from its books (``deposit``, ``restore_position``: the paper
+    venue lives in memory). False: the venue holds the truth; accounts are registered (``register_account``) and
+    their balances fetched at start."""
+    settable_marks: bool
+    """True: marks live in the adapter, set by ``set_mark`` (admin ``price``, the demo) and read by ``marks()``
+    from any thread without I/O. False: marks are the venue's, polled with ``fetch_marks`` (seeded at start, and
+    the polls' weight comes out of the venue's budget)."""
+    supports_mark_batch: bool
+    """True: ``fetch_marks([])`` answers every symbol's mark in the one call it makes for a few (ccxt
+    ``fetch_tickers``). False: it answers the symbols asked for only."""
+    liquidation_model: LiquidationModel
 
     async def load_markets(self) -> dict[str, MarketInfo]:
         """Markets by unified symbol; loaded once per venue, shared by every account."""
@@ -85,6 +105,11 @@ class VenueAdapter(Protocol):
 
     def request_weight(self, operation: str) -> int:
         """The venue's rate-limit weight of one call (``create_order``, ``fetch_order``, ``fetch_marks``...)."""
+        ...
+
+    def order_weight(self, request: OrderRequest) -> int:
+        """The weight ``create_order(request)`` costs (more than ``request_weight("create_order")`` when the
+        order also sets leverage first)."""
         ...
 
     async def close(self) -> None: ...

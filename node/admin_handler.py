@@ -276,7 +276,7 @@ class EngineAdminHandler(AdminQueries):
     # ---- prices, reload ----------------------------------------------------------------------------------
 
     def _set_price(self, symbol: str, price: Decimal) -> dict[str, Any]:
-        paper = [v for v in self._system.venues.values() if v.kind == "paper"]
+        paper = [v for v in self._system.venues.values() if v.adapter.settable_marks]
         if not paper:
             raise CommandError("no paper venue: `price` sets marks on the paper venue only")
         for venue in paper:

@@ -146,11 +146,12 @@ class PriceFeed:
 
     async def _fetch_marks(self, symbols: list[str]) -> dict[str, Decimal]:
         """The venue's marks; none (the old ones age, followers are told they are stale) when it fails."""
-        if self._venue.kind == "paper" and not symbols:
-            return {}  # the paper venue's own book: nothing to read when nobody holds anything
-        # A ccxt venue answers every symbol's mark with the one call it makes for a few: take them all, so the
+        batch = self._venue.adapter.supports_mark_batch
+        if not batch and not symbols:
+            return {}  # a venue that answers what it is asked: nothing to ask when nobody holds anything
+        # A venue that answers every symbol's mark with the one call it makes for a few: take them all, so the
         # router has a fresh mark for a signal on a symbol nobody holds yet.
-        wanted = symbols if self._venue.kind == "paper" else []
+        wanted = [] if batch else symbols
         try:
             marks: dict[str, Decimal] = await self._venue.adapter.fetch_marks(wanted)
         except (VenueBanned, RetryableError) as exc:

@@ -212,7 +212,7 @@ class EngineSystem:
                     interval_s=v.config.liquidation_check_interval_ms / 1000,
                 )
                 for name, v in self.venues.items()
-                if v.kind != "paper" and "futures" in v.config.trade_types
+                if v.adapter.liquidation_model == "venue" and "futures" in v.config.trade_types
             },
         )
 

@@ -24,11 +24,12 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from adapters.venue_factory import venue_trade_type
 from engine.follower_state import FollowerState
 from engine.logs import get_logger
 from engine.messages import BalanceRow, PersistRows
 from engine.ratelimit import TokenBucket
-from node.venues import Venue, venue_trade_type
+from node.venues import Venue
 
 if TYPE_CHECKING:
     from node.system import EngineSystem
@@ -49,7 +50,7 @@ def prepare_accounts(system: EngineSystem, states: Iterable[FollowerState]) -> l
     by_venue: dict[str, list[FollowerState]] = {}
     for state in prepared:
         venue = system.venues.get(state.user.preferred_exchange)
-        if venue is not None and venue.kind != "paper" and state.user.credential_ref:
+        if venue is not None and not venue.adapter.funds_accounts and state.user.credential_ref:
             by_venue.setdefault(venue.name, []).append(state)
     fetched: dict[int, FollowerState] = {}
     for name, on_venue in by_venue.items():
@@ -70,7 +71,7 @@ def prepare_account(system: EngineSystem, state: FollowerState) -> FollowerState
     venue = system.venues.get(state.user.preferred_exchange)
     if venue is None:
         return state
-    if venue.kind == "paper":
+    if venue.adapter.funds_accounts:
         return _with_paper_balance(system, venue, state)
     ref = state.user.credential_ref
     register = getattr(venue.adapter, "register_account", None)

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from actors.exchange import ExchangeActor
+from adapters.venue_factory import make_adapter
 from engine.config import VenueConfig
 from engine.logs import get_logger
 from engine.messages import MarketInfo, PositionRow, PositionSide, TradeType
@@ -39,7 +40,7 @@ class Venue:
         self.marks: dict[str, Decimal] = {}  # replaced wholesale by the price feed (readers see one version)
 
     def mark(self, symbol: str) -> Decimal | None:
-        if self.kind == "paper":
+        if self.adapter.settable_marks:  # the adapter's own book: what ``set_mark`` set is the mark at once
             mark: Decimal | None = self.adapter.marks().get(symbol)
             return mark
         return self.marks.get(symbol)
@@ -80,35 +81,10 @@ class Venue:
             log.warning("venue.close_failed", venue=self.name, error=repr(exc))
 
 
-def _make_adapter(system: EngineSystem, cfg: VenueConfig) -> Any:
-    if cfg.kind == "paper":
-        from adapters.paper import PaperVenue
-
-        return PaperVenue(
-            slippage_bps=Decimal(str(cfg.paper_slippage_bps)), latency_ms=cfg.paper_latency_ms, clock=system.clock
-        )
-    from adapters.ccxt_venue import CcxtVenue
-    from adapters.credentials import CredentialStore
-
-    # Accounts (users.credential_ref) are registered by ``node.venue_accounts.prepare_accounts``.
-    return CcxtVenue(
-        cfg.kind,
-        trade_type=venue_trade_type(cfg),
-        api_base_url=cfg.api_base_url,
-        credentials=CredentialStore(),
-        margin_mode=cfg.margin_mode,
-    )
-
-
-def venue_trade_type(cfg: VenueConfig) -> TradeType:
-    """A ccxt venue trades one type: futures if the config lists it, else spot (configure two venues for both)."""
-    return TradeType.FUTURES if "futures" in cfg.trade_types else TradeType.SPOT
-
-
 def order_weight_per_minute(cfg: VenueConfig, adapter: Any) -> int:
     """What is left of the venue's weight budget for orders once the price feed (which calls the adapter
     directly, not through the exchange actor) has taken its share: one ``fetch_marks`` per poll interval."""
-    if cfg.kind == "paper":
+    if adapter.settable_marks:  # marks in memory: the feed makes no venue request
         return cfg.weight_per_minute
     feed = math.ceil(int(adapter.request_weight("fetch_marks")) * 60_000 / cfg.price_poll_interval_ms)
     if feed > cfg.weight_per_minute // 2:
@@ -126,7 +102,7 @@ def build_venues(system: EngineSystem, adapters: dict[str, Any]) -> dict[str, Ve
     """Adapters (given ones first, e.g. from tests), markets and exchange actors for every configured venue."""
     venues: dict[str, Venue] = {}
     for cfg in system.config.venues:
-        adapter = adapters.get(cfg.name) or _make_adapter(system, cfg)
+        adapter = adapters.get(cfg.name) or make_adapter(cfg, clock=system.clock)
         markets = system.io.run(adapter.load_markets(), 120)
         exchange = ExchangeActor.start(
             system.io,
@@ -147,7 +123,7 @@ def build_venues(system: EngineSystem, adapters: dict[str, Any]) -> dict[str, Ve
             venue=cfg.name,
         )
         venue = Venue(cfg, adapter, exchange, markets)
-        if cfg.kind != "paper":
+        if not adapter.settable_marks:
             _seed_marks(system, venue)
         venues[cfg.name] = venue
         log.info("venue.ready", venue=cfg.name, kind=cfg.kind, markets=len(markets), api_base_url=cfg.api_base_url)

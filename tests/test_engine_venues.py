@@ -32,6 +32,8 @@ from actors.exchange import ExchangeActor
 from adapters.ccxt_venue import CcxtVenue
 from adapters.credentials import CredentialStore
 from adapters.ioloop import IoLoop
+from adapters.venue_factory import make_adapter
+from engine.config import VenueConfig
 from engine.messages import OrderOutcome, OrderRequest, PlaceOrder, ResolveOrder, Side, TradeStatus, TradeType
 from tests.kit import (
     CCXT_TIMEOUT_MS,
@@ -358,12 +360,9 @@ def test_reduce_only_close_passes_an_open_breaker(actor_on: ActorSetup) -> None:
 
 
 def test_venue_config_flows_into_the_adapter(pg_dsn: str) -> None:
-    from engine.config import VenueConfig
-    from node.venues import _make_adapter
-
     cfg = VenueConfig(name="bitget-futures", kind="bitget", trade_types=("futures",),
                       api_base_url="https://testnet.invalid", margin_mode="cross")  # fmt: skip
-    adapter = _make_adapter(None, cfg)  # type: ignore[arg-type]
+    adapter = make_adapter(cfg)
     assert (adapter.name, adapter.trade_type) == ("bitget", TradeType.FUTURES)
     assert adapter._api_base_url == "https://testnet.invalid"
     assert adapter._margin_mode == "cross"

@@ -22,11 +22,12 @@ import pytest
 
 from adapters.database import connect_pool
 from adapters.paper import PaperVenue
+from adapters.venue_factory import make_adapter
 from engine.config import VenueConfig
 from engine.messages import PriceUpdate
 from engine.venue import RetryableError, VenueBanned
 from node.price_feed import PriceFeed
-from node.venues import Venue
+from node.venues import Venue, order_weight_per_minute
 from tests.kit import LogEntries, TcpProxy, execute
 
 D = Decimal
@@ -364,11 +365,9 @@ def test_order_budget_is_the_venue_budget_minus_the_feed(
     captured_logs: LogEntries, kind: str, weight_per_minute: int, poll_ms: float, for_orders: int,
     warned_feed_weight: int | None,
 ) -> None:  # fmt: skip
-    from node.venues import _make_adapter, order_weight_per_minute
-
     cfg = VenueConfig(name=f"{kind}-futures", kind=kind, trade_types=("futures",),  # type: ignore[arg-type]
                       weight_per_minute=weight_per_minute, price_poll_interval_ms=poll_ms)  # fmt: skip
-    adapter = _make_adapter(None, cfg)  # type: ignore[arg-type]
+    adapter = make_adapter(cfg)
     try:
         assert order_weight_per_minute(cfg, adapter) == for_orders
     finally:
