@@ -12,18 +12,16 @@ import asyncio
 import contextlib
 import random
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import asyncpg
 
 from engine.config import DemoConfig
 from engine.logs import get_logger
 from engine.precision import round_price
-
-if TYPE_CHECKING:
-    from node.system import EngineSystem
 
 log = get_logger(__name__)
 
@@ -84,12 +82,24 @@ async def seed_demo(pool: asyncpg.Pool, cfg: DemoConfig) -> bool:
     return True
 
 
+class DemoVenue(Protocol):
+    """What the demo needs of a venue (``node.venues.Venue``): its adapter and markets."""
+
+    @property
+    def adapter(self) -> Any: ...
+
+    @property
+    def markets(self) -> Mapping[str, Any]: ...
+
+
 class DemoFeed:
     """Random-walk prices on the paper venue and whale signals inserted into ``whale_signals``."""
 
-    def __init__(self, system: EngineSystem) -> None:
-        self._system = system
-        self._cfg = system.config.demo
+    def __init__(self, *, venues: Mapping[str, DemoVenue], dsn: str, config: DemoConfig) -> None:
+        """``venues``: the engine's; the first whose marks are settable is driven. ``dsn``: where signals go."""
+        self._venues = venues
+        self._dsn = dsn
+        self._cfg = config
         self._rng = random.Random(self._cfg.seed)
         self._tasks: list[asyncio.Task[None]] = []
         self._whale_books: dict[int, dict[str, tuple[str, str]]] = {}
@@ -110,9 +120,9 @@ class DemoFeed:
                 await task
 
     def _paper(self) -> Any:
-        for venue in self._system.venues.values():
+        for name, venue in self._venues.items():
             if venue.adapter.settable_marks:
-                self._venue_name = venue.name
+                self._venue_name = name
                 return venue.adapter
         return None
 
@@ -127,7 +137,7 @@ class DemoFeed:
                 if mark is None:
                     continue
                 step = Decimal(str(round(self._rng.gauss(0, 0.002), 6)))
-                tick = self._system.venues[self._venue_name].markets[f"{base}/USDT:USDT"].price_tick
+                tick = self._venues[self._venue_name].markets[f"{base}/USDT:USDT"].price_tick
                 paper.set_mark(base, round_price(mark * (1 + step), tick))
 
     async def _signals(self) -> None:
@@ -136,7 +146,7 @@ class DemoFeed:
             await asyncio.sleep(self._cfg.signal_interval_ms / 1000)
             try:
                 if conn is None or conn.is_closed():
-                    conn = await asyncpg.connect(self._system.dsn, timeout=10)
+                    conn = await asyncpg.connect(self._dsn, timeout=10)
                 whales = [r["id"] for r in await conn.fetch("SELECT id FROM whales WHERE enabled")]
                 if whales:
                     await self._insert_signal(conn, self._rng.choice(whales))

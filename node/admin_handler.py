@@ -1,4 +1,5 @@
-"""EngineAdminHandler: runs admin socket commands (``engine/admin_commands.py``) on an ``EngineSystem``.
+"""EngineAdminHandler: runs admin socket commands (``engine/admin_commands.py``) on the engine
+(``node.admin_queries.AdminEngine``).
 
 Runs on the I/O loop (``AdminServer`` awaits ``handle``), so nothing here blocks the loop: asks to actors
 (pykka futures) and the system's blocking helpers run in the loop's default executor (``_blocking``). The
@@ -70,7 +71,7 @@ DRY_RUN_LIST_LIMIT = 1000  # per-follower answers listed in a dry-run reply (the
 
 
 class EngineAdminHandler(AdminQueries):
-    """Implements ``adapters.admin_socket.AdminHandler`` for one ``EngineSystem``:
+    """Implements ``adapters.admin_socket.AdminHandler`` for the engine:
     ``EngineAdminHandler(system)``. ``pauses`` holds what the operator paused."""
 
     async def handle(self, cmd: Command, peer: Peer) -> dict[str, Any]:
@@ -149,7 +150,7 @@ class EngineAdminHandler(AdminQueries):
             signal.trade_type.value, signal.price, signal.size_usdt, signal.leverage, signal.priority.value,
             signal.detected_at, signal.expires_at, signal.fraction,
         )  # fmt: skip
-        signal_id = await run_write(system, lambda conn: conn.fetchval(INSERT_SQL, *args))
+        signal_id = await run_write(system.persistence, lambda conn: conn.fetchval(INSERT_SQL, *args))
         if signal_id is None:
             raise CommandError(f"duplicate external_id {signal.external_id!r}: that signal was already taken")
         signal = msgspec.structs.replace(signal, signal_id=int(signal_id))

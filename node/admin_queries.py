@@ -14,7 +14,8 @@ import asyncio
 import importlib.metadata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from decimal import Decimal
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 import msgspec
@@ -22,12 +23,13 @@ import pykka
 
 from engine import runtime
 from engine.admin_commands import CommandError, Positions, Trades
+from engine.clock import Clock
+from engine.config import EngineConfig
 from engine.messages import PositionRow, SnapshotRow
 from engine.portfolio import Performance, performance
 from node.stats import collect_stats
-
-if TYPE_CHECKING:
-    from node.system import EngineSystem
+from node.supervisor import Supervisor
+from node.venues import Venue
 
 __all__ = ["ROW_LIMIT", "SNAPSHOT_LIMIT", "AdminQueries", "OperatorPauses"]
 
@@ -54,6 +56,29 @@ _TRADE_COLUMNS = """id AS trade_id, client_order_id, user_id, signal_id, whale_i
     error, created_at, updated_at"""
 
 
+class AdminEngine(Protocol):
+    """What the admin commands use of the engine; ``node.system.EngineSystem`` is one. (Still wide: the admin
+    answers about everything; its parts should be handed over one by one.)"""
+
+    config: EngineConfig
+    clock: Clock
+    pool: Any  # asyncpg.Pool
+    persistence: Any  # pykka.ActorRef[PersistenceActor]
+    router: Any  # pykka.ActorRef[SignalRouterActor]
+    venues: dict[str, Venue]
+    supervisor: Supervisor | None
+    services: list[Any]
+    draining: bool
+    shutdown_requested: bool
+    started_at: float
+
+    def mark_price(self, symbol: str, trade_type: Any) -> Decimal | None: ...
+
+    def reconcile(self, *, all_followers: bool = False) -> int: ...
+
+    def set_draining(self, draining: bool = True) -> None: ...
+
+
 @dataclass
 class OperatorPauses:
     """What the operator paused. Touched only on the I/O loop (by the handler)."""
@@ -78,7 +103,7 @@ class OperatorPauses:
 class AdminQueries:
     """Read-only admin commands and the helpers the handler shares. ``pauses`` is the operator's state."""
 
-    def __init__(self, system: EngineSystem, *, ask_timeout_s: float = 30.0) -> None:
+    def __init__(self, system: AdminEngine, *, ask_timeout_s: float = 30.0) -> None:
         self._system = system
         self._ask_timeout_s = ask_timeout_s
         self.pauses = OperatorPauses()
@@ -157,7 +182,7 @@ class AdminQueries:
 
     async def _stats(self) -> dict[str, Any]:
         system = self._system
-        figures = await self._blocking(lambda: collect_stats(system, consume=False))
+        figures = await self._blocking(lambda: collect_stats(system.persistence, system.venues, consume=False))
         counts = await self._blocking(lambda: self._get(system.router.proxy().counts()))
         reachable = await database_reachable(system.pool)
         return {

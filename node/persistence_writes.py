@@ -8,22 +8,23 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import pykka
 
 from engine.control import RunWrite
 
-if TYPE_CHECKING:
-    from node.system import EngineSystem
 
-
-async def run_write(system: EngineSystem, fn: Callable[[Any], Awaitable[Any]], timeout_s: float = 30.0) -> Any:
+async def run_write(
+    persistence: pykka.ActorRef[Any], fn: Callable[[Any], Awaitable[Any]], timeout_s: float = 30.0
+) -> Any:
     """From a coroutine on the I/O loop: run ``fn`` through the persistence actor and await its result.
 
     ``timeout_s`` bounds the wait for the write to *start*. A write not started by then is cancelled and never
     runs (``TimeoutError``); one already running is waited for: its transaction may commit, and a claim whose
     result nobody reads would leave signals 'processing' that no one routes."""
     future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-    system.persistence.tell(RunWrite(fn=fn, future=future))
+    persistence.tell(RunWrite(fn=fn, future=future))
     result = asyncio.wrap_future(future)
     try:
         return await asyncio.wait_for(asyncio.shield(result), timeout_s)

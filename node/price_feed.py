@@ -24,9 +24,11 @@ import contextlib
 import random
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import asyncpg
 import pykka
 
 from engine import metrics
@@ -34,10 +36,10 @@ from engine.backoff import backoff_s
 from engine.logs import get_logger
 from engine.messages import PriceUpdate
 from engine.venue import RetryableError, VenueBanned
+from node.venues import Venue
 
-if TYPE_CHECKING:
-    from node.system import EngineSystem
-    from node.venues import Venue
+FollowerRef = Callable[[int], "pykka.ActorRef[Any] | None"]
+"""A follower's ref by user id (``None``: no such follower running)."""
 
 log = get_logger(__name__)
 
@@ -51,8 +53,12 @@ _JITTER = random.Random()  # spreads the pauses of feeds refused at once (engine
 class PriceFeed:
     """See the module docstring."""
 
-    def __init__(self, system: EngineSystem, venue: Venue, *, holdings_refresh_every: int = 5) -> None:
-        self._system = system
+    def __init__(
+        self, venue: Venue, *, pool: asyncpg.Pool, follower_ref: FollowerRef, holdings_refresh_every: int = 5
+    ) -> None:
+        """``pool`` reads who holds what; ``follower_ref`` finds the follower to tell."""
+        self._pool = pool
+        self._follower_ref = follower_ref
         self._venue = venue
         self._interval_s = venue.config.price_poll_interval_ms / 1000
         self._stale_s = venue.config.price_stale_after_ms / 1000
@@ -106,7 +112,7 @@ class PriceFeed:
             log.warning("prices.tick_failed", venue=self._venue.name, error=f"{type(exc).__name__}: {exc}")
 
     async def _refresh_holdings(self) -> None:
-        rows = await self._system.pool.fetch(_HOLDINGS_SQL, self._venue.name)
+        rows = await self._pool.fetch(_HOLDINGS_SQL, self._venue.name)
         holders: dict[str, set[int]] = defaultdict(set)
         for r in rows:
             holders[r["symbol"]].add(r["user_id"])
@@ -130,11 +136,10 @@ class PriceFeed:
                 continue
             for user_id in self._holders.get(symbol, ()):
                 by_user[user_id][symbol] = mark
-        supervisor = self._system.supervisor
         told = 0
         at_ns = time.monotonic_ns()
         for user_id, user_marks in by_user.items():
-            ref = supervisor.ref(user_id) if supervisor is not None else None  # not refs(): a copy of 100k
+            ref = self._follower_ref(user_id)  # one by one: a copy of every ref would be 100k
             if ref is None:
                 continue
             user_stale = frozenset(s for s in user_marks if s in stale)

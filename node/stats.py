@@ -8,23 +8,24 @@ latency, and per venue the breaker state and rate budget left. Runs on a timer t
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 import pykka
 
 from engine import metrics, runtime
 from engine.control import TakeSnapshot
 from engine.logs import get_logger
-
-if TYPE_CHECKING:
-    from node.system import EngineSystem
+from node.venues import Venue
 
 log = get_logger(__name__)
 
 _last_counters: dict[str, int] = {}
 
 
-def collect_stats(system: EngineSystem, *, consume: bool = True) -> dict[str, Any]:
+def collect_stats(
+    persistence: pykka.ActorRef[Any], venues: Mapping[str, Venue], *, consume: bool = True
+) -> dict[str, Any]:
     """The figures of the stats line. ``consume=False`` (admin ``stats``) reads the current interval without
     ending it, so the periodic ``engine.stats`` line still covers its whole interval."""
     global _last_counters
@@ -34,16 +35,16 @@ def collect_stats(system: EngineSystem, *, consume: bool = True) -> dict[str, An
         _last_counters = counters
     samples = (metrics.drain_samples() if consume else metrics.peek_samples()).get("signal_to_order_ms", [])
     pool = runtime.pool_stats()
-    persistence: dict[str, Any] = {}
+    figures: dict[str, Any] = {}
     with contextlib.suppress(Exception):
-        persistence = system.persistence.proxy().stats().get(timeout=5)
-    venues = {}
-    for name, venue in system.venues.items():
+        figures = persistence.proxy().stats().get(timeout=5)
+    per_venue = {}
+    for name, venue in venues.items():
         try:
             status = venue.refresh_health()
         except Exception as exc:  # noqa: BLE001 - the stats line must still go out
             status = {"error": repr(exc)}
-        venues[name] = {
+        per_venue[name] = {
             "breaker": status.get("breaker"),
             "weight_available": status.get("weight_available"),
             "weight_capacity": status.get("weight_capacity"),
@@ -69,25 +70,23 @@ def collect_stats(system: EngineSystem, *, consume: bool = True) -> dict[str, An
         "mailbox_depth_max": pool.mailbox_depth_max,
         "mailbox_depth_total": pool.mailbox_depth_total,
         "actors": pool.actors,
-        "persistence_queue": persistence.get("queue_depth"),
-        "persistence_flush_ms": persistence.get("last_flush_ms"),
-        "database_reachable": persistence.get("db_reachable"),
-        "venues": venues,
+        "persistence_queue": figures.get("queue_depth"),
+        "persistence_flush_ms": figures.get("last_flush_ms"),
+        "database_reachable": figures.get("db_reachable"),
+        "venues": per_venue,
     }
 
 
-def report_stats(system: EngineSystem) -> None:
-    log.info("engine.stats", **collect_stats(system))
+def report_stats(persistence: pykka.ActorRef[Any], venues: Mapping[str, Venue]) -> None:
+    log.info("engine.stats", **collect_stats(persistence, venues))
 
 
-def take_snapshots(system: EngineSystem, *, reason: str = "interval") -> int:
+def take_snapshots(followers: Mapping[int, pykka.ActorRef[Any]], *, reason: str = "interval") -> int:
     """Ask every follower to persist a portfolio snapshot (``portfolio_snapshots``). Returns how many.
     ``reason``: ``interval`` (the periodic timer), ``day_roll`` or ``shutdown``, for the log line."""
-    if system.supervisor is None:
-        return 0
     count = 0
     message = TakeSnapshot()
-    for ref in system.supervisor.refs().values():
+    for ref in followers.values():
         with contextlib.suppress(pykka.ActorDeadError):
             ref.tell(message)
             count += 1

@@ -16,19 +16,20 @@ import asyncio
 import contextlib
 import threading
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
+import asyncpg
 import pykka
 
 from actors.follower import FollowerActor
+from adapters.ioloop import IoLoop
 from adapters.state_loader import load_followers, load_whale_ids
 from engine import metrics
+from engine.clock import Clock
 from engine.control import SetKnownWhales, UpdateFollower, UpdateSettings
-from engine.follower_state import FollowerState
+from engine.follower_state import FollowerContext, FollowerState
 from engine.logs import get_logger
-
-if TYPE_CHECKING:
-    from node.system import EngineSystem
 
 log = get_logger(__name__)
 
@@ -36,8 +37,29 @@ log = get_logger(__name__)
 class Supervisor:
     """Follower lifecycle. Thread-safe: failures are reported from pool workers."""
 
-    def __init__(self, system: EngineSystem, *, max_restarts: int = 5, window_s: float = 60.0) -> None:
-        self._system = system
+    def __init__(
+        self,
+        *,
+        io: IoLoop,
+        pool: asyncpg.Pool,
+        router: pykka.ActorRef[Any],
+        context: FollowerContext,
+        prepare: Callable[[FollowerState], FollowerState],
+        clock: Clock,
+        restart_delay_s: float,
+        max_restarts: int = 5,
+        window_s: float = 60.0,
+    ) -> None:
+        """``context``: what every follower is started with; ``prepare``: a state made ready for its venue
+        (paper funding, credential registered) without I/O; ``restart_delay_s``: the wait before reloading a
+        failed follower, so the batched lane has written what it had sent."""
+        self._io = io
+        self._pool = pool
+        self._router = router
+        self._context = context
+        self._prepare = prepare
+        self._clock = clock
+        self._restart_delay_s = restart_delay_s
         self._max_restarts = max_restarts
         self._window_s = window_s
         self._restarts: dict[int, deque[float]] = {}
@@ -45,8 +67,7 @@ class Supervisor:
         self._refs: dict[int, Any] = {}
 
     def start_followers(self, states: list[FollowerState]) -> dict[int, Any]:
-        ctx = self._system.follower_context()
-        refs = {s.user.user_id: FollowerActor.start(s, ctx) for s in states}
+        refs = {s.user.user_id: FollowerActor.start(s, self._context) for s in states}
         with self._lock:
             self._refs.update(refs)
         return refs
@@ -63,7 +84,7 @@ class Supervisor:
 
     def on_failure(self, user_id: int, message: str, error: str) -> None:
         metrics.incr("followers.failed")
-        now = self._system.clock.monotonic()
+        now = self._clock.monotonic()
         with self._lock:
             history = self._restarts.setdefault(user_id, deque())
             while history and now - history[0] > self._window_s:
@@ -75,25 +96,25 @@ class Supervisor:
             log.error("follower.gave_up", user_id=user_id, message_type=message, error=error, restarts=len(history))
             return
         log.error("follower.failed", user_id=user_id, message_type=message, error=error)
-        self._system.io.submit(self._restart(user_id))
+        self._io.submit(self._restart(user_id))
 
     async def _restart(self, user_id: int) -> None:
         # Let the batched lane write what the failed actor had already sent, so we reload its latest books.
-        await asyncio.sleep(self._system.config.persistence.flush_interval_ms * 4 / 1000)
+        await asyncio.sleep(self._restart_delay_s)
         try:
-            states = await load_followers(self._system.pool, [user_id])
+            states = await load_followers(self._pool, [user_id])
         except Exception as exc:  # noqa: BLE001 - retry once the database is back
             log.warning("follower.restart_deferred", user_id=user_id, error=repr(exc))
             await asyncio.sleep(1.0)
-            self._system.io.submit(self._restart(user_id))
+            self._io.submit(self._restart(user_id))
             return
         if not states:
             return
-        state = self._system._with_paper_balance(states[0])  # noqa: SLF001 - the system's own helper
-        ref = FollowerActor.start(state, self._system.follower_context())
+        state = self._prepare(states[0])
+        ref = FollowerActor.start(state, self._context)
         with self._lock:
             self._refs[user_id] = ref
-        self._system.router.tell(
+        self._router.tell(
             UpdateFollower(user_id=user_id, ref=ref, whale_ids=tuple(f.whale_id for f in state.follows))
         )
         metrics.incr("followers.restarted")
@@ -103,7 +124,7 @@ class Supervisor:
 
     async def reload(self, user_ids: list[int] | None = None) -> dict[str, int]:
         """Apply users / follows as they are in the database now (NOTIFY, polling or admin ``reload``)."""
-        states = await load_followers(self._system.pool, user_ids)
+        states = await load_followers(self._pool, user_ids)
         seen = {s.user.user_id for s in states}
         added = updated = removed = 0
         for state in states:
@@ -115,20 +136,20 @@ class Supervisor:
                 updated += 1
                 ref = current
             else:
-                ref = FollowerActor.start(self._system._with_paper_balance(state), self._system.follower_context())  # noqa: SLF001
+                ref = FollowerActor.start(self._prepare(state), self._context)
                 with self._lock:
                     self._refs[uid] = ref
                 added += 1
-            self._system.router.tell(UpdateFollower(user_id=uid, ref=ref, whale_ids=whale_ids))
+            self._router.tell(UpdateFollower(user_id=uid, ref=ref, whale_ids=whale_ids))
         asked = set(user_ids) if user_ids is not None else set(self.refs())
         for uid in asked - seen:  # deleted users: stop copying for them
             with self._lock:
                 gone = self._refs.pop(uid, None)
             if gone is not None:
-                self._system.router.tell(UpdateFollower(user_id=uid, ref=gone, whale_ids=()))
+                self._router.tell(UpdateFollower(user_id=uid, ref=gone, whale_ids=()))
                 with contextlib.suppress(pykka.ActorDeadError):
                     gone.stop(block=False)
                 removed += 1
-        self._system.router.tell(SetKnownWhales(whale_ids=await load_whale_ids(self._system.pool)))
+        self._router.tell(SetKnownWhales(whale_ids=await load_whale_ids(self._pool)))
         log.info("follows.reloaded", added=added, updated=updated, removed=removed)
         return {"added": added, "updated": updated, "removed": removed}

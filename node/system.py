@@ -19,14 +19,16 @@ import threading
 import time
 from collections.abc import Callable
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import pykka
 
 from actors.persistence import PersistenceActor
 from actors.router import SignalRouterActor
+from adapters.admin_socket import AdminServer
 from adapters.database import apply_schema, connect_pool
+from adapters.demo import DemoFeed, seed_demo
 from adapters.embedded_pg import EmbeddedPostgres
 from adapters.ioloop import IoLoop
 from adapters.state_loader import load_followers, load_whale_ids
@@ -38,12 +40,16 @@ from engine.events import DomainEvent
 from engine.follower_state import FollowerContext, FollowerState, LiquidationCheck
 from engine.logs import get_logger
 from engine.messages import PersistRows
+from node.admin_handler import EngineAdminHandler
+from node.follows_watcher import FollowsWatcher
+from node.intake import signal_intake
+from node.jobs import periodic_jobs
 from node.periodic import PeriodicJob
+from node.price_feed import PriceFeed
+from node.stats import take_snapshots
 from node.supervisor import Supervisor
+from node.venue_accounts import prepare_account, prepare_accounts
 from node.venues import Venue, build_venues
-
-if TYPE_CHECKING:
-    from node.services import FollowsWatcher
 
 log = get_logger(__name__)
 
@@ -113,15 +119,13 @@ class EngineSystem:
             pool_max_size=cfg.database.pool_max_size,
             on_backlog=self._persistence_backlog,
         )
-        self.venues = build_venues(self, self._venue_adapters)
+        self.venues = build_venues(cfg.venues, self._venue_adapters, io=self.io, clock=self.clock)
         if self.demo:
-            from adapters.demo import seed_demo
-
             self.io.run(seed_demo(self.pool, cfg.demo), 120)
-        from node.services import FollowsWatcher
-
         # LISTEN before the load: a follow change committed during the load is then notified, not lost.
-        self.follows_watcher = FollowsWatcher(self)
+        self.follows_watcher = FollowsWatcher(
+            dsn=self.dsn, pool=self.pool, reload=self._reload, poll_interval_ms=cfg.signals.follows_poll_interval_ms
+        )
         self.io.run(self.follows_watcher.prepare(), 60)
         self.services.append(self.follows_watcher)
         with runtime.long_lived_allocations():
@@ -134,7 +138,15 @@ class EngineSystem:
                 max_pending_copies=cfg.signals.max_pending_copies,
                 clock=self.clock,
             )
-            self.supervisor = Supervisor(self)
+            self.supervisor = Supervisor(
+                io=self.io,
+                pool=self.pool,
+                router=self.router,
+                context=self.follower_context(),
+                prepare=self._prepare_account,
+                clock=self.clock,
+                restart_delay_s=cfg.persistence.flush_interval_ms * 4 / 1000,
+            )
             refs = self.supervisor.start_followers(states)
             follows = {s.user.user_id: tuple(f.whale_id for f in s.follows) for s in states}
             self.router.tell(SetFollowers(refs=refs, follows=follows, known_whales=whales))
@@ -145,9 +157,7 @@ class EngineSystem:
                 open_orders=sum(len(s.open_trades) for s in states),
             )
             del states, follows
-        from node.services import start_services
-
-        start_services(self)
+        self._start_services()
         self._start_timers()
         log.info(
             "engine.ready",
@@ -179,17 +189,65 @@ class EngineSystem:
         log.info("database.ready", schema_steps_applied=applied, embedded=self.embedded is not None)
 
     def _load_states(self) -> list[FollowerState]:
-        from node.venue_accounts import prepare_accounts
-
         states = self.io.run(load_followers(self.pool), 300)
-        return prepare_accounts(self, states)  # paper funding; real venues: credentials and balances
+        # Paper funding; real venues: credentials and balances.
+        return prepare_accounts(states, venues=self.venues, persistence=self.persistence, io=self.io)
 
-    def _with_paper_balance(self, state: FollowerState) -> FollowerState:
+    def _prepare_account(self, state: FollowerState) -> FollowerState:
         """A follower started later (supervisor): paper funding, or its credential registered with its venue.
         No I/O: this runs on the I/O loop."""
-        from node.venue_accounts import prepare_account
+        return prepare_account(state, venues=self.venues, persistence=self.persistence)
 
-        return prepare_account(self, state)
+    async def _reload(self, user_ids: list[int] | None) -> object:
+        """Follows changed in the database (the watcher): the supervisor applies them."""
+        return await self.supervisor.reload(user_ids) if self.supervisor is not None else None
+
+    # ---- services on the I/O loop ------------------------------------------------------------------------
+
+    def _start_services(self) -> None:
+        cfg = self.config
+        supervisor = self.supervisor
+        follower_ref = supervisor.ref if supervisor is not None else (lambda _user_id: None)
+        services: list[Any] = [
+            PriceFeed(venue, pool=self.pool, follower_ref=follower_ref) for venue in self.venues.values()
+        ]
+        if cfg.signals.listen:
+            services.append(
+                signal_intake(
+                    dsn=self.dsn,
+                    io=self.io,
+                    persistence=self.persistence,
+                    router=self.router,
+                    config=cfg.signals,
+                    clock=self.clock,
+                )
+            )
+        if self.follows_watcher is not None:  # prepared (LISTEN) before the followers were loaded
+            self.io.run(self.follows_watcher.start(), 30)
+        if cfg.admin.enabled:
+            services.append(
+                AdminServer(
+                    self.io,
+                    cfg.admin_socket_path,
+                    EngineAdminHandler(self),
+                    max_connections=cfg.admin.max_connections,
+                    idle_timeout_s=cfg.admin.idle_timeout_s,
+                    allow_mutating_uids=cfg.admin.allow_mutating_uids,
+                )
+            )
+        if self.demo:
+            services.append(DemoFeed(venues=self.venues, dsn=self.dsn, config=cfg.demo))
+        for service in services:
+            self.io.run(service.start(), 30)
+            self.services.append(service)
+
+    def _stop_services(self) -> None:
+        for service in reversed(self.services):
+            try:
+                self.io.run(service.stop(), 15)
+            except Exception as exc:  # noqa: BLE001 - stop the rest regardless
+                log.warning("engine.service_stop_failed", service=type(service).__name__, error=repr(exc))
+        self.services.clear()
 
     # ---- shared views handed to actors -----------------------------------------------------------------
 
@@ -215,6 +273,10 @@ class EngineSystem:
                 if v.adapter.liquidation_model == "venue" and "futures" in v.config.trade_types
             },
         )
+
+    def follower_refs(self) -> dict[int, pykka.ActorRef[Any]]:
+        """Every follower's ref (empty before the followers started)."""
+        return self.supervisor.refs() if self.supervisor is not None else {}
 
     def mark_price(self, symbol: str, trade_type: Any) -> Decimal | None:
         for venue in self.venues.values():
@@ -302,9 +364,17 @@ class EngineSystem:
     # ---- timers --------------------------------------------------------------------------------------------
 
     def _start_timers(self) -> None:
-        from node.services import periodic_jobs
-
-        for name, interval_s, job in periodic_jobs(self):
+        jobs = periodic_jobs(
+            stats_interval_s=self.config.stats_interval_s,
+            snapshot_interval_s=self.config.snapshot_interval_s,
+            clock=self.clock,
+            venues=self.venues,
+            persistence=self.persistence,
+            router=self.router,
+            reconcile=self.reconcile,
+            follower_refs=self.follower_refs,
+        )
+        for name, interval_s, job in jobs:
             timer = PeriodicJob(name, interval_s, job, self.clock)
             timer.start()
             self._timers.append(timer)
@@ -320,11 +390,9 @@ class EngineSystem:
         log.info("engine.stopping")
         for timer in self._timers:
             timer.stop()
-        from node.services import stop_services
-
         steps: list[tuple[str, Callable[[], None]]] = [
             ("drain", self._drain_and_settle),
-            ("services", lambda: stop_services(self)),
+            ("services", self._stop_services),
             ("snapshots", self._final_snapshots),
             ("followers", lambda: runtime.stop_all_pooled(timeout_s=60)),
             ("router", lambda: self.router.stop() if self.router is not None else None),
@@ -356,9 +424,7 @@ class EngineSystem:
         since. After ``services``: no price tick or signal changes the books any more. Before ``followers``: each
         follower handles the request before its stop (stops queue behind it) and tells persistence the row, which
         the ``persistence`` step then flushes."""
-        from node.stats import take_snapshots
-
-        take_snapshots(self, reason="shutdown")
+        take_snapshots(self.follower_refs(), reason="shutdown")
 
     def _stop_venues(self) -> None:
         for venue in self.venues.values():

@@ -20,19 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import pykka
+
+from adapters.ioloop import IoLoop
 from adapters.venue_factory import venue_trade_type
 from engine.follower_state import FollowerState
 from engine.logs import get_logger
 from engine.messages import BalanceRow, PersistRows
 from engine.ratelimit import TokenBucket
 from node.venues import Venue
-
-if TYPE_CHECKING:
-    from node.system import EngineSystem
 
 __all__ = ["prepare_account", "prepare_accounts"]
 
@@ -44,35 +44,43 @@ _STARTUP_BUDGET_SHARE = 0.5  # of the venue's window: the exchange actor starts 
 _ASSET = "USDT"
 
 
-def prepare_accounts(system: EngineSystem, states: Iterable[FollowerState]) -> list[FollowerState]:
+def prepare_accounts(
+    states: Iterable[FollowerState],
+    *,
+    venues: Mapping[str, Venue],
+    persistence: pykka.ActorRef[Any],
+    io: IoLoop,
+) -> list[FollowerState]:
     """Every follower's state, ready for its venue: accounts registered, balances from the venue (main thread)."""
-    prepared = [prepare_account(system, state) for state in states]
+    prepared = [prepare_account(state, venues=venues, persistence=persistence) for state in states]
     by_venue: dict[str, list[FollowerState]] = {}
     for state in prepared:
-        venue = system.venues.get(state.user.preferred_exchange)
+        venue = venues.get(state.user.preferred_exchange)
         if venue is not None and not venue.adapter.funds_accounts and state.user.credential_ref:
             by_venue.setdefault(venue.name, []).append(state)
     fetched: dict[int, FollowerState] = {}
     for name, on_venue in by_venue.items():
-        venue = system.venues[name]
+        venue = venues[name]
         timeout_s = BALANCE_FETCH_TIMEOUT_S * (1 + len(on_venue) / BALANCE_FETCH_CONCURRENCY) + 60
-        for state in system.io.run(_fetch_balances(venue, on_venue), timeout_s):
+        for state in io.run(_fetch_balances(venue, on_venue), timeout_s):
             fetched[state.user.user_id] = state
     updated = [fetched.get(state.user.user_id, state) for state in prepared]
-    rows = tuple(_usdt_row(state, system.venues[state.user.preferred_exchange]) for state in fetched.values())
+    rows = tuple(_usdt_row(state, venues[state.user.preferred_exchange]) for state in fetched.values())
     if rows:
-        system.persistence.tell(PersistRows(rows=tuple(row for row in rows if row is not None)))
+        persistence.tell(PersistRows(rows=tuple(row for row in rows if row is not None)))
     return updated
 
 
-def prepare_account(system: EngineSystem, state: FollowerState) -> FollowerState:
+def prepare_account(
+    state: FollowerState, *, venues: Mapping[str, Venue], persistence: pykka.ActorRef[Any]
+) -> FollowerState:
     """One follower, without I/O: paper funding, or the credential registered with its ccxt venue. Safe on
     the I/O loop (the supervisor starts followers there)."""
-    venue = system.venues.get(state.user.preferred_exchange)
+    venue = venues.get(state.user.preferred_exchange)
     if venue is None:
         return state
     if venue.adapter.funds_accounts:
-        return _with_paper_balance(system, venue, state)
+        return _with_paper_balance(persistence, venue, state)
     ref = state.user.credential_ref
     register = getattr(venue.adapter, "register_account", None)
     if ref and register is not None:
@@ -82,13 +90,13 @@ def prepare_account(system: EngineSystem, state: FollowerState) -> FollowerState
     return state
 
 
-def _with_paper_balance(system: EngineSystem, venue: Venue, state: FollowerState) -> FollowerState:
+def _with_paper_balance(persistence: pykka.ActorRef[Any], venue: Venue, state: FollowerState) -> FollowerState:
     """A paper account starts funded; the paper venue (in memory) gets what our books say the user has."""
     usdt = [b for b in state.balances if b.venue == venue.name and b.asset == _ASSET]
     if not usdt:
         start = Decimal(str(venue.config.paper_starting_usdt))
         row = BalanceRow(user_id=state.user.user_id, venue=venue.name, asset=_ASSET, free=start, reserved=Decimal(0))
-        system.persistence.tell(PersistRows(rows=(row,)))
+        persistence.tell(PersistRows(rows=(row,)))
         usdt = [row]
         state = _replace_balances(state, (*state.balances, row))
     venue.paper_fund(state.user.user_id, usdt[0].free + usdt[0].reserved, state.positions)

@@ -8,19 +8,17 @@ with ``venue_unavailable`` instead of queueing orders the exchange actor would r
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from actors.exchange import ExchangeActor
+from adapters.ioloop import IoLoop
 from adapters.venue_factory import make_adapter
+from engine.clock import Clock
 from engine.config import VenueConfig
 from engine.logs import get_logger
 from engine.messages import MarketInfo, PositionRow, PositionSide, TradeType
-
-if TYPE_CHECKING:
-    from adapters.ioloop import IoLoop
-    from node.system import EngineSystem
 
 log = get_logger(__name__)
 
@@ -98,14 +96,16 @@ def order_weight_per_minute(cfg: VenueConfig, adapter: Any) -> int:
     return max(1, cfg.weight_per_minute - feed)
 
 
-def build_venues(system: EngineSystem, adapters: dict[str, Any]) -> dict[str, Venue]:
+def build_venues(
+    configs: Iterable[VenueConfig], adapters: Mapping[str, Any], *, io: IoLoop, clock: Clock
+) -> dict[str, Venue]:
     """Adapters (given ones first, e.g. from tests), markets and exchange actors for every configured venue."""
     venues: dict[str, Venue] = {}
-    for cfg in system.config.venues:
-        adapter = adapters.get(cfg.name) or make_adapter(cfg, clock=system.clock)
-        markets = system.io.run(adapter.load_markets(), 120)
+    for cfg in configs:
+        adapter = adapters.get(cfg.name) or make_adapter(cfg, clock=clock)
+        markets = io.run(adapter.load_markets(), 120)
         exchange = ExchangeActor.start(
-            system.io,
+            io,
             adapter,
             weight_per_minute=order_weight_per_minute(cfg, adapter),
             weight_window_s=cfg.weight_window_s,
@@ -119,20 +119,20 @@ def build_venues(system: EngineSystem, adapters: dict[str, Any]) -> dict[str, Ve
             breaker_window_s=cfg.breaker_window_s,
             breaker_cooldown_s=cfg.breaker_cooldown_s,
             unknown_grace_s=cfg.unknown_grace_s,
-            clock=system.clock,
+            clock=clock,
             venue=cfg.name,
         )
         venue = Venue(cfg, adapter, exchange, markets)
         if not adapter.settable_marks:
-            _seed_marks(system, venue)
+            _seed_marks(io, venue)
         venues[cfg.name] = venue
         log.info("venue.ready", venue=cfg.name, kind=cfg.kind, markets=len(markets), api_base_url=cfg.api_base_url)
     return venues
 
 
-def _seed_marks(system: EngineSystem, venue: Venue) -> None:
+def _seed_marks(io: IoLoop, venue: Venue) -> None:
     """Marks for every symbol before the first signal (the price feed keeps them fresh from then on)."""
     try:
-        venue.marks = system.io.run(venue.adapter.fetch_marks([]), 60)
+        venue.marks = io.run(venue.adapter.fetch_marks([]), 60)
     except Exception as exc:  # noqa: BLE001 - the price feed retries; until then entries skip with no_price
         log.warning("venue.marks_unavailable", venue=venue.name, error=f"{type(exc).__name__}: {exc}")

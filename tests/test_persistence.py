@@ -7,7 +7,6 @@ import collections
 import concurrent.futures
 import threading
 import time
-import types
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -626,7 +625,6 @@ def test_a_write_that_outlasts_the_timeout_is_waited_for_not_lost(
     """A claim that runs past ``run_write``'s timeout still commits. Giving up on it lost the claimed rows:
     'processing', and nobody routing them until the next restart. Once started, its result is waited for."""
     actor = start_actor(dsn=pg_dsn)
-    system = types.SimpleNamespace(persistence=actor.actor_ref)
     external_id = f"slow-{uid()}"
 
     async def slow_insert(conn: Any) -> int:
@@ -638,5 +636,5 @@ def test_a_write_that_outlasts_the_timeout_is_waited_for_not_lost(
         )
         return signal_id
 
-    signal_id = io_loop.run(run_write(system, slow_insert, timeout_s=0.05), 30)  # type: ignore[arg-type]
+    signal_id = io_loop.run(run_write(actor.actor_ref, slow_insert, timeout_s=0.05), 30)
     assert fetchval(pg_dsn, "SELECT id FROM whale_signals WHERE external_id = $1", external_id) == signal_id

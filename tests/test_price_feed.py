@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
 
-import asyncpg
 import pytest
 
 from adapters.database import connect_pool
@@ -51,12 +50,6 @@ class Supervisor:
 
     def ref(self, user_id: int) -> Recorder | None:
         return self.recorders.get(user_id)
-
-
-@dataclass
-class System:
-    pool: asyncpg.Pool
-    supervisor: Supervisor
 
 
 class FlakyVenue(PaperVenue):
@@ -114,7 +107,7 @@ def run_with_feed(
         try:
             supervisor = Supervisor({uid: Recorder() for uid in users})
             config = VenueConfig(name="paper", price_stale_after_ms=STALE_MS, price_poll_interval_ms=poll_ms)
-            feed = PriceFeed(System(pool, supervisor), Venue(config, venue, None, {}))  # type: ignore[arg-type]
+            feed = PriceFeed(Venue(config, venue, None, {}), pool=pool, follower_ref=supervisor.ref)  # type: ignore[arg-type]
             return await body(feed, supervisor)
         finally:
             await pool.close()

@@ -63,7 +63,7 @@ def snapshot_then_stop_loss(
     """The day's last periodic snapshot at 23:55, then DLA's stop loss (90) hit at 89 at 23:58: -55 gross, exit
     fee 0.2225, realised after that snapshot."""
     clock.set(midnight - timedelta(minutes=5))
-    take_snapshots(system)
+    take_snapshots(system.follower_refs())
     settle(system)
     clock.set(midnight - timedelta(minutes=2))
     venue.set_mark("DLA/USDT:USDT", D(89))

@@ -97,7 +97,7 @@ def test_snapshot_figures_against_a_hand_computed_account(
 
     # The timer's job: a row per follower.
     before = datetime.now(UTC) - timedelta(seconds=1)
-    assert take_snapshots(engine) >= 1
+    assert take_snapshots(engine.follower_refs()) >= 1
     settle(engine)
     rows = fetch(
         pg_dsn, "SELECT * FROM portfolio_snapshots WHERE user_id = $1 AND taken_at > $2 ORDER BY taken_at", user, before

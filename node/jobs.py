@@ -1,0 +1,65 @@
+"""The engine's periodic jobs: the stats line, venue health, reconciliation with the stale sweep, the day roll and
+portfolio snapshots. Each runs on a ``node.periodic.PeriodicJob`` thread, on the engine's clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pykka
+
+from engine.clock import Clock
+from engine.control import SweepStale
+from engine.logs import get_logger
+from node.stats import report_stats, take_snapshots
+from node.venues import Venue
+
+__all__ = ["periodic_jobs"]
+
+log = get_logger(__name__)
+
+Job = tuple[str, float, Callable[[], None]]
+
+
+def periodic_jobs(
+    *,
+    stats_interval_s: float,
+    snapshot_interval_s: float,
+    clock: Clock,
+    venues: Mapping[str, Venue],
+    persistence: pykka.ActorRef[Any],
+    router: pykka.ActorRef[Any],
+    reconcile: Callable[[], object],
+    follower_refs: Callable[[], Mapping[int, pykka.ActorRef[Any]]],
+) -> list[Job]:
+    """(thread name, interval in seconds, job) for every periodic job."""
+
+    def health() -> None:
+        for venue in venues.values():
+            venue.refresh_health()
+
+    def reconcile_and_sweep() -> None:
+        reconcile()
+        router.tell(SweepStale())
+
+    day = [clock.now().date()]
+
+    def day_roll() -> None:
+        # Each follower's first snapshot of a new day closes the old one (Portfolio.snapshot): its balances
+        # are read when the follower takes it, hence a check every second, not every snapshot interval.
+        today = clock.now().date()
+        if today != day[0]:
+            log.info("portfolio.day_rolled", day_closed=day[0].isoformat(), day=today.isoformat())
+            day[0] = today
+            take_snapshots(follower_refs(), reason="day_roll")
+
+    def snapshots() -> None:
+        take_snapshots(follower_refs())
+
+    return [
+        ("timer-stats", stats_interval_s, lambda: report_stats(persistence, venues)),
+        ("timer-venue-health", 1.0, health),
+        ("timer-reconcile", 10.0, reconcile_and_sweep),
+        ("timer-day-roll", 1.0, day_roll),
+        ("timer-snapshots", snapshot_interval_s, snapshots),
+    ]
