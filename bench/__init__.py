@@ -11,13 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import BinaryIO
 
+from engine import logs
+
 _devnull: BinaryIO | None = None
 
 
 def configure_logs(*, on: bool) -> None:
     """Engine logs as in production (info-level JSON) written to /dev/null, or off (errors only)."""
     global _devnull
-    from engine import logs
 
     if _devnull is None:
         _devnull = Path("/dev/null").open("wb")  # noqa: SIM115 - kept open for the process

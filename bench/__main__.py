@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import _report
+from adapters import database as db
+from adapters.embedded_pg import EmbeddedPostgres
+from bench import _report, configure_logs
 
 SCENARIOS = {
     "fanout": ("bench.fanout", False),  # (module, needs PostgreSQL)
@@ -73,7 +75,6 @@ def _run_child(name: str, *, quick: bool, env: dict[str, str]) -> list[dict[str,
 
 
 def _pg_version(dsn: str) -> str:
-    from adapters import database as db
 
     async def show() -> str:
         conn = await db.connect(dsn)
@@ -91,7 +92,6 @@ def main(argv: list[str]) -> int:
         _child(args.child, quick=args.quick)
         return 0
     names = args.scenarios or list(SCENARIOS)
-    from bench import configure_logs
 
     configure_logs(on=False)
     command = "python -m bench" + "".join(f" {n}" for n in args.scenarios) + (" --quick" if args.quick else "")
@@ -102,7 +102,6 @@ def main(argv: list[str]) -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="bench-pg-"))
     try:
         if any(SCENARIOS[n][1] for n in names):
-            from adapters.embedded_pg import EmbeddedPostgres
 
             server = EmbeddedPostgres(data_dir, durable=True)
             env["BENCH_PG_DSN"] = server.start()

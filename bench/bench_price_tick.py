@@ -31,6 +31,7 @@ from actors.follower import FollowerActor
 from adapters import database as db
 from adapters.paper import PaperVenue
 from adapters.paper_markets import DEFAULT_MARKS, default_markets
+from bench import configure_logs
 from bench._engine import engine_config, insert_signal_row, make_signal, new_database
 from bench._report import row
 from engine.control import RouteSignal
@@ -238,7 +239,6 @@ def measure(*, followers: int, quiet_ticks: int, sl_ticks: int, seed: int = 7) -
 
 
 def run(*, quick: bool = False) -> list[dict[str, Any]]:
-    from bench import configure_logs
 
     configure_logs(on=False)
     followers = 1000  # the figure (10,000 positions) in both modes: the whole scenario takes seconds

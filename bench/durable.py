@@ -19,6 +19,7 @@ from typing import Any
 
 from adapters import database as db
 from adapters.paper import DEFAULT_MARKS, PaperVenue
+from bench import configure_logs
 from bench._engine import insert_signal_row, make_signal, new_database, running_engine, seed
 from bench._report import row
 from engine import metrics
@@ -63,7 +64,6 @@ async def _wait_persisted(
 
 
 def run(*, quick: bool = False) -> list[dict[str, Any]]:
-    from bench import configure_logs
 
     configure_logs(on=False)
     followers = 2_000 if quick else 10_000

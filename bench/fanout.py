@@ -31,6 +31,7 @@ import pykka
 from actors.follower import FollowerActor
 from actors.router import SignalRouterActor
 from adapters.paper import DEFAULT_MARKS, default_markets
+from bench import configure_logs
 from bench._engine import AckingPersistence, CountingExchange, make_signal, mixed_settings
 from bench._report import row
 from engine import runtime
@@ -246,7 +247,6 @@ class _Dry:
 
 
 def run(*, quick: bool = False, logs_on: bool = False) -> list[dict[str, Any]]:
-    from bench import configure_logs
 
     configure_logs(on=logs_on)
     runtime.configure_pool()

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 import orjson
 
+from actors.follower import FollowerActor
 from bench import configure_logs
 from bench._report import row
 from bench.fanout import SYMBOLS, WHALE_ID, Bench, Followers, make_signal, mark_price
@@ -32,7 +33,6 @@ SCENARIO = "5 logging and decoding"
 
 
 def _fanout_logs(n: int, repeats: int) -> tuple[list[float], list[float], int]:
-    from actors.follower import FollowerActor
 
     runtime.configure_pool()
     runtime.tune_gc(gen0_threshold=RuntimeConfig().gc_gen0_threshold)  # as scenario 1 and the engine

@@ -20,6 +20,7 @@ from typing import Any
 
 from actors.persistence import PersistenceActor
 from adapters.ioloop import IoLoop
+from bench import configure_logs
 from bench._engine import new_database
 from bench._report import row
 from bench.bench_persistence import _single_row_autocommit
@@ -78,7 +79,6 @@ def _through_actor(io_loop: IoLoop, dsn: str, messages: int, tag: str, **actor_k
 
 
 def run(*, quick: bool = False) -> list[dict[str, Any]]:
-    from bench import configure_logs
 
     configure_logs(on=False)
     messages = 10_000 if quick else 50_000  # x3 rows

@@ -20,17 +20,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._engine import new_database, rss_bytes, seed
+from adapters.paper import PaperVenue
+from bench import configure_logs
+from bench._engine import engine_config, new_database, rss_bytes, seed
 from bench._report import row
+from node.system import EngineSystem
 
 SCENARIO = "4 start and stop"
 
 
 def _one(dsn: str) -> dict[str, float]:
-    from adapters.paper import PaperVenue
-    from bench import configure_logs
-    from bench._engine import engine_config
-    from node.system import EngineSystem
 
     configure_logs(on=False)
     with tempfile.TemporaryDirectory(prefix="bench-startstop-") as tmp:

@@ -34,6 +34,7 @@ import msgspec
 import psutil
 
 from adapters.paper import DEFAULT_MARKS, PaperVenue
+from bench import configure_logs
 from bench._engine import make_signal, new_database, running_engine, seed
 from bench._report import percentile, row
 from engine import metrics, runtime
@@ -157,7 +158,6 @@ def measure(rate: float, duration_s: float) -> Run:
 
 
 def run(*, quick: bool = False) -> list[dict[str, Any]]:
-    from bench import configure_logs
 
     configure_logs(on=False)
     duration_s = float(os.environ.get("BENCH_SUSTAINED_S", "20" if quick else "60"))

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from engine import logs
+from engine.messages import SkipReason
 
 
 @pytest.fixture
@@ -69,7 +70,6 @@ def test_library_logs_become_json_lines(output: io.BytesIO) -> None:
 
 
 def test_non_string_keys_do_not_break_a_line(output: io.BytesIO) -> None:
-    from engine.messages import SkipReason
 
     logs.get_logger("test.logs.keys").info("signal.processed", reasons={SkipReason.PAUSED: 1})
     assert lines(output)[0]["reasons"] == {"paused": 1}

@@ -4,6 +4,7 @@ application are picked up without an admin ``reload``."""
 from __future__ import annotations
 
 import io
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import orjson
 
 from adapters.paper import PaperVenue
 from engine import logs, metrics
+from engine.messages import Side, Signal, SignalAction, TradeType
 from tests.kit import (
     execute,
     insert_signal,
@@ -80,9 +82,7 @@ def test_follow_changes_are_picked_up_without_reload(pg_dsn: str, tmp_path: Path
 
 
 def _probe(venue: PaperVenue):  # type: ignore[no-untyped-def]
-    from datetime import UTC, datetime
 
-    from engine.messages import Side, Signal, SignalAction, TradeType
 
     mark = venue.marks()["ADA/USDT:USDT"]
     return Signal(

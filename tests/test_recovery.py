@@ -18,7 +18,19 @@ from adapters.paper import PaperVenue
 from engine.ids import client_order_id, position_id_for
 from engine.messages import TradeType, VenueOrder
 from engine.venue import RetryableError
-from tests.kit import execute, fetchval, running_engine, settle, signal_row, wait_for, wait_signal_done
+from tests.kit import (
+    execute,
+    fetch,
+    fetchval,
+    insert_signal,
+    running_engine,
+    seed_followers,
+    seed_whale,
+    settle,
+    signal_row,
+    wait_for,
+    wait_signal_done,
+)
 from tests.kit.copying import PAPER_START_USDT as START_USDT
 from tests.kit.copying import (
     event_count,
@@ -213,18 +225,6 @@ def test_signal_left_processing_by_a_crash_is_finished_once(pg_dsn: str, tmp_pat
     """A run that crashed after claiming a signal leaves it PROCESSING. The next start routes it again; every
     order it already caused is recognised as a duplicate (same client order id, intent already durable), so
     nothing reaches the venue twice and the books are not counted twice."""
-    from adapters.paper import PaperVenue
-    from tests.kit import (
-        execute,
-        fetch,
-        fetchval,
-        insert_signal,
-        running_engine,
-        seed_followers,
-        seed_whale,
-        settle,
-        wait_signal_done,
-    )
 
     seed_whale(pg_dsn, 8801)
     users = list(range(880_101, 880_111))
