@@ -1,35 +1,36 @@
 """ExchangeActor: one per venue. Owns the venue's rate budget, per-account order limits, the circuit breaker,
 retries and the order-outcome policy of ``engine/venue.py``.
 
-Handlers run on the actor's own thread and never wait on the I/O loop. Each turn drains the queues (exits,
+Handlers run on the actor's own thread and never wait on the I/O loop. Each turn drains the lanes (exits,
 then resolves, then entries) into one batch, hands the batch to the loop as *one* coroutine that starts a task
 per call, and the loop hands results back batched per loop iteration (``CallsCompleted``): two cross-thread hops
-per batch instead of two per order. Timers (backoff, bans, budget refill) are the injected clock's ``call_later`` ->
-``tell``, so a ``FakeClock`` drives them in tests.
+per batch instead of two per order. Timers (backoff, bans, budget refill, the breaker's cool-down) are the
+injected clock's ``call_later`` -> ``tell``, so a ``FakeClock`` drives them in tests.
 
-This module holds the intake, the lanes, the rate budget and the sending; what a result means (the outcome
-policy, retries, bans, replies) is the mixin ``ExchangeOutcomes`` in ``actors/exchange_outcomes.py``, and the
-half on the I/O loop is ``actors/exchange_loop.py``.
+This module holds the intake, the rate budget and the sending. The actor composes: ``Lanes``
+(``actors/exchange_lanes.py``, what waits and what is in flight), ``VenueGate`` (``actors/exchange_gate.py``,
+breaker and ban, told to subscribers as ``VenueHealth``), ``OutcomeHandler`` (``actors/exchange_outcomes.py``,
+what a result means, retries, replies) and ``LoopSide`` (``actors/exchange_loop.py``, its half on the I/O loop).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import functools
-import heapq
 import itertools
 import math
 import random
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from actors.exchange_gate import VenueGate
+from actors.exchange_lanes import ENTRIES, EXITS, RESOLVES, Job, Lanes
 from actors.exchange_loop import LoopSide
-from actors.exchange_outcomes import ExchangeOutcomes, Job, order_fields, tell_quietly
+from actors.exchange_outcomes import OutcomeHandler, order_fields, tell_quietly
 from adapters.ioloop import IoLoop
-from engine.breaker import BreakerState, CircuitBreaker
 from engine.clock import SYSTEM_CLOCK, Clock
-from engine.control import CallResult, CallsCompleted, ExchangeDrain, ExchangeWake
+from engine.config import VenueConfig
+from engine.control import CallResult, CallsCompleted, ExchangeDrain, ExchangeWake, SubscribeHealth
 from engine.logs import get_logger
 from engine.messages import CheckPositions, PlaceOrder, ResolveOrder, TradeStatus
 from engine.ratelimit import AccountOrderLimiter, TokenBucket
@@ -40,98 +41,53 @@ log = get_logger(__name__)
 
 _TIMER_SLACK_S = 0.002  # wake a little after the deadline, so the bucket has refilled when we look
 _HOUSEKEEPING_S = 10.0
-
-# ----------------------------------------------------------------------------------------------------------
-# Actor-thread bookkeeping
-# ----------------------------------------------------------------------------------------------------------
-
-_EXITS, _RESOLVES, _ENTRIES = 0, 1, 2
+CALL_TIMEOUT_S = 30.0  # a venue call with no answer by then is UNKNOWN
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The actor
-# ----------------------------------------------------------------------------------------------------------
-
-
-class ExchangeActor(ExchangeOutcomes, SingletonActor):
+class ExchangeActor(SingletonActor):
     """Answers every ``PlaceOrder`` with exactly one ``OrderOutcome`` and every ``ResolveOrder`` with one
-    ``OrderOutcome``, told to ``reply_to``. ``status()`` (via a proxy) reports the state for the admin
-    socket."""
+    ``OrderOutcome``, told to ``reply_to``. Tells every ``SubscribeHealth`` subscriber each ``VenueHealth``
+    change. ``status()`` (via a proxy) reports the state for the admin socket and the stats line."""
 
     def __init__(
         self,
         io_loop: IoLoop,
         adapter: VenueAdapter,
+        config: VenueConfig,
         *,
-        weight_per_minute: int = 6000,
-        weight_window_s: float = 60.0,
-        orders_per_second_per_account: int = 10,
-        max_in_flight: int = 512,
-        retry_max_attempts: int = 5,
-        retry_base_ms: float = 100.0,
-        retry_max_ms: float = 5000.0,
-        breaker_error_rate: float = 0.5,
-        breaker_min_requests: int = 20,
-        breaker_window_s: float = 30.0,
-        breaker_cooldown_s: float = 15.0,
-        unknown_grace_s: float = 60.0,
-        call_timeout_s: float = 30.0,
+        weight_per_minute: int,
+        call_timeout_s: float = CALL_TIMEOUT_S,
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
-        venue: str | None = None,
     ) -> None:
-        """``weight_per_minute`` is enforced over a sliding ``weight_window_s`` (the venue's own window, 60 s
-        everywhere we trade; shorter in tests). ``retry_max_attempts`` counts the first attempt. ``venue`` is the
-        configured venue name when it differs from the adapter's (``binance-futures`` on ``binance``)."""
+        """``config`` is the venue's, whole; ``weight_per_minute`` what is left of its budget for this actor (the
+        price feed takes its share first, ``node.venues.order_weight_per_minute``), enforced over a sliding
+        ``config.weight_window_s``. Orders carry ``config.name`` (``binance-futures`` on ``binance``)."""
         super().__init__()
         self._io = io_loop
         self._adapter = adapter
-        self._venue = venue or adapter.name  # the configured name ("binance-futures"), which orders carry
-        self._settings = {
-            "weight_per_minute": weight_per_minute,
-            "weight_window_s": weight_window_s,
-            "orders_per_second_per_account": orders_per_second_per_account,
-            "max_in_flight": max_in_flight,
-            "retry_max_attempts": retry_max_attempts,
-            "retry_base_ms": retry_base_ms,
-            "retry_max_ms": retry_max_ms,
-            "breaker_error_rate": breaker_error_rate,
-            "breaker_min_requests": breaker_min_requests,
-            "breaker_window_s": breaker_window_s,
-            "breaker_cooldown_s": breaker_cooldown_s,
-            "unknown_grace_s": unknown_grace_s,
-            "call_timeout_s": call_timeout_s,
-        }
-        capacity = max(1, math.floor(weight_per_minute * weight_window_s / 60))
-        self._bucket = TokenBucket(capacity=capacity, window_s=weight_window_s)
-        self._accounts = AccountOrderLimiter(max_orders=orders_per_second_per_account, window_s=1.0)
-        self._breaker = CircuitBreaker(
-            window_s=breaker_window_s,
-            min_requests=breaker_min_requests,
-            error_rate_threshold=breaker_error_rate,
-            cool_down_s=breaker_cooldown_s,
-        )
-        self._max_in_flight = max_in_flight
-        self._retry_max_attempts = retry_max_attempts
-        self._retry_base_s = retry_base_ms / 1000
-        self._retry_max_s = retry_max_ms / 1000
-        self._unknown_grace_s = unknown_grace_s
+        self._venue = config.name
+        self._config = config
+        self._weight_per_minute = weight_per_minute
+        self._call_timeout_s = call_timeout_s
+        capacity = max(1, math.floor(weight_per_minute * config.weight_window_s / 60))
+        self._bucket = TokenBucket(capacity=capacity, window_s=config.weight_window_s)
+        self._accounts = AccountOrderLimiter(max_orders=config.orders_per_second_per_account, window_s=1.0)
+        self._max_in_flight = config.max_in_flight
         self._clock = clock
-        self._rng = rng or random.Random()
-        self._lanes: tuple[deque[Job], deque[Job], deque[Job]] = (deque(), deque(), deque())
-        self._delayed: list[tuple[float, int, Job]] = []  # heap of retries waiting for their backoff
-        self._in_flight: dict[int, Job] = {}
-        self._unknown_since: dict[str, float] = {}  # client order id -> when it went UNKNOWN
-        self._placing: dict[str, int] = {}  # client order id -> PlaceOrders taken and not yet answered
-        self._job_ids = itertools.count(1)
-        self._drain_pending = False
-        self._timer_at: float | None = None
-        self._banned_until: float | None = None
-        self._housekept_at = clock.monotonic()
+        self._lanes = Lanes()
+        self._gate = VenueGate(self._venue, config)
         self._counters = dict.fromkeys(
             ("sent", "filled", "rejected", "failed", "refused", "unknown", "retries", "resolved", "batches"),
             0,
         )
+        self._outcomes = OutcomeHandler(
+            self._venue, config, gate=self._gate, lanes=self._lanes, counters=self._counters, rng=rng or random.Random()
+        )
+        self._job_ids = itertools.count(1)
+        self._drain_pending = False
+        self._timer_at: float | None = None
+        self._housekept_at = clock.monotonic()
         self._loop_side = LoopSide(self._deliver, call_timeout_s)
 
     # ------------------------------------------------------------------------------------------------------
@@ -139,7 +95,13 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
     # ------------------------------------------------------------------------------------------------------
 
     def on_start(self) -> None:
-        log.info("exchange.started", venue=self._venue, **self._settings)
+        log.info(
+            "exchange.started",
+            venue=self._venue,
+            weight_per_minute=self._weight_per_minute,
+            call_timeout_s=self._call_timeout_s,
+            **self._config_fields(),
+        )
 
     def on_receive(self, message: Any) -> Any:
         try:
@@ -147,10 +109,10 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
                 self._on_completed(message)
             elif isinstance(message, PlaceOrder):
                 self._on_place(message)
-            elif isinstance(message, ResolveOrder) and message.client_order_id in self._placing:
-                self._still_placing(message)
+            elif isinstance(message, ResolveOrder) and self._outcomes.is_placing(message.client_order_id):
+                self._outcomes.still_placing(message)
             elif isinstance(message, ResolveOrder | CheckPositions):
-                self._enqueue(message, _RESOLVES)
+                self._enqueue(message, RESOLVES)
             elif isinstance(message, ExchangeDrain):
                 self._drain_pending = False
                 self._drain()
@@ -158,6 +120,8 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
                 if self._timer_at == message.at:
                     self._timer_at = None
                 self._drain()
+            elif isinstance(message, SubscribeHealth):
+                self._gate.subscribe(message.subscriber)
             else:
                 log.warning("exchange.unexpected_message", venue=self._venue, type=type(message).__name__)
         except Exception:
@@ -169,28 +133,51 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
         now = self._clock.monotonic()
         for result in message.results:
             try:
-                self._on_result(result, now)
+                job = self._lanes.in_flight.pop(result.job_id, None)
+                if job is None:
+                    continue
+                if job.weight:
+                    self._bucket.settle(job.weight, now)
+                self._outcomes.on_result(job, result, now)
             except Exception:  # one bad result must not cost the others their outcome
                 log.exception("exchange.result_failed", venue=self._venue, job_id=result.job_id)
+        self._arm_reopen()
         self._schedule_drain()
 
     def status(self) -> dict[str, Any]:
-        """For the admin socket and tests: ``actor_ref.proxy().status().get()``."""
+        """For the admin socket, the stats line and tests: ``actor_ref.proxy().status().get()``."""
         now = self._clock.monotonic()
-        self._apply(self._breaker.poll(now))
+        self._gate.poll(now)
+        lanes, banned_until = self._lanes, self._gate.banned_until
         return {
             "venue": self._venue,
-            "breaker": str(self._breaker.state),
+            "breaker": str(self._gate.breaker.state),
             "weight_capacity": self._bucket.capacity,
             "weight_available": self._bucket.available(now),
-            "in_flight": len(self._in_flight),
-            "queued_exits": len(self._lanes[_EXITS]),
-            "queued_entries": len(self._lanes[_ENTRIES]),
-            "queued_resolves": len(self._lanes[_RESOLVES]),
-            "waiting_retry": len(self._delayed),
-            "banned_until": self._banned_until,
-            "banned_for_s": max(0.0, self._banned_until - now) if self._banned_until else 0.0,
+            "in_flight": len(lanes.in_flight),
+            "queued_exits": len(lanes.queues[EXITS]),
+            "queued_entries": len(lanes.queues[ENTRIES]),
+            "queued_resolves": len(lanes.queues[RESOLVES]),
+            "waiting_retry": len(lanes.delayed),
+            "banned_until": banned_until,
+            "banned_for_s": max(0.0, banned_until - now) if banned_until else 0.0,
             "counters": dict(self._counters),
+        }
+
+    def _config_fields(self) -> dict[str, Any]:
+        c = self._config
+        return {
+            "weight_window_s": c.weight_window_s,
+            "orders_per_second_per_account": c.orders_per_second_per_account,
+            "max_in_flight": c.max_in_flight,
+            "retry_max_attempts": c.retry_max_attempts,
+            "retry_base_ms": c.retry_base_ms,
+            "retry_max_ms": c.retry_max_ms,
+            "breaker_error_rate": c.breaker_error_rate,
+            "breaker_min_requests": c.breaker_min_requests,
+            "breaker_window_s": c.breaker_window_s,
+            "breaker_cooldown_s": c.breaker_cooldown_s,
+            "unknown_grace_s": c.unknown_grace_s,
         }
 
     # ------------------------------------------------------------------------------------------------------
@@ -199,16 +186,16 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
 
     def _on_place(self, message: PlaceOrder) -> None:
         request = message.request
-        self._placing[request.client_order_id] = self._placing.get(request.client_order_id, 0) + 1
+        self._outcomes.taken(message)
         if request.venue != self._venue:
-            self._finish(message, TradeStatus.FAILED, error="wrong_venue")
+            self._outcomes.finish(message, TradeStatus.FAILED, error="wrong_venue")
             return
         if not request.is_exit:
-            self._apply(self._breaker.poll(self._clock.monotonic()))
-            if self._breaker.state is BreakerState.OPEN:
-                self._refuse(message)
+            self._gate.poll(self._clock.monotonic())
+            if self._gate.entries_refused:
+                self._outcomes.refuse(message)
                 return
-        self._enqueue(message, _EXITS if request.is_exit else _ENTRIES)
+        self._enqueue(message, EXITS if request.is_exit else ENTRIES)
 
     def _enqueue(self, message: PlaceOrder | ResolveOrder | CheckPositions, lane: int) -> None:
         operation = (
@@ -225,11 +212,11 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
             weight = self._adapter.request_weight(operation)
         # A call heavier than the whole budget could never go; let it use the whole budget instead.
         weight = min(weight, self._bucket.capacity)
-        self._lanes[lane].append(Job(next(self._job_ids), message, lane, weight))
+        self._lanes.push(Job(next(self._job_ids), message, lane, weight))
         self._schedule_drain()
 
     def _schedule_drain(self) -> None:
-        # Every message already in the inbox is handled before the _Drain: a burst becomes one batch.
+        # Every message already in the inbox is handled before the ExchangeDrain: a burst becomes one batch.
         if not self._drain_pending:
             self._drain_pending = True
             self.actor_ref.tell(ExchangeDrain())
@@ -240,27 +227,40 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
 
     def _drain(self) -> None:
         now = self._clock.monotonic()
-        self._apply(self._breaker.poll(now))
-        if self._breaker.state is BreakerState.OPEN:
-            self._refuse_queued_entries(now)
-        if self._banned_until is not None:
-            if now < self._banned_until:
-                self._arm(self._banned_until)
-                return
-            self._banned_until = None
-            log.info("venue.unbanned", venue=self._venue)
-        self._release_due_retries(now)
-        if self._breaker.state is BreakerState.OPEN:
-            self._refuse_queued_entries(now)
+        gate = self._gate
+        gate.poll(now)
+        if gate.entries_refused:
+            self._refuse_queued_entries()
+        if gate.banned(now):
+            self._arm_reopen()
+            return
+        self._lanes.release_due(now)
+        if gate.entries_refused:
+            self._refuse_queued_entries()
+        batch, wake = self._take_batch(now)
+        if batch:
+            self._launch(batch)
+        retry_at = self._lanes.next_retry_at()
+        if retry_at is not None:
+            wake = min(wake, retry_at)
+        if wake < math.inf:
+            self._arm(wake)
+        self._arm_reopen()
+        if now - self._housekept_at > _HOUSEKEEPING_S:
+            self._housekeeping(now)
+
+    def _take_batch(self, now: float) -> tuple[list[Job], float]:
+        """The jobs that may go now, lane by lane in strict priority, and when to look again (``inf``: no need)."""
         batch: list[Job] = []
         wake = math.inf
-        for lane in self._lanes:
+        in_flight = self._lanes.in_flight
+        for lane in self._lanes.queues:
             blocked_accounts: list[Job] = []
             budget_left = True
-            while lane and len(self._in_flight) < self._max_in_flight:
+            while lane and len(in_flight) < self._max_in_flight:
                 job = lane.popleft()
                 is_order = isinstance(job.message, PlaceOrder)
-                if job.lane == _ENTRIES and not self._breaker.allows(is_exit=False):
+                if job.lane == ENTRIES and not self._gate.breaker.allows(is_exit=False):
                     lane.appendleft(job)  # half-open: wait for the probe's verdict
                     break
                 account_wait = self._accounts.wait_time(job.user_id, now) if is_order else 0.0
@@ -276,23 +276,16 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
                     break
                 if is_order:
                     self._accounts.try_acquire(job.user_id, now)
-                if job.lane == _ENTRIES:
-                    job.probe = self._breaker.try_pass(is_exit=False)[1]
+                if job.lane == ENTRIES:
+                    job.probe = self._gate.breaker.try_pass(is_exit=False)[1]
                 job.attempts += 1
-                self._in_flight[job.job_id] = job
+                in_flight[job.job_id] = job
                 batch.append(job)
             lane.extendleft(reversed(blocked_accounts))
             if not budget_left:
-                log.debug("rate.queued", venue=self._venue, queued=sum(map(len, self._lanes)))
+                log.debug("rate.queued", venue=self._venue, queued=self._lanes.queued())
                 break  # strict priority: lower lanes must not take the budget an exit is waiting for
-        if batch:
-            self._launch(batch)
-        if self._delayed:
-            wake = min(wake, self._delayed[0][0])
-        if wake < math.inf:
-            self._arm(wake)
-        if now - self._housekept_at > _HOUSEKEEPING_S:
-            self._housekeeping(now)
+        return batch, wake
 
     def _launch(self, batch: list[Job]) -> None:
         calls: list[tuple[int, Callable[[], Awaitable[Any]]]] = []
@@ -331,6 +324,12 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
     def _deliver(self, results: tuple[CallResult, ...]) -> None:
         tell_quietly(self.actor_ref, CallsCompleted(results))  # loop thread
 
+    def _arm_reopen(self) -> None:
+        """Wake when the ban or the open breaker's cool-down ends, so the change is told then, unpolled."""
+        at = self._gate.reopens_at()
+        if at is not None:
+            self._arm(at)
+
     def _arm(self, at: float) -> None:
         if self._timer_at is not None and self._timer_at <= at:
             return
@@ -339,28 +338,12 @@ class ExchangeActor(ExchangeOutcomes, SingletonActor):
         ref, wake = self.actor_ref, ExchangeWake(at)
         self._clock.call_later(delay_s, lambda: tell_quietly(ref, wake))
 
-    def _refuse_queued_entries(self, now: float) -> None:
+    def _refuse_queued_entries(self) -> None:
         """The breaker is open: entries waiting here (or for a retry) will not go; tell their owners now."""
-        entries = self._lanes[_ENTRIES]
-        while entries:
-            self._refuse(entries.popleft().message)
-        waiting = [item for item in self._delayed if item[2].lane == _ENTRIES]
-        if waiting:
-            self._delayed = [item for item in self._delayed if item[2].lane != _ENTRIES]
-            heapq.heapify(self._delayed)
-            for _, _, job in sorted(waiting):
-                self._refuse(job.message)
-
-    def _release_due_retries(self, now: float) -> None:
-        due: list[Job] = []
-        while self._delayed and self._delayed[0][0] <= now:
-            due.append(heapq.heappop(self._delayed)[2])
-        for job in reversed(due):  # oldest at the front of its lane
-            self._lanes[job.lane].appendleft(job)
+        for job in self._lanes.take_entries():
+            self._outcomes.refuse(job.message)
 
     def _housekeeping(self, now: float) -> None:
         self._housekept_at = now
         self._accounts.prune(now)
-        horizon = now - self._unknown_grace_s
-        for cid in [c for c, since in self._unknown_since.items() if since < horizon]:
-            del self._unknown_since[cid]
+        self._outcomes.prune(now)

@@ -1,25 +1,23 @@
-"""The ExchangeActor's result handling and order-outcome policy (``engine/venue.py``): what each call's result
-means for the order, the breaker, retries and bans, and the one reply every request gets.
+"""What a venue call's result means for its order: the order-outcome policy of ``engine/venue.py``, retries with
+backoff, and the one reply every request gets. One ``OutcomeHandler``, composed by ``ExchangeActor``
+(``actors/exchange.py``), which gives it the venue's gate (breaker and ban), its lanes and its counters.
 
-A mixin of ``ExchangeActor`` (``actors/exchange.py``), whose ``__init__`` sets the attributes declared below;
-``actors/exchange.py`` keeps the intake, the lanes, the rate budget and the sending. Everything here runs on the
-actor's own thread, inside its handlers (results arrive as ``CallsCompleted`` from ``actors/exchange_loop.py``);
-replies are ``tell``s, never waits.
+Everything here runs on the actor's own thread, inside its handlers (results arrive as ``CallsCompleted`` from
+``actors/exchange_loop.py``); replies are ``tell``s, never waits.
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
 import random
-from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import pykka
 
+from actors.exchange_gate import VenueGate
+from actors.exchange_lanes import Job, Lanes
 from engine.backoff import backoff_s
-from engine.breaker import BreakerState, CircuitBreaker, Transition
+from engine.config import VenueConfig
 from engine.control import CallResult
 from engine.logs import get_logger
 from engine.messages import (
@@ -32,33 +30,8 @@ from engine.messages import (
     VenueOrder,
     VenuePositions,
 )
-from engine.ratelimit import TokenBucket
 
 log = get_logger(__name__)
-
-
-@dataclass(slots=True, eq=False)
-class Job:
-    """One venue call the actor owes an answer for: queued, in flight, or waiting for its retry."""
-
-    job_id: int
-    message: PlaceOrder | ResolveOrder | CheckPositions
-    lane: int
-    weight: int
-    attempts: int = 0
-    probe: bool = False
-
-    @property
-    def client_order_id(self) -> str:
-        msg = self.message
-        if isinstance(msg, CheckPositions):
-            return ""
-        return msg.request.client_order_id if isinstance(msg, PlaceOrder) else msg.client_order_id
-
-    @property
-    def user_id(self) -> int:
-        msg = self.message
-        return msg.request.user_id if isinstance(msg, PlaceOrder) else msg.user_id
 
 
 def tell_quietly(ref: pykka.ActorRef[Any], message: Any) -> None:
@@ -72,44 +45,52 @@ def _tell_reply(ref: Any, message: Any) -> None:
         tell_quietly(ref, message)
 
 
-class ExchangeOutcomes:
-    """Result handling and the order-outcome policy of ``ExchangeActor`` (see the module docstring)."""
+class OutcomeHandler:
+    """Result handling, retries and replies of one ``ExchangeActor`` (see the module docstring)."""
 
-    _venue: str
-    _breaker: CircuitBreaker
-    _bucket: TokenBucket
-    _lanes: tuple[deque[Job], deque[Job], deque[Job]]
-    _delayed: list[tuple[float, int, Job]]  # heap of retries waiting for their backoff
-    _in_flight: dict[int, Job]
-    _unknown_since: dict[str, float]  # client order id -> when it went UNKNOWN
-    _placing: dict[str, int]  # client order id -> PlaceOrders taken and not yet answered
-    _banned_until: float | None
-    _retry_max_attempts: int
-    _retry_base_s: float
-    _retry_max_s: float
-    _unknown_grace_s: float
-    _rng: random.Random
-    _counters: dict[str, int]
+    def __init__(
+        self,
+        venue: str,
+        config: VenueConfig,
+        *,
+        gate: VenueGate,
+        lanes: Lanes,
+        counters: dict[str, int],
+        rng: random.Random,
+    ) -> None:
+        self._venue = venue
+        self._gate = gate
+        self._lanes = lanes
+        self._counters = counters
+        self._rng = rng
+        self._retry_max_attempts = config.retry_max_attempts
+        self._retry_base_s = config.retry_base_ms / 1000
+        self._retry_max_s = config.retry_max_ms / 1000
+        self._unknown_grace_s = config.unknown_grace_s
+        self._unknown_since: dict[str, float] = {}  # client order id -> when it went UNKNOWN
+        self._placing: dict[str, int] = {}  # client order id -> PlaceOrders taken and not yet answered
+
+    def taken(self, message: PlaceOrder) -> None:
+        """A ``PlaceOrder`` arrived: until it is answered, a resolve of its id is deferred (``still_placing``)."""
+        cid = message.request.client_order_id
+        self._placing[cid] = self._placing.get(cid, 0) + 1
+
+    def is_placing(self, client_order_id: str) -> bool:
+        return client_order_id in self._placing
+
+    def prune(self, now: float) -> None:
+        """Forget orders that went UNKNOWN longer ago than the grace (housekeeping)."""
+        horizon = now - self._unknown_grace_s
+        for cid in [c for c, since in self._unknown_since.items() if since < horizon]:
+            del self._unknown_since[cid]
 
     # ------------------------------------------------------------------------------------------------------
     # Results
     # ------------------------------------------------------------------------------------------------------
 
-    def _on_result(self, result: CallResult, now: float) -> None:
-        job = self._in_flight.pop(result.job_id, None)
-        if job is None:
-            return
-        if job.weight:
-            self._bucket.settle(job.weight, now)
-        if result.error == "banned":
-            self._on_ban(now, result.ban_s or 0.0)
-        elif result.error in ("retryable", "unknown"):
-            self._apply(self._breaker.record_failure(now, probe=job.probe))
-        elif result.error == "not_sent":
-            if job.probe:
-                self._breaker.release_probe()
-        else:  # the venue answered, even if it said no: it is healthy
-            self._apply(self._breaker.record_success(now, probe=job.probe))
+    def on_result(self, job: Job, result: CallResult, now: float) -> None:
+        """The call of ``job`` ended with ``result``: the venue's health, then the answer, retry or requeue."""
+        self._gate.record(result.error, probe=job.probe, now=now, ban_s=result.ban_s)
         job.probe = False
         if isinstance(job.message, PlaceOrder):
             self._on_order_result(job, job.message, result, now)
@@ -123,17 +104,17 @@ class ExchangeOutcomes:
         if result.error is None and result.order is not None:
             self._finish_with_order(message, result.order, attempts=job.attempts)
         elif result.error == "rejected":
-            self._finish(message, TradeStatus.REJECTED, error=result.message)
+            self.finish(message, TradeStatus.REJECTED, error=result.message)
         elif result.error == "retryable":
             self._retry_or_fail(job, result, now)
         elif result.error == "banned":
             if request.is_exit:
                 job.attempts -= 1  # not the order's fault: it goes again when the ban ends
-                self._lanes[job.lane].appendleft(job)
+                self._lanes.push_front(job)
             else:
-                self._refuse(message)
+                self.refuse(message)
         elif result.error == "not_sent":
-            self._finish(message, TradeStatus.FAILED, error=f"not_sent: {result.message}")
+            self.finish(message, TradeStatus.FAILED, error=f"not_sent: {result.message}")
         else:  # sent, and no trustworthy answer: never re-send blindly, reconcile by client order id
             self._unknown_since.setdefault(request.client_order_id, now)
             self._counters["unknown"] += 1
@@ -176,7 +157,7 @@ class ExchangeOutcomes:
             return True
         if result.error == "banned":
             job.attempts -= 1
-            self._lanes[job.lane].appendleft(job)
+            self._lanes.push_front(job)
             return True
         return False
 
@@ -199,7 +180,7 @@ class ExchangeOutcomes:
         if job.attempts >= self._retry_max_attempts:
             error = f"retries_exhausted: {result.message}"
             log.warning("order.failed", error=error, attempt=job.attempts, **order_fields(message.request))
-            self._finish(message, TradeStatus.FAILED, error=error)
+            self.finish(message, TradeStatus.FAILED, error=error)
             return
         self._schedule_retry(job, result, now)
 
@@ -207,7 +188,7 @@ class ExchangeOutcomes:
         # The one backoff rule (engine.backoff); the venue's Retry-After is a floor.
         jittered_s = backoff_s(job.attempts, base_s=self._retry_base_s, cap_s=self._retry_max_s, rng=self._rng)
         delay_s = max(jittered_s, result.retry_after_s or 0.0)
-        heapq.heappush(self._delayed, (now + delay_s, job.job_id, job))
+        self._lanes.delay(job, now + delay_s)
         self._counters["retries"] += 1
         fields = (
             order_fields(job.message.request)
@@ -219,14 +200,6 @@ class ExchangeOutcomes:
             }
         )
         log.info("order.retry", attempt=job.attempts, delay_s=round(delay_s, 3), error=result.message, **fields)
-
-    def _on_ban(self, now: float, ban_s: float) -> None:
-        until = now + ban_s
-        if self._banned_until is None:
-            log.warning("venue.banned", venue=self._venue, ban_s=ban_s)
-        if self._banned_until is None or until > self._banned_until:
-            self._banned_until = until
-        self._apply(self._breaker.record_ban(now, ban_s))
 
     # ------------------------------------------------------------------------------------------------------
     # Replies and logs
@@ -258,7 +231,7 @@ class ExchangeOutcomes:
             )
         self._reply(message, _outcome(order))
 
-    def _finish(self, message: PlaceOrder, status: TradeStatus, *, error: str) -> None:
+    def finish(self, message: PlaceOrder, status: TradeStatus, *, error: str) -> None:
         if status is TradeStatus.REJECTED:
             self._counters["rejected"] += 1
             log.info("order.rejected", error=error, **order_fields(message.request))
@@ -267,7 +240,7 @@ class ExchangeOutcomes:
         cid = message.request.client_order_id
         self._reply(message, OrderOutcome(client_order_id=cid, status=status, error=error))
 
-    def _refuse(self, message: PlaceOrder | ResolveOrder | CheckPositions) -> None:
+    def refuse(self, message: PlaceOrder | ResolveOrder | CheckPositions) -> None:
         assert isinstance(message, PlaceOrder)
         self._counters["refused"] += 1
         log.info("order.refused", reason="venue_unavailable", **order_fields(message.request))
@@ -285,31 +258,13 @@ class ExchangeOutcomes:
         if message.reply_to is not None:
             tell_quietly(message.reply_to, outcome)
 
-    def _still_placing(self, message: ResolveOrder) -> None:
+    def still_placing(self, message: ResolveOrder) -> None:
         """A resolve for an order this actor has not sent or not heard back about yet (queued behind the rate
         budget or a ban, waiting for a retry, in flight): the venue's "not found" would prove nothing, and its
         ``PlaceOrder`` will be answered in time. SUBMITTED tells the follower to keep waiting."""
         cid = message.client_order_id
         log.info("order.resolve_deferred", venue=self._venue, user_id=message.user_id, client_order_id=cid)
         self._reply(message, OrderOutcome(client_order_id=cid, status=TradeStatus.SUBMITTED, error="still_placing"))
-
-    def _apply(self, transition: Transition | None) -> None:
-        if transition is None:
-            return
-        event = {
-            BreakerState.OPEN: "breaker.opened",
-            BreakerState.HALF_OPEN: "breaker.half_open",
-            BreakerState.CLOSED: "breaker.closed",
-        }[transition.to_state]
-        level = log.warning if transition.to_state is BreakerState.OPEN else log.info
-        level(
-            event,
-            venue=self._venue,
-            reason=transition.reason,
-            from_state=str(transition.from_state),
-            error_rate=transition.error_rate,
-            open_for_s=transition.open_for_s,
-        )
 
 
 def order_fields(request: OrderRequest) -> dict[str, Any]:

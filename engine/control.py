@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 import pykka
 
+from engine.breaker import BreakerState
 from engine.follower_state import FollowerState
 from engine.messages import Signal, VenueOrder, VenuePosition
 
@@ -129,6 +130,26 @@ class CallResult(msgspec.Struct, frozen=True, kw_only=True):
     message: str = ""
     retry_after_s: float | None = None
     ban_s: float | None = None
+
+
+class VenueHealth(msgspec.Struct, frozen=True, kw_only=True):
+    """The exchange actor to its subscribers: its breaker state or its ban changed (and the state it is in when
+    one subscribes). Entries go only while ``entries_open``; exits go regardless."""
+
+    venue: str
+    breaker: BreakerState
+    banned: bool
+
+    @property
+    def entries_open(self) -> bool:
+        return self.breaker is not BreakerState.OPEN and not self.banned
+
+
+class SubscribeHealth(msgspec.Struct, frozen=True):
+    """Tell ``subscriber`` (called on the exchange actor's thread: it must only take note) every ``VenueHealth``
+    from now on, the current one first."""
+
+    subscriber: Any  # Callable[[VenueHealth], None]
 
 
 class CallsCompleted(msgspec.Struct, frozen=True):

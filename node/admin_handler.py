@@ -247,13 +247,9 @@ class EngineAdminHandler(AdminQueries):
         if venue is None:
             listed = ", ".join(sorted(self._system.venues))
             raise CommandError(f"unknown exchange {name!r} (venues: {listed})")
-        # The override, not entries_open alone: the venue-health timer would reopen entries within a second.
-        venue.entries_paused = paused
+        # The override, not entries_open alone: the venue's next health change would reopen entries.
+        venue.pause_entries(paused)
         (self.pauses.exchanges.add if paused else self.pauses.exchanges.discard)(name)
-        if paused:
-            venue.entries_open = False  # now, not at the next health tick
-        else:
-            await self._blocking(venue.refresh_health)  # reopen now if the breaker allows
         return {"target": "exchange", "exchange": name, "paused": paused, "entries_open": venue.entries_open}
 
     # ---- positions -----------------------------------------------------------------------------------------

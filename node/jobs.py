@@ -1,5 +1,6 @@
-"""The engine's periodic jobs: the stats line, venue health, reconciliation with the stale sweep, the day roll and
-portfolio snapshots. Each runs on a ``node.periodic.PeriodicJob`` thread, on the engine's clock."""
+"""The engine's periodic jobs: the stats line, reconciliation with the stale sweep, the day roll and portfolio
+snapshots (venue health is told by the exchange actors, not polled: ``node.venues.Venue.on_health``). Each runs
+on a ``node.periodic.PeriodicJob`` thread, on the engine's clock."""
 
 from __future__ import annotations
 
@@ -34,10 +35,6 @@ def periodic_jobs(
 ) -> list[Job]:
     """(thread name, interval in seconds, job) for every periodic job."""
 
-    def health() -> None:
-        for venue in venues.values():
-            venue.refresh_health()
-
     def reconcile_and_sweep() -> None:
         reconcile()
         router.tell(SweepStale())
@@ -58,7 +55,6 @@ def periodic_jobs(
 
     return [
         ("timer-stats", stats_interval_s, lambda: report_stats(persistence, venues)),
-        ("timer-venue-health", 1.0, health),
         ("timer-reconcile", 10.0, reconcile_and_sweep),
         ("timer-day-roll", 1.0, day_roll),
         ("timer-snapshots", snapshot_interval_s, snapshots),

@@ -1,4 +1,4 @@
-"""Periodic jobs (stats line, venue health, reconciliation, day roll, snapshots) on the engine's clock.
+"""Periodic jobs (stats line, reconciliation, day roll, snapshots) on the engine's clock.
 
 Each job has a daemon thread of its own, because a job may block (asks with timeouts, a snapshot round): the
 clock's timer only wakes that thread (sets an event, cheap and thread-safe), and the thread re-arms the timer

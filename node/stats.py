@@ -41,7 +41,7 @@ def collect_stats(
     per_venue = {}
     for name, venue in venues.items():
         try:
-            status = venue.refresh_health()
+            status = venue.status()
         except Exception as exc:  # noqa: BLE001 - the stats line must still go out
             status = {"error": repr(exc)}
         per_venue[name] = {

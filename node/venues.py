@@ -1,8 +1,9 @@
 """One ``Venue`` per configured exchange: its adapter, its exchange actor, its markets and its health.
 
 Markets are loaded once per venue at start and shared (read-only) by every follower on it. ``entries_open``
-mirrors the exchange actor's breaker for entries; the stats timer refreshes it, and followers read it to skip
-with ``venue_unavailable`` instead of queueing orders the exchange actor would refuse anyway.
+mirrors the exchange actor's breaker and ban for entries, as the actor tells them (``VenueHealth``, subscribed at
+start: nobody polls), and the operator's pause; followers read it to skip with ``venue_unavailable`` instead of
+queueing orders the exchange actor would refuse anyway.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from adapters.ioloop import IoLoop
 from adapters.venue_factory import make_adapter
 from engine.clock import Clock
 from engine.config import VenueConfig
+from engine.control import SubscribeHealth, VenueHealth
 from engine.logs import get_logger
 from engine.messages import MarketInfo, PositionRow, PositionSide, TradeType
 
@@ -35,6 +37,7 @@ class Venue:
         self.markets = markets
         self.entries_open = True
         self.entries_paused = False  # operator pause (admin ``pause exchange NAME``): no new entries
+        self.health: VenueHealth | None = None  # the exchange actor's last word on its breaker and ban
         self.marks: dict[str, Decimal] = {}  # replaced wholesale by the price feed (readers see one version)
 
     def mark(self, symbol: str) -> Decimal | None:
@@ -62,10 +65,23 @@ class Venue:
                     leverage=row.leverage,
                 )
 
-    def refresh_health(self) -> dict[str, Any]:
+    def on_health(self, health: VenueHealth) -> None:
+        """The exchange actor's breaker or ban changed (runs on its thread: only takes note)."""
+        self.health = health
+        self._update_entries_open()
+
+    def pause_entries(self, paused: bool) -> None:
+        """The operator's pause (admin ``pause exchange NAME``): no new entries until resumed."""
+        self.entries_paused = paused
+        self._update_entries_open()
+
+    def _update_entries_open(self) -> None:
+        health = self.health
+        self.entries_open = (health is None or health.entries_open) and not self.entries_paused
+
+    def status(self) -> dict[str, Any]:
+        """The exchange actor's status (a blocking ask: for the stats line and the admin socket, not a hot path)."""
         status: dict[str, Any] = self.exchange.proxy().status().get(timeout=10)
-        state = str(status.get("breaker", "closed"))
-        self.entries_open = state != "open" and not status.get("banned_until") and not self.entries_paused
         return status
 
     def stop(self, io: IoLoop) -> None:
@@ -105,24 +121,10 @@ def build_venues(
         adapter = adapters.get(cfg.name) or make_adapter(cfg, clock=clock)
         markets = io.run(adapter.load_markets(), 120)
         exchange = ExchangeActor.start(
-            io,
-            adapter,
-            weight_per_minute=order_weight_per_minute(cfg, adapter),
-            weight_window_s=cfg.weight_window_s,
-            orders_per_second_per_account=cfg.orders_per_second_per_account,
-            max_in_flight=cfg.max_in_flight,
-            retry_max_attempts=cfg.retry_max_attempts,
-            retry_base_ms=cfg.retry_base_ms,
-            retry_max_ms=cfg.retry_max_ms,
-            breaker_error_rate=cfg.breaker_error_rate,
-            breaker_min_requests=cfg.breaker_min_requests,
-            breaker_window_s=cfg.breaker_window_s,
-            breaker_cooldown_s=cfg.breaker_cooldown_s,
-            unknown_grace_s=cfg.unknown_grace_s,
-            clock=clock,
-            venue=cfg.name,
+            io, adapter, cfg, weight_per_minute=order_weight_per_minute(cfg, adapter), clock=clock
         )
         venue = Venue(cfg, adapter, exchange, markets)
+        exchange.tell(SubscribeHealth(venue.on_health))
         if not adapter.settable_marks:
             _seed_marks(io, venue)
         venues[cfg.name] = venue

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import pytest
 
 from actors.exchange import ExchangeActor
@@ -118,7 +119,7 @@ def copy_signal(s: Setup, base: str) -> list[dict[str, Any]]:
     venue = s.system.venues[s.name]
     wait_for(lambda: symbol in venue.marks, 60)  # seeded at start, refreshed by the price feed
     # An earlier fault (418) may have opened the breaker: followers would skip with venue_unavailable.
-    wait_for(lambda: venue.refresh_health() and venue.entries_open, 120, interval_s=0.2)
+    wait_for(lambda: venue.entries_open, 120, interval_s=0.2)  # told by the exchange actor
     signal_id = insert_signal(
         s.dsn, whale_id=s.whale_id, symbol=symbol, side="buy", price=MARKS[base], size_usdt=10_000, leverage=2
     )
@@ -220,9 +221,10 @@ class ActorSetup:
     adapter: CcxtVenue
     io: IoLoop
 
-    def start(self, **settings: Any) -> Any:
+    def start(self, **config_fields: Any) -> Any:
         base: dict[str, Any] = {"orders_per_second_per_account": 1000, "retry_base_ms": 50.0, "retry_max_ms": 500.0}
-        return ExchangeActor.start(self.io, self.adapter, **{**base, **settings})
+        config = msgspec.structs.replace(VenueConfig(name=self.venue), **{**base, **config_fields})
+        return ExchangeActor.start(self.io, self.adapter, config, weight_per_minute=config.weight_per_minute)
 
     def request(self, cid: str, user_id: int, *, side: Side = Side.BUY, reduce_only: bool = False) -> OrderRequest:
         return OrderRequest(

@@ -17,10 +17,13 @@ import msgspec
 import pykka
 import pytest
 
-from actors.exchange import ExchangeActor
+from actors.exchange import CALL_TIMEOUT_S, ExchangeActor
 from adapters.ioloop import IoLoop
 from adapters.paper import PaperVenue
-from engine.clock import FakeClock
+from engine.breaker import BreakerState
+from engine.clock import SYSTEM_CLOCK, Clock, FakeClock
+from engine.config import VenueConfig
+from engine.control import SubscribeHealth, VenueHealth
 from engine.messages import (
     CheckPositions,
     OrderOutcome,
@@ -100,15 +103,29 @@ def venue() -> PaperVenue:
 def start_actor(io_loop: IoLoop, venue: PaperVenue) -> Iterator[Callable[..., pykka.ActorRef[Any]]]:
     refs: list[pykka.ActorRef[Any]] = []
 
-    def start(*, adapter: PaperVenue | None = None, **kwargs: Any) -> pykka.ActorRef[Any]:
+    def start(
+        *,
+        adapter: PaperVenue | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        call_timeout_s: float = CALL_TIMEOUT_S,
+        **config_fields: Any,
+    ) -> pykka.ActorRef[Any]:
+        # engine.config's defaults, with this module's deviations (a generous budget, fast retries) and the test's.
         settings: dict[str, Any] = {
             "weight_per_minute": 600_000,
             "orders_per_second_per_account": 1000,
             "retry_base_ms": 10.0,
             "retry_max_ms": 50.0,
         }
-        settings.update(kwargs)
-        ref = ExchangeActor.start(io_loop, adapter or venue, **settings)
+        config = msgspec.structs.replace(VenueConfig(name="paper"), **{**settings, **config_fields})
+        ref = ExchangeActor.start(
+            io_loop,
+            adapter or venue,
+            config,
+            weight_per_minute=config.weight_per_minute,
+            call_timeout_s=call_timeout_s,
+            clock=clock,
+        )
         refs.append(ref)
         return ref
 
@@ -362,6 +379,28 @@ def test_half_open_probe_closes_the_breaker(
         "breaker.opened",
         "breaker.half_open",
         "breaker.closed",
+    ]
+
+
+def test_breaker_changes_are_told_to_subscribers_without_polling(
+    start_actor: Callable[..., pykka.ActorRef[Any]], timed_venue: PaperVenue, clock: FakeClock
+) -> None:
+    venue = timed_venue
+    ref = start_actor(adapter=venue, clock=clock, retry_max_attempts=1, breaker_min_requests=3, breaker_cooldown_s=0.2)
+    told: list[VenueHealth] = []
+    ref.tell(SubscribeHealth(told.append))
+    inbox = Inbox()
+    venue.inject("server_error", count=3)
+    place(ref, inbox, *(request(user_id=u) for u in range(1, 4)))
+    inbox.wait_for(3)
+    venue.clear_faults()
+    wait_for(lambda: len(told) >= 2)
+    # Nobody asks for the status: the cool-down's end is told by the actor's own timer.
+    drive(clock, lambda: len(told) >= 3)
+    assert [(h.breaker, h.entries_open) for h in told[:3]] == [
+        (BreakerState.CLOSED, True),  # the state on subscribing
+        (BreakerState.OPEN, False),
+        (BreakerState.HALF_OPEN, True),
     ]
 
 
