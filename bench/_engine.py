@@ -1,5 +1,5 @@
 """What the scenarios share: the PostgreSQL of the run, bulk seeding, an engine on it, and the fakes that
-isolate the fan-out (bench/ cannot import tests/, so the bits of ``tests/harness.py`` it needs live here).
+isolate the fan-out. The engine start/stop and the fresh database come from the test kit (``tests.kit``).
 
 The parent process (``python -m bench``) starts one ``EmbeddedPostgres`` (fsync ON: the honest default) and
 passes its DSN to each scenario's process in ``BENCH_PG_DSN``; every scenario creates its own database.
@@ -42,6 +42,8 @@ from engine.messages import (
 )
 from engine.runtime import SingletonActor
 from node.system import EngineSystem
+from tests import kit
+from tests.kit import fresh_database
 
 PG_ENV = "BENCH_PG_DSN"
 _db_names = itertools.count(1)
@@ -58,17 +60,7 @@ def server_dsn() -> str:
 def new_database(prefix: str) -> str:
     """A fresh database with the schema applied on the run's server; returns its DSN."""
 
-    async def make() -> str:
-        name = f"bench_{prefix}_{os.getpid()}_{next(_db_names)}"
-        dsn = await db.create_database(server_dsn(), name)
-        conn = await db.connect(dsn)
-        try:
-            await db.apply_schema(conn)
-        finally:
-            await conn.close()
-        return dsn
-
-    return asyncio.run(make())
+    return asyncio.run(fresh_database(server_dsn(), f"bench_{prefix}_{os.getpid()}_{next(_db_names)}"))
 
 
 def rss_bytes() -> int:
@@ -216,12 +208,8 @@ def engine_config(dsn: str, data_dir: Path, **env: str) -> Any:
 
 @contextlib.contextmanager
 def running_engine(dsn: str, data_dir: Path, *, venue: Any, **env: str) -> Iterator[EngineSystem]:
-    system = EngineSystem(engine_config(dsn, data_dir, **env), venue_adapters={"paper": venue})
-    system.start()
-    try:
+    with kit.running_engine(dsn, data_dir, venue=venue, config=engine_config(dsn, data_dir, **env)) as system:
         yield system
-    finally:
-        system.stop()
 
 
 # ---- fakes that isolate the fan-out (scenario 1 and 5) ------------------------------------------------------

@@ -11,8 +11,7 @@ from __future__ import annotations
 import io
 import shutil
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -26,7 +25,7 @@ from engine import logs
 from engine.config import load_config
 from engine.ids import close_order_id
 from node.system import EngineSystem
-from tests.kit import execute, fetch, fetchval
+from tests.kit import execute, fetch, fetchval, wait_for
 
 T = TypeVar("T")
 GUARD_S = 60.0  # an upper bound for an effect to show, never a measurement
@@ -92,17 +91,6 @@ def refused(system: EngineSystem, *argv: str) -> str:
     return str(reply["error"])
 
 
-def wait_for(probe: Callable[[], T | None], what: str) -> T:
-    deadline = time.monotonic() + GUARD_S
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.05)
-
-
 def signal_json(whale_id: int, base: str, **extra: Any) -> str:
     payload = {
         "whale_id": whale_id,
@@ -129,7 +117,7 @@ def processed(pg_dsn: str, signal_id: int) -> dict[str, Any]:
         rows = fetch(pg_dsn, "SELECT * FROM whale_signals WHERE id = $1", signal_id)
         return dict(rows[0]) if rows and rows[0]["status"] != "processing" else None
 
-    return wait_for(probe, f"signal {signal_id} to be processed")
+    return wait_for(probe, message=f"signal {signal_id} to be processed")
 
 
 def inject(system: EngineSystem, pg_dsn: str, whale_id: int, base: str) -> dict[str, Any]:
@@ -268,10 +256,10 @@ def test_signal_is_copied(engine: EngineSystem, pg_dsn: str) -> None:
         trades = ok(engine, "trades", "--signal", str(reply["signal_id"]), "--status", "filled")["trades"]
         return trades if len(trades) == 2 else None
 
-    trades = wait_for(filled, "both copies to fill")
+    trades = wait_for(filled, message="both copies to fill")
     assert {t["user_id"] for t in trades} == {ALICE, BOB}
-    wait_for(lambda: open_positions(pg_dsn, ALICE, "BTC"), "alice's BTC position")
-    wait_for(lambda: open_positions(pg_dsn, BOB, "BTC"), "bob's BTC position")
+    wait_for(lambda: open_positions(pg_dsn, ALICE, "BTC"), message="alice's BTC position")
+    wait_for(lambda: open_positions(pg_dsn, BOB, "BTC"), message="bob's BTC position")
     positions = ok(engine, "positions", "--user", str(ALICE), "--open")["positions"]
     assert [p["symbol"] for p in positions] == ["BTC/USDT:USDT"]
     assert ok(engine, "trades", "--user", str(BOB))["count"] >= 1
@@ -334,7 +322,7 @@ def test_pause_and_resume_all(engine: EngineSystem, pg_dsn: str) -> None:
 
 def test_close_and_close_all(engine: EngineSystem, pg_dsn: str) -> None:
     assert inject(engine, pg_dsn, W1, "ADA")["copied"] == 2
-    (position,) = wait_for(lambda: open_positions(pg_dsn, ALICE, "ADA"), "alice's ADA position")
+    (position,) = wait_for(lambda: open_positions(pg_dsn, ALICE, "ADA"), message="alice's ADA position")
     paper = engine.venues["paper"].adapter
     paper.inject("latency", client_order_id=close_order_id(position["position_id"]), delay_ms=1000)
     reply = ok(engine, "close", position["position_id"])
@@ -346,11 +334,11 @@ def test_close_and_close_all(engine: EngineSystem, pg_dsn: str) -> None:
         status = fetchval(pg_dsn, "SELECT status FROM positions WHERE position_id = $1", position["position_id"])
         return bool(status == "closed")
 
-    wait_for(closed, "alice's ADA position to close")
+    wait_for(closed, message="alice's ADA position to close")
     assert "is not open" in refused(engine, "close", position["position_id"])
     assert "no position 'nope'" in refused(engine, "close", "nope")
 
-    wait_for(lambda: open_positions(pg_dsn, BOB, "ADA"), "bob's ADA position")
+    wait_for(lambda: open_positions(pg_dsn, BOB, "ADA"), message="bob's ADA position")
     reply = ok(engine, "close-all", str(BOB))
     assert reply["closing"] >= 1
 
@@ -358,7 +346,7 @@ def test_close_and_close_all(engine: EngineSystem, pg_dsn: str) -> None:
         left = fetchval(pg_dsn, "SELECT count(*) FROM positions WHERE user_id = $1 AND status <> 'closed'", BOB)
         return bool(left == 0)
 
-    wait_for(bob_flat, "every bob position to close")
+    wait_for(bob_flat, message="every bob position to close")
 
 
 def test_price(engine: EngineSystem) -> None:

@@ -15,7 +15,6 @@ import shutil
 import socket
 import stat
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -27,7 +26,7 @@ import pytest
 from adapters.admin_socket import AdminServer, AdminSocketError
 from adapters.ioloop import IoLoop
 from engine.admin_commands import Close, Command, CommandError, Peer, Status, User, Users, command_name
-from tests.kit import LogEntries, events
+from tests.kit import LogEntries, events, wait_for
 
 GUARD_S = 30.0  # only to turn a hang into a failure
 
@@ -441,14 +440,14 @@ def test_connection_cap(make_server: ServerFactory) -> None:
     assert third.at_eof()
     assert second.request({"cmd": "stats"})["ok"] is True  # the others are untouched
     first.close()
-    for _ in range(300):  # the server notices the close on its own schedule
+    def slot_free() -> bool:  # the server notices the close on its own schedule
         client = Client(server.path)
-        if client.request({"cmd": "status"})["ok"]:
-            break
-        client.close()
-        time.sleep(0.05)
-    else:
-        pytest.fail("a slot never came free after a client left")
+        try:
+            return bool(client.request({"cmd": "status"})["ok"])
+        finally:
+            client.close()
+
+    wait_for(slot_free, message="a slot never came free after a client left")
 
 
 def test_idle_connection_is_closed(make_server: ServerFactory, captured_logs: LogEntries) -> None:

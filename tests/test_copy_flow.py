@@ -17,7 +17,6 @@ from typing import Any
 
 import asyncpg
 import msgspec
-import pykka
 import pytest
 
 from actors.follower import FollowerActor
@@ -43,6 +42,8 @@ from engine.messages import (
     UserSettings,
 )
 from tests.kit import (
+    Recorder,
+    RecorderActor,
     fetch,
     fetchval,
     insert_signal,
@@ -50,7 +51,6 @@ from tests.kit import (
     seed_whale,
     settle,
     signal_row,
-    wait_for,
     wait_signal_done,
 )
 from tests.kit.copying import PAPER_START_USDT as START_USDT
@@ -407,22 +407,11 @@ def test_whale_reduce_half_closes_half(pg_dsn: str, engine_dir: Path) -> None:
 # ---- the follower's messages, without a database -------------------------------------------------------------
 
 
-class _Recorder(pykka.ThreadingActor):
-    """Records every message told to it, in one list shared by all recorders (so the order across actors shows)."""
-
-    def __init__(self, name: str, log: list[tuple[str, Any]]) -> None:
-        super().__init__()
-        self.name, self.log = name, log
-
-    def on_receive(self, message: Any) -> None:
-        self.log.append((self.name, message))
-
-
 def test_intent_is_durable_before_the_order_and_the_submitted_row_is_the_full_trade_row() -> None:
-    messages: list[tuple[str, Any]] = []
-    persistence = _Recorder.start("persistence", messages)
-    exchange = _Recorder.start("exchange", messages)
-    router = _Recorder.start("router", messages)
+    log = Recorder()  # one for all three: the order across them shows
+    persistence = RecorderActor.start(log, "persistence")
+    exchange = RecorderActor.start(log, "exchange")
+    router = RecorderActor.start(log, "router")
     markets = {m.symbol: m for m in default_markets()}
     ctx = FollowerContext(
         persistence=persistence,
@@ -449,12 +438,11 @@ def test_intent_is_durable_before_the_order_and_the_submitted_row_is_the_full_tr
     )  # fmt: skip
     try:
         follower.tell(CopySignal(signal=signal, received_at_ns=1, mark_price=D(3000)))
-        wait_for(lambda: len(messages) == 1, timeout_s=10)
-        name, intent = messages[0]
+        name, intent = log.wait(1)[0]
         assert name == "persistence" and isinstance(intent, PersistIntent)
         assert intent.row.status is TradeStatus.PENDING and intent.row.version == 1 and intent.row.reserved_usdt > 0
         follower.tell(IntentAck(client_order_id=intent.row.client_order_id, durable=True))
-        wait_for(lambda: len(messages) == 4, timeout_s=10)
+        messages = log.wait(4)
         kinds = {name: type(message).__name__ for name, message in messages[1:]}
         assert kinds == {"exchange": "PlaceOrder", "persistence": "PersistRows", "router": "FollowerDecision"}
         (submitted,) = next(m for n, m in messages[1:] if n == "persistence").rows

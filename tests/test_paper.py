@@ -15,6 +15,7 @@ from engine.clock import FakeClock
 from engine.messages import OrderRequest, PositionSide, Side, TradeStatus, TradeType, VenueOrder
 from engine.protection import isolated_liquidation_price
 from engine.venue import OrderRejected, OutcomeUnknown, RetryableError, VenueBanned
+from tests.kit import wait_for_async
 
 T = TypeVar("T")
 SPOT, FUT = "BTC/USDT", "BTC/USDT:USDT"
@@ -284,10 +285,7 @@ def test_random_walk_moves_marks_on_the_tick() -> None:
         task = asyncio.create_task(
             paper.random_walk(["BTC", "ETH/USDT"], interval_ms=1, volatility_bps=50, rng=random.Random(1))
         )
-        for _ in range(10_000):
-            await asyncio.sleep(0.001)
-            if paper.marks()["ETH/USDT"] != before["ETH/USDT"]:
-                break
+        await wait_for_async(lambda: paper.marks()["ETH/USDT"] != before["ETH/USDT"], interval_s=0.001)
         task.cancel()
 
     run(asyncio.wait_for(walk(), 30))

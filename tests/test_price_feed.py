@@ -27,7 +27,7 @@ from engine.messages import PriceUpdate
 from engine.venue import RetryableError, VenueBanned
 from node.price_feed import PriceFeed
 from node.venues import Venue, order_weight_per_minute
-from tests.kit import LogEntries, TcpProxy, execute
+from tests.kit import LogEntries, TcpProxy, execute, wait_for_async
 
 D = Decimal
 T = TypeVar("T")
@@ -117,15 +117,6 @@ def run_with_feed(
 
 async def wait_past_stale() -> None:
     await asyncio.sleep(STALE_MS / 1000 * 3)
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.005)
-    return True
 
 
 async def tick_for(feed: PriceFeed, seconds: float) -> None:
@@ -243,15 +234,19 @@ def test_prices_keep_flowing_when_the_holdings_read_fails(pg_dsn: str, captured_
         updates, newcomer = supervisor.recorders[231].updates, supervisor.recorders[232].updates
         await feed.start()
         try:
-            assert await until(lambda: len(updates) >= 1)
+            await wait_for_async(lambda: len(updates) >= 1)
             proxy.refuse()
             proxy.cut()  # the database is unreachable
             during_outage = len(updates)
             feed.poke()  # a fill: the feed reads the holdings now, and that read fails
-            assert await until(lambda: len(updates) >= during_outage + 3), "prices stopped with the database away"
+            await wait_for_async(
+                lambda: len(updates) >= during_outage + 3, message="prices stopped with the database away"
+            )
             await asyncio.to_thread(seed_positions, pg_dsn, [(232, "paper", "LTC/USDT:USDT", "open")])  # no proxy
             proxy.resume()
-            assert await until(lambda: len(newcomer) >= 1), "holdings not read again after the database came back"
+            await wait_for_async(
+                lambda: len(newcomer) >= 1, message="holdings not read again after the database came back"
+            )
             assert feed._task is not None and not feed._task.done()
         finally:
             await feed.stop()

@@ -7,7 +7,6 @@ so the test decides when copies come back.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -30,25 +29,17 @@ from engine.messages import (
     SignalStatusRow,
     TradeType,
 )
+from tests import kit
 from tests.kit import wait_for
 
 WHALE = 1
 
 
-class Recorder:
+class Recorder(kit.Recorder):
     """A follower ref (or the persistence actor) that records what it is told."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.items: list[Any] = []
-
-    def tell(self, message: Any) -> None:
-        with self._lock:
-            self.items.append(message)
-
     def signal_ids(self) -> list[int]:
-        with self._lock:
-            return [m.signal.signal_id for m in self.items if isinstance(m, CopySignal)]
+        return [m.signal.signal_id for m in self.of_type(CopySignal)]
 
 
 def signal(
@@ -195,7 +186,7 @@ def test_draining_keeps_waiting_signals_for_a_resume_or_the_next_run() -> None:
         assert ref.proxy().in_flight().get(timeout=10) == 0  # a drain has nothing of these to wait for
         assert ref.proxy().counts().get(timeout=10)["queued"] == 2
         assert all(f.signal_ids() == [] for f in followers)
-        assert [r for m in persistence.items for r in m.rows if isinstance(r, SignalStatusRow)] == []
+        assert [r for m in persistence.messages for r in m.rows if isinstance(r, SignalStatusRow)] == []
         ref.tell(SetDraining(draining=False))
         wait_for(lambda: all(f.signal_ids() == [30, 31] for f in followers), 10)
 
@@ -211,6 +202,6 @@ def test_the_stale_sweep_counts_from_the_fan_out_not_from_a_long_hold() -> None:
         wait_for(lambda: all(f.signal_ids() == [30] for f in followers), 10)
         ref.tell(SweepStale(answer_timeout_s=1.0))  # just fanned out: nobody is late yet
         counts = ref.proxy().counts().get(timeout=10)
-        statuses = [r.status for m in persistence.items for r in m.rows if isinstance(r, SignalStatusRow)]
+        statuses = [r.status for m in persistence.messages for r in m.rows if isinstance(r, SignalStatusRow)]
         assert SignalStatus.PROCESSED not in statuses
         assert counts["in_flight"] == 1 and counts["pending_copies"] == 3

@@ -26,7 +26,7 @@ from engine.messages import (
     TradeRow,
     UserSettings,
 )
-from tests.kit import execute, fetch, fetchval
+from tests.kit import execute, fetch, fetchval, wait_for_async
 
 # Struct -> (table, renamed fields): every field of each Struct must be a column of its table.
 CONTRACT: list[tuple[type[msgspec.Struct], str, dict[str, str]]] = [
@@ -169,10 +169,7 @@ def test_triggers_notify(pg_dsn: str) -> None:
                 datetime.now(UTC),
             )
             await writer.execute("DELETE FROM user_whale_follows WHERE user_id = $1", user_id)
-            for _ in range(100):
-                if len(got) >= 4:
-                    break
-                await asyncio.sleep(0.02)
+            await wait_for_async(lambda: len(got) >= 4, interval_s=0.02)
             return [*got, ("ids", f"{user_id},{signal_id}")]
         finally:
             await listener.close()
