@@ -3,7 +3,7 @@
 The feed runs against the test PostgreSQL (its holdings query is real) and a paper venue, with the rest of the
 system replaced by a stand-in: followers are recorders that keep every ``PriceUpdate`` they are told. So a test
 sees exactly what each follower received, and drives each tick itself (or runs the feed's own loop, for what
-only the loop does: a database outage, through ``tests.pg.TcpProxy``). Then the back-off from a venue that
+only the loop does: a database outage, through ``tests.kit.TcpProxy``). Then the back-off from a venue that
 bans or rate-limits the feed. Last, the feed's share of a venue's weight budget, which ``node.venues`` takes
 out of the exchange actor's.
 """
