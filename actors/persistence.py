@@ -18,8 +18,8 @@ Two lanes:
 Threads: handlers run on this actor's thread; SQL runs on the I/O loop (``actors.persistence_io``, statements
 in ``actors.persistence_sql``), whose completion callback only ``tell``s a message back here. ``flush()`` and
 ``on_stop`` are the exceptions: they wait for the loop (shutdown, composition root and tests only). Counters,
-``stats()`` and the health log events (database down/up, dead letters, backlog high water) are the mixin
-``PersistenceHealth`` in ``actors.persistence_health``.
+``stats()`` and the health log events (database down/up, dead letters, backlog high water) are kept by the
+``PersistenceHealth`` object it owns (``actors.persistence_health``).
 """
 
 from __future__ import annotations
@@ -40,12 +40,18 @@ from actors.persistence_io import PersistenceIo, PreviousBatchFailed, WriteMetho
 from adapters import database as db
 from adapters.ioloop import IoLoop
 from engine.backoff import backoff_s
+from engine.config import DatabaseConfig, PersistenceConfig
 from engine.control import BatchDone, DurableDue, FlushDue, IntentsDone, RetryDue, RunWrite
 from engine.logs import get_logger
 from engine.messages import IntentAck, PersistIntent, PersistRows
 from engine.runtime import SingletonActor
 
 log = get_logger(__name__)
+
+RETRY_INITIAL_MS = 100.0  # the first backoff after a failed batch ...
+RETRY_MAX_MS = 5000.0  # ... doubling up to this
+STOP_FLUSH_TIMEOUT_S = 10.0  # how long stopping waits for the queues to be written
+
 _JITTER = random.Random()  # spreads the retries of a failed batch (engine.backoff)
 
 
@@ -67,7 +73,7 @@ def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
         ref.tell(message)  # a late result for a stopped actor has nowhere to go
 
 
-class PersistenceActor(PersistenceHealth, SingletonActor):
+class PersistenceActor(SingletonActor):
     """Group commit for intents, batched idempotent upserts for everything else (see the module doc)."""
 
     def __init__(
@@ -75,46 +81,40 @@ class PersistenceActor(PersistenceHealth, SingletonActor):
         *,
         io_loop: IoLoop,
         dsn: str,
-        durable_window_ms: float = 2,
-        durable_max_rows: int = 2000,
-        durable_timeout_ms: float = 1000,
-        flush_interval_ms: float = 50,
-        flush_max_rows: int = 5000,
-        queue_max_rows: int = 500_000,
-        high_water_rows: int = 100_000,
-        pool_max_size: int = 4,
-        retry_initial_ms: float = 100,
-        retry_max_ms: float = 5000,
-        stop_flush_timeout_s: float = 10.0,
-        write_method: WriteMethod = "json",
-        batches_in_flight: int = 2,
+        config: PersistenceConfig,
+        database: DatabaseConfig,
         on_backlog: Callable[[bool], None] | None = None,
+        write_method: WriteMethod = "json",
+        retry_initial_ms: float = RETRY_INITIAL_MS,
+        retry_max_ms: float = RETRY_MAX_MS,
+        stop_flush_timeout_s: float = STOP_FLUSH_TIMEOUT_S,
     ) -> None:
-        """``on_backlog(True)`` is called (on this actor's thread) when the write queue reaches
-        ``high_water_rows``, ``on_backlog(False)`` when it is back under half of it: the router holds signals
-        meanwhile, so an overloaded engine does not queue rows towards ``queue_max_rows`` (where they are dropped)."""
+        """``config`` whole, and from ``database`` its ``pool_max_size``. ``on_backlog(True)`` is called (on this
+        actor's thread) when the write queue reaches ``config.high_water_rows``, ``on_backlog(False)`` when it is
+        back under half of it: the router holds signals meanwhile, so an overloaded engine does not queue rows
+        towards ``queue_max_rows`` (where they are dropped). ``write_method`` other than "json" is for the
+        benchmarks; the retry and stop timings are not configurable (tests shorten them)."""
         super().__init__()
-        self._on_backlog = on_backlog
         self._io = io_loop
-        self._durable_window_s = durable_window_ms / 1000
-        self._durable_max_rows = durable_max_rows
-        self._flush_interval_s = flush_interval_ms / 1000
-        self._flush_max_rows = flush_max_rows
-        self._queue_max_rows = queue_max_rows
-        self._high_water_rows = high_water_rows
+        self._durable_window_s = config.durable_window_ms / 1000
+        self._durable_max_rows = config.durable_max_rows
+        self._flush_interval_s = config.flush_interval_ms / 1000
+        self._flush_max_rows = config.flush_max_rows
+        self._queue_max_rows = config.queue_max_rows
         self._retry_initial_s = retry_initial_ms / 1000
         self._retry_max_s = retry_max_ms / 1000
         self._stop_flush_timeout_s = stop_flush_timeout_s
         self._write_method: WriteMethod = write_method
         # Ordered commits need the "json" writer's hook inside the transaction; the others go one at a time.
-        self._batches_in_flight = max(1, batches_in_flight) if write_method == "json" else 1
+        self._batches_in_flight = max(1, config.batches_in_flight) if write_method == "json" else 1
         self._db = PersistenceIo(  # touched on the loop thread only
             dsn=dsn,
             # A connection for every batch in flight and one more, so intents never wait behind a batch.
-            pool_max_size=max(self._batches_in_flight + 1, pool_max_size),
+            pool_max_size=max(self._batches_in_flight + 1, database.pool_max_size),
             write_method=write_method,
-            durable_timeout_s=durable_timeout_ms / 1000,
+            durable_timeout_s=config.durable_timeout_ms / 1000,
         )
+        self._health = PersistenceHealth(high_water_rows=config.high_water_rows, on_backlog=on_backlog)
 
         self._queue: deque[Any] = deque()
         self._batches: deque[_Batch] = deque()  # formed, in order: in flight (a prefix), then waiting
@@ -130,20 +130,6 @@ class PersistenceActor(PersistenceHealth, SingletonActor):
         self._intents_seq = 0
         self._intents_future: concurrent.futures.Future[IntentsDone] | None = None
         self._durable_armed = False
-        self._above_high_water = False
-        self._db_reachable = True
-        self._down_since = 0.0
-        self._stats = {
-            "rows_written": 0,
-            "intents_written": 0,
-            "flushes": 0,
-            "durable_commits": 0,
-            "dead_letters": 0,
-            "retries": 0,
-            "rows_dropped": 0,
-        }
-        self._last_flush_ms = 0.0
-        self._flush_ms_total = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -200,6 +186,17 @@ class PersistenceActor(PersistenceHealth, SingletonActor):
         except (TimeoutError, concurrent.futures.TimeoutError):
             log.warning("persistence.flush_timeout", queue_depth=self._queue_depth(), timeout_s=timeout_s)
             return False
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and gauges; ask from anywhere (``proxy.stats().get()``)."""
+        return self._health.stats(
+            queue_depth=self._queue_depth(),
+            batches_in_flight=sum(1 for b in self._batches if b.future is not None),
+            durable_pending=len(self._intents) + len(self._intents_inflight or ()),
+        )
+
+    def _queue_depth(self) -> int:
+        return len(self._queue) + sum(len(b.rows) for b in self._batches)
 
     # -- messages --------------------------------------------------------------------------------------------
 
@@ -261,21 +258,21 @@ class PersistenceActor(PersistenceHealth, SingletonActor):
         group, self._intents_inflight, self._intents_future = self._intents_inflight, None, None
         if done.error is not None:
             error = f"{type(done.error).__name__}: {done.error}"
-            self._note_failure(done.error, lane="durable")
+            self._health.failed(done.error, lane="durable")
             for intent in group:
                 self._ack(intent, durable=False, error=error)
         else:
-            self._note_success()
+            self._health.succeeded()
             rejected = {row.client_order_id: error for row, error in done.poison}
-            self._dead_lettered(done.poison)
+            self._health.dead_lettered(done.poison)
             for intent in group:
                 cid = intent.row.client_order_id
                 if cid in done.existing:
                     self._ack(intent, durable=False, error="intent already exists", duplicate=True)
                 else:
                     self._ack(intent, durable=cid not in rejected, error=rejected.get(cid))
-            self._stats["durable_commits"] += 1
-            self._stats["intents_written"] += len(group) - len(rejected)
+            self._health.counters["durable_commits"] += 1
+            self._health.counters["intents_written"] += len(group) - len(rejected)
         if self._intents:
             self._start_durable()  # they waited at least one commit already: no window
 
@@ -306,11 +303,11 @@ class PersistenceActor(PersistenceHealth, SingletonActor):
             room = self._queue_max_rows - self._queue_depth()
         if len(rows) > room:
             dropped = len(rows) - max(room, 0)
-            self._stats["rows_dropped"] += dropped
+            self._health.counters["rows_dropped"] += dropped
             log.error("backlog.overflow", dropped=dropped, queue_max_rows=self._queue_max_rows)
             rows = rows[: max(room, 0)]
         self._queue.extend(rows)
-        self._check_high_water()
+        self._health.check_high_water(self._queue_depth())
         if len(self._queue) >= self._flush_max_rows:
             self._pump()
         self._arm_flush()
@@ -369,18 +366,15 @@ class PersistenceActor(PersistenceHealth, SingletonActor):
         if done.error is not None:
             # Unknown commit outcome or no write at all: the same rows go again; upserts make that harmless.
             if not isinstance(done.error, PreviousBatchFailed):  # that one was reported already
-                self._note_failure(done.error, lane="batched", rows=done.rows)
-                self._stats["retries"] += 1
+                self._health.failed(done.error, lane="batched", rows=done.rows)
+                self._health.counters["retries"] += 1
             self._failed = True
         else:
-            self._note_success()
+            self._health.succeeded()
             self._batches.remove(batch)
-            self._dead_lettered(done.poison)
-            self._stats["rows_written"] += done.rows - len(done.poison)
-            self._stats["flushes"] += 1
-            self._last_flush_ms = done.elapsed_ms
-            self._flush_ms_total += done.elapsed_ms
-            self._check_high_water()
+            self._health.dead_lettered(done.poison)
+            self._health.flushed(rows=done.rows - len(done.poison), elapsed_ms=done.elapsed_ms)
+            self._health.check_high_water(self._queue_depth())
         if self._failed:
             if not any(b.future is not None for b in self._batches):
                 self._back_off()  # everything in flight has settled: retry from the first failed batch

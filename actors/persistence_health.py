@@ -1,65 +1,74 @@
 """What the persistence actor reports: its counters and gauges (``stats()``), the database going away and coming
 back, dead-lettered rows and the backlog's high-water mark — the facts an operator watches and alerts on.
 
-A mixin of ``PersistenceActor`` (``actors/persistence.py``), whose ``__init__`` sets the attributes declared
-below; the lanes themselves stay there. Runs on the actor's thread: the notes inside its handlers, ``stats()``
-when asked through a proxy.
+One ``PersistenceHealth`` object, owned by ``PersistenceActor`` (``actors/persistence.py``), which tells it what
+happened (a write failed or succeeded, a batch flushed, the queue's depth) and asks it for ``stats``. Runs on the
+actor's thread.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from adapters import database as db
 from engine.logs import get_logger
-from engine.messages import PersistIntent
-
-if TYPE_CHECKING:
-    from actors.persistence import _Batch
 
 log = get_logger(__name__)
 
 
 class PersistenceHealth:
-    """Counters, gauges and health log events of ``PersistenceActor`` (see the module docstring)."""
+    """Counters, gauges and health log events of one ``PersistenceActor`` (see the module docstring)."""
 
-    _queue: deque[Any]
-    _batches: deque[_Batch]
-    _intents: list[PersistIntent]
-    _intents_inflight: list[PersistIntent] | None
-    _high_water_rows: int
-    _above_high_water: bool
-    _on_backlog: Callable[[bool], None] | None
-    _db_reachable: bool
-    _down_since: float
-    _stats: dict[str, int]
-    _last_flush_ms: float
-    _flush_ms_total: float
+    def __init__(self, *, high_water_rows: int, on_backlog: Callable[[bool], None] | None) -> None:
+        """``on_backlog(True)`` is called when the write queue reaches ``high_water_rows``, ``on_backlog(False)``
+        when it is back under half of it."""
+        self._high_water_rows = high_water_rows
+        self._on_backlog = on_backlog
+        self._above_high_water = False
+        self._db_reachable = True
+        self._down_since = 0.0
+        self.counters = {
+            "rows_written": 0,
+            "intents_written": 0,
+            "flushes": 0,
+            "durable_commits": 0,
+            "dead_letters": 0,
+            "retries": 0,
+            "rows_dropped": 0,
+        }
+        self._last_flush_ms = 0.0
+        self._flush_ms_total = 0.0
 
-    def stats(self) -> dict[str, Any]:
-        """Counters and gauges; ask from anywhere (``proxy.stats().get()``)."""
-        flushes = self._stats["flushes"]
+    def stats(self, *, queue_depth: int, batches_in_flight: int, durable_pending: int) -> dict[str, Any]:
+        """The counters with the actor's gauges (what it holds now)."""
+        flushes = self.counters["flushes"]
         return {
-            **self._stats,
-            "queue_depth": self._queue_depth(),
-            "batches_in_flight": sum(1 for b in self._batches if b.future is not None),
-            "durable_pending": len(self._intents) + len(self._intents_inflight or ()),
+            **self.counters,
+            "queue_depth": queue_depth,
+            "batches_in_flight": batches_in_flight,
+            "durable_pending": durable_pending,
             "last_flush_ms": round(self._last_flush_ms, 3),
             "avg_flush_ms": round(self._flush_ms_total / flushes, 3) if flushes else 0.0,
             "db_reachable": self._db_reachable,
         }
 
-    def _dead_lettered(self, poison: tuple[tuple[Any, str], ...]) -> None:
+    def flushed(self, *, rows: int, elapsed_ms: float) -> None:
+        """A batch of the batched lane committed: ``rows`` written (dead letters not counted)."""
+        self.counters["rows_written"] += rows
+        self.counters["flushes"] += 1
+        self._last_flush_ms = elapsed_ms
+        self._flush_ms_total += elapsed_ms
+
+    def dead_lettered(self, poison: tuple[tuple[Any, str], ...]) -> None:
         for row, error in poison:
-            self._stats["dead_letters"] += 1
+            self.counters["dead_letters"] += 1
             spec = db.ROW_SPECS[type(row)]
             key = spec.natural_key(row)
             log.error("persistence.dead_letter", kind=type(row).__name__, key=key, error=error)
 
-    def _note_failure(self, exc: BaseException, *, lane: str, rows: int = 0) -> None:
+    def failed(self, exc: BaseException, *, lane: str, rows: int = 0) -> None:
         error = f"{type(exc).__name__}: {exc}"
         if not db.is_connection_error(exc):
             log.error("persistence.write_failed", lane=lane, rows=rows, error=error)
@@ -68,13 +77,12 @@ class PersistenceHealth:
             self._down_since = time.monotonic()
             log.warning("database.unreachable", lane=lane, error=error)
 
-    def _note_success(self) -> None:
+    def succeeded(self) -> None:
         if not self._db_reachable:
             self._db_reachable = True
             log.info("database.recovered", down_ms=round((time.monotonic() - self._down_since) * 1000))
 
-    def _check_high_water(self) -> None:
-        depth = self._queue_depth()
+    def check_high_water(self, depth: int) -> None:
         if not self._above_high_water and depth >= self._high_water_rows:
             self._above_high_water = True
             log.warning("backlog.high_water", queue_depth=depth, high_water_rows=self._high_water_rows)
@@ -86,6 +94,3 @@ class PersistenceHealth:
             log.info("backlog.recovered", queue_depth=depth)
             if self._on_backlog is not None:
                 self._on_backlog(False)
-
-    def _queue_depth(self) -> int:
-        return len(self._queue) + sum(len(b.rows) for b in self._batches)

@@ -22,6 +22,7 @@ from actors.persistence_io import WriteMethod
 from adapters import database as db
 from adapters.embedded_pg import EmbeddedPostgres
 from adapters.ioloop import IoLoop
+from engine.config import DatabaseConfig, PersistenceConfig
 from engine.messages import IntentAck, PersistIntent, PersistRows, Side, TradeRow, TradeStatus, TradeType
 
 
@@ -85,7 +86,7 @@ class _Acks:
 
 
 def _group_commit(io_loop: IoLoop, dsn: str, threads_n: int, per_thread: int) -> dict[str, float]:
-    ref = PersistenceActor.start(io_loop=io_loop, dsn=dsn)
+    ref = PersistenceActor.start(io_loop=io_loop, dsn=dsn, config=PersistenceConfig(), database=DatabaseConfig())
     try:
         ref.proxy().flush().get()  # pool warm
         acks = _Acks(threads_n * per_thread)
@@ -112,7 +113,9 @@ def _group_commit(io_loop: IoLoop, dsn: str, threads_n: int, per_thread: int) ->
 
 
 def _actor_batched(io_loop: IoLoop, dsn: str, n: int, *, method: WriteMethod) -> float:
-    ref = PersistenceActor.start(io_loop=io_loop, dsn=dsn, write_method=method)
+    ref = PersistenceActor.start(
+        io_loop=io_loop, dsn=dsn, config=PersistenceConfig(), database=DatabaseConfig(), write_method=method
+    )
     try:
         proxy = ref.proxy()
         proxy.flush().get()

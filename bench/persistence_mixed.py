@@ -24,6 +24,7 @@ from bench import configure_logs
 from bench._engine import new_database
 from bench._report import row
 from bench.bench_persistence import _single_row_autocommit
+from engine.config import DatabaseConfig, PersistenceConfig
 from engine.events import PositionOpened
 from engine.messages import (
     PersistRows,
@@ -61,7 +62,9 @@ def _rows(tag: str, i: int, now: datetime) -> tuple[Any, ...]:
 
 
 def _through_actor(io_loop: IoLoop, dsn: str, messages: int, tag: str, **actor_kw: Any) -> float:
-    ref = PersistenceActor.start(io_loop=io_loop, dsn=dsn, **actor_kw)
+    ref = PersistenceActor.start(
+        io_loop=io_loop, dsn=dsn, config=PersistenceConfig(), database=DatabaseConfig(), **actor_kw
+    )
     try:
         proxy = ref.proxy()
         proxy.flush().get()  # pool warm

@@ -104,19 +104,11 @@ class EngineSystem:
         with contextlib.suppress(RuntimeError):
             runtime.configure_pool(workers=cfg.runtime.workers, max_messages_per_turn=cfg.runtime.max_messages_per_turn)
         runtime.tune_gc(gen0_threshold=cfg.runtime.gc_gen0_threshold)
-        p = cfg.persistence
         self.persistence = PersistenceActor.start(
             io_loop=self.io,
             dsn=self.dsn,
-            durable_window_ms=p.durable_window_ms,
-            durable_max_rows=p.durable_max_rows,
-            durable_timeout_ms=p.durable_timeout_ms,
-            flush_interval_ms=p.flush_interval_ms,
-            flush_max_rows=p.flush_max_rows,
-            queue_max_rows=p.queue_max_rows,
-            high_water_rows=p.high_water_rows,
-            batches_in_flight=p.batches_in_flight,
-            pool_max_size=cfg.database.pool_max_size,
+            config=cfg.persistence,
+            database=cfg.database,
             on_backlog=self._persistence_backlog,
         )
         self.venues = build_venues(cfg.venues, self._venue_adapters, io=self.io, clock=self.clock)

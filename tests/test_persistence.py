@@ -23,6 +23,7 @@ from actors.persistence_io import PersistenceIo, PreviousBatchFailed
 from adapters.database import apply_schema, connect, create_database
 from adapters.embedded_pg import EmbeddedPostgres
 from adapters.ioloop import IoLoop
+from engine.config import DatabaseConfig, PersistenceConfig
 from engine.control import BatchDone
 from engine.messages import (
     BalanceRow,
@@ -104,12 +105,26 @@ def uid() -> str:
 
 
 
+# The timings these tests were written against (the actor's own defaults before it took its config whole): a
+# group commit fails after 1 s, not engine.config's 5 s, so the outage tests see durable=False soon.
+_TEST_PERSISTENCE = msgspec.structs.replace(PersistenceConfig(), durable_timeout_ms=1000.0)
+_TEST_DATABASE = msgspec.structs.replace(DatabaseConfig(), pool_max_size=4)
+_ACTOR_ARGS = {"on_backlog", "write_method", "retry_initial_ms", "retry_max_ms", "stop_flush_timeout_s"}
+
+
+def start_persistence(io_loop: IoLoop, *, dsn: str, **kw: Any) -> pykka.ActorRef[PersistenceActor]:
+    """A persistence actor on ``_TEST_PERSISTENCE``, with the test's deviations (config fields or actor args)."""
+    args = {k: v for k, v in kw.items() if k in _ACTOR_ARGS}
+    config = msgspec.structs.replace(_TEST_PERSISTENCE, **{k: v for k, v in kw.items() if k not in _ACTOR_ARGS})
+    return PersistenceActor.start(io_loop=io_loop, dsn=dsn, config=config, database=_TEST_DATABASE, **args)
+
+
 @pytest.fixture
 def start_actor(io_loop: IoLoop) -> Iterator[Callable[..., pykka.ActorProxy[PersistenceActor]]]:
     refs: list[pykka.ActorRef[PersistenceActor]] = []
 
     def start(**kw: Any) -> pykka.ActorProxy[PersistenceActor]:
-        ref = PersistenceActor.start(io_loop=io_loop, **kw)
+        ref = start_persistence(io_loop, **kw)
         refs.append(ref)
         return ref.proxy()
 
@@ -326,7 +341,7 @@ def test_signal_status_moves_forward_only(pg_dsn: str, start_actor: Callable[...
 
 def test_stop_flushes_everything(pg_dsn: str, io_loop: IoLoop) -> None:
     tag = f"s{uid()}"
-    ref = PersistenceActor.start(io_loop=io_loop, dsn=pg_dsn, flush_interval_ms=60_000)
+    ref = start_persistence(io_loop, dsn=pg_dsn, flush_interval_ms=60_000)
     ref.tell(PersistRows(rows=tuple(trade(f"{tag}-{i}") for i in range(300))))
     ref.stop()
     assert fetchval(pg_dsn, "SELECT count(*) FROM trades WHERE client_order_id LIKE $1", tag + "%") == 300

@@ -26,7 +26,8 @@ PostgreSQL (one server per test session, one fresh database per test module):
 Helpers for assertions and fault injection: ``tests.kit`` (``fetch``, ``fetchval``, ``execute``, ``TcpProxy``)::
 
     def test_something(pg_dsn, io_loop):
-        actor = PersistenceActor.start(io_loop=io_loop, dsn=pg_dsn)
+        config, database = PersistenceConfig(), DatabaseConfig()
+        actor = PersistenceActor.start(io_loop=io_loop, dsn=pg_dsn, config=config, database=database)
         ...
         assert fetchval(pg_dsn, "SELECT count(*) FROM trades") == 3
 """
