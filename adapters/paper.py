@@ -25,9 +25,9 @@ import random
 import threading
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal
+from decimal import ROUND_DOWN, Decimal
 
+from adapters.paper_book import BPS, ZERO, PaperPosition, fill_price, round_to, settle, validate
 from adapters.paper_markets import (
     DEFAULT_MARKS,
     default_markets,
@@ -38,34 +38,11 @@ from adapters.paper_markets import (
 from adapters.paper_traffic import CallRecord, InjectedFault, PaperTraffic
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.logs import get_logger
-from engine.messages import MarketInfo, OrderRequest, Side, TradeStatus, TradeType, VenueOrder, VenuePosition
+from engine.messages import MarketInfo, OrderRequest, TradeStatus, TradeType, VenueOrder, VenuePosition
 from engine.venue import LiquidationModel, OrderRejected, OutcomeUnknown
 
 log = get_logger(__name__)
 
-_BPS = Decimal(10_000)
-_ZERO = Decimal(0)
-
-
-@dataclass(slots=True)
-class _Position:
-    qty: Decimal  # signed: > 0 long, < 0 short
-    entry_price: Decimal
-    margin: Decimal
-    leverage: int
-    liquidation_estimate: Decimal | None = None  # ``liquidation_estimate`` at this entry; None: market unknown
-    liquidation_override: Decimal | None = None  # ``set_liquidation_price``; cleared when the position grows
-
-    @property
-    def liquidation_price(self) -> Decimal | None:
-        return self.liquidation_estimate if self.liquidation_override is None else self.liquidation_override
-
-    def crossed(self, mark: Decimal) -> bool:
-        """``mark`` is at or beyond the liquidation price (below it for a long, above it for a short)."""
-        level = self.liquidation_price
-        if level is None:
-            return False
-        return mark <= level if self.qty > 0 else mark >= level
 
 
 class PaperVenue(PaperTraffic):
@@ -102,7 +79,7 @@ class PaperVenue(PaperTraffic):
         self._lock = threading.Lock()
         self._marks: dict[str, Decimal] = {}
         self._wallets: dict[int, dict[str, Decimal]] = {}
-        self._positions: dict[tuple[int, str], _Position] = {}
+        self._positions: dict[tuple[int, str], PaperPosition] = {}
         self._orders: dict[tuple[int, str], VenueOrder] = {}
         self._create_calls: dict[str, int] = {}
         self._faults: list[InjectedFault] = []
@@ -160,7 +137,7 @@ class PaperVenue(PaperTraffic):
         if market is not None:
             estimate = liquidation_estimate(market, qty=qty, entry_price=entry_price, leverage=leverage)
         with self._lock:
-            self._positions[(user_id, symbol)] = _Position(qty, entry_price, margin, leverage, estimate)
+            self._positions[(user_id, symbol)] = PaperPosition(qty, entry_price, margin, leverage, estimate)
 
     def liquidate(self, user_id: int, symbol: str) -> Decimal:
         """The venue liquidates a futures position: it is gone and its margin (debited at entry) is lost.
@@ -178,7 +155,7 @@ class PaperVenue(PaperTraffic):
         """Credit a wallet. One wallet per user serves spot and futures margin."""
         with self._lock:
             wallet = self._wallets.setdefault(user_id, {})
-            wallet[asset] = wallet.get(asset, _ZERO) + Decimal(amount)
+            wallet[asset] = wallet.get(asset, ZERO) + Decimal(amount)
 
     def orders_for(self, client_order_id: str) -> list[VenueOrder]:
         """Every order the venue holds with that client order id (a correct engine never makes two)."""
@@ -190,13 +167,13 @@ class PaperVenue(PaperTraffic):
 
     def balance(self, user_id: int, asset: str) -> Decimal:
         with self._lock:
-            return self._wallets.get(user_id, {}).get(asset, _ZERO)
+            return self._wallets.get(user_id, {}).get(asset, ZERO)
 
     def position_qty(self, user_id: int, symbol: str) -> Decimal:
         """Signed futures position (``> 0`` long)."""
         with self._lock:
             position = self._positions.get((user_id, symbol))
-            return _ZERO if position is None else position.qty
+            return ZERO if position is None else position.qty
 
     # ----------------------------------------------------------------------------------------------------
     # VenueAdapter (I/O loop)
@@ -254,7 +231,7 @@ class PaperVenue(PaperTraffic):
         await self._round_trip()
         with self._lock:
             wallet = dict(self._wallets.get(user_id, {}))
-        return wallet if trade_type is TradeType.SPOT else {"USDT": wallet.get("USDT", _ZERO)}
+        return wallet if trade_type is TradeType.SPOT else {"USDT": wallet.get("USDT", ZERO)}
 
     async def fetch_positions(self, *, user_id: int, symbols: list[str]) -> list[VenuePosition]:
         self._arrive("fetch_positions", None)
@@ -316,8 +293,8 @@ class PaperVenue(PaperTraffic):
                 market, mark = self._markets.get(symbol), marks.get(symbol)
                 if market is None or mark is None:
                     continue
-                step = Decimal(repr(rng.gauss(0.0, volatility_bps))) / _BPS
-                price = _round_to(mark * (1 + step), market.price_tick, ROUND_DOWN)
+                step = Decimal(repr(rng.gauss(0.0, volatility_bps))) / BPS
+                price = round_to(mark * (1 + step), market.price_tick, ROUND_DOWN)
                 if price > 0:
                     self.set_mark(key, price)
 
@@ -325,7 +302,7 @@ class PaperVenue(PaperTraffic):
     # Internals
     # ----------------------------------------------------------------------------------------------------
 
-    def _liquidate_crossed(self, marks: Mapping[str, Decimal]) -> list[tuple[tuple[int, str], _Position]]:
+    def _liquidate_crossed(self, marks: Mapping[str, Decimal]) -> list[tuple[tuple[int, str], PaperPosition]]:
         """Remove the futures positions ``marks`` cross; their margin is lost. Under the lock."""
         if not marks:
             return []
@@ -348,21 +325,19 @@ class PaperVenue(PaperTraffic):
             existing = self._orders.get(key)
             if existing is not None:
                 return existing  # a venue de-duplicates client order ids
-            market = self._validate(request)
+            market = validate(self._markets, request)
             qty = request.qty
             if fault is not None and fault.kind == "partial_fill":
-                qty = _round_to(qty * fault.fill_fraction, market.qty_step, ROUND_DOWN)
-            price = self._fill_price(request, market)
+                qty = round_to(qty * fault.fill_fraction, market.qty_step, ROUND_DOWN)
+            price = fill_price(self._marks.get(request.symbol), request, market, self._slippage_bps)
             notional = request.qty * price * market.contract_size
             if not request.reduce_only and notional < market.min_notional:
                 raise OrderRejected(f"paper: notional {notional} below {market.min_notional}")
-            fee = _ZERO
+            fee = ZERO
             if qty > 0:
                 fee = qty * price * market.contract_size * market.taker_fee_rate
-                if market.trade_type is TradeType.SPOT:
-                    self._settle_spot(request, market, qty, price, fee)
-                else:
-                    self._settle_futures(request, market, qty, price, fee)
+                wallet = self._wallets.setdefault(request.user_id, {})
+                settle(wallet, self._positions, request, market, qty=qty, price=price, fee=fee)
             if qty == request.qty:
                 status = TradeStatus.FILLED
             else:
@@ -377,82 +352,3 @@ class PaperVenue(PaperTraffic):
             )
             self._orders[key] = order
             return order
-
-    def _validate(self, request: OrderRequest) -> MarketInfo:
-        market = self._markets.get(request.symbol)
-        if market is None or market.trade_type is not request.trade_type:
-            raise OrderRejected(f"paper: unknown {request.trade_type} symbol {request.symbol}")
-        if request.qty <= 0 or request.qty % market.qty_step != 0 or request.qty < market.min_qty:
-            raise OrderRejected(f"paper: quantity {request.qty} violates lot size {market.qty_step}")
-        if request.leverage < 1 or request.leverage > market.max_leverage:
-            raise OrderRejected(f"paper: leverage {request.leverage} outside 1..{market.max_leverage}")
-        return market
-
-    def _fill_price(self, request: OrderRequest, market: MarketInfo) -> Decimal:
-        mark = self._marks.get(request.symbol) or (request.price_hint if request.price_hint > 0 else None)
-        if mark is None:
-            raise OrderRejected(f"paper: no price for {request.symbol}")
-        if request.side is Side.BUY:
-            return _round_to(mark * (1 + self._slippage_bps / _BPS), market.price_tick, ROUND_CEILING)
-        return _round_to(mark * (1 - self._slippage_bps / _BPS), market.price_tick, ROUND_FLOOR)
-
-    def _settle_spot(
-        self, request: OrderRequest, market: MarketInfo, qty: Decimal, price: Decimal, fee: Decimal
-    ) -> None:
-        wallet = self._wallets.setdefault(request.user_id, {})
-        quote, base = wallet.get(market.quote, _ZERO), wallet.get(market.base, _ZERO)
-        notional = qty * price
-        if request.side is Side.BUY:
-            if quote < notional + fee:
-                raise OrderRejected(f"paper: insufficient {market.quote}: {quote} < {notional + fee}")
-            wallet[market.quote], wallet[market.base] = quote - notional - fee, base + qty
-        else:
-            if base < qty:
-                raise OrderRejected(f"paper: insufficient {market.base}: {base} < {qty}")
-            wallet[market.quote], wallet[market.base] = quote + notional - fee, base - qty
-
-    def _settle_futures(
-        self, request: OrderRequest, market: MarketInfo, qty: Decimal, price: Decimal, fee: Decimal
-    ) -> None:
-        """One-way mode: an order first reduces an opposite position; the rest (unless reduce-only) opens or
-        adds to one, against margin = notional / leverage."""
-        wallet = self._wallets.setdefault(request.user_id, {})
-        key = (request.user_id, request.symbol)
-        position = self._positions.get(key)
-        direction = 1 if request.side is Side.BUY else -1
-        held = _ZERO if position is None else position.qty
-        closing = min(qty, abs(held)) if held * direction < 0 else _ZERO
-        opening = qty - closing
-        if request.reduce_only and (closing == 0 or opening > 0):
-            raise OrderRejected("paper: reduce-only order would not only reduce the position")
-        margin = opening * price * market.contract_size / request.leverage
-        released = pnl = _ZERO
-        if position is not None and closing > 0:
-            released = position.margin * closing / abs(held)
-            pnl = (price - position.entry_price) * closing * market.contract_size * -direction
-        usdt = wallet.get("USDT", _ZERO)
-        if usdt + released + pnl < margin + fee:
-            raise OrderRejected(f"paper: insufficient USDT margin: {usdt} < {margin + fee}")
-        wallet["USDT"] = usdt + released + pnl - margin - fee
-        if position is not None and closing > 0:
-            position.qty += closing * direction
-            position.margin -= released
-            if position.qty == 0:
-                del self._positions[key]
-                position = None
-        if opening > 0:
-            if position is None:
-                position = self._positions[key] = _Position(opening * direction, price, margin, request.leverage)
-            else:  # adding to a position in the same direction: average the entry
-                total = abs(position.qty) + opening
-                position.entry_price = (position.entry_price * abs(position.qty) + price * opening) / total
-                position.qty += opening * direction
-                position.margin += margin
-                position.liquidation_override = None
-            position.liquidation_estimate = liquidation_estimate(
-                market, qty=position.qty, entry_price=position.entry_price, leverage=position.leverage
-            )
-
-
-def _round_to(value: Decimal, step: Decimal, rounding: str) -> Decimal:
-    return (value / step).to_integral_value(rounding=rounding) * step
