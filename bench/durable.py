@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from adapters import database as db
-from adapters.paper import DEFAULT_MARKS, PaperVenue
+from adapters.paper import PaperVenue
+from adapters.paper_markets import DEFAULT_MARKS
 from bench import configure_logs
 from bench._engine import insert_signal_row, make_signal, new_database, running_engine, seed
 from bench._report import row

@@ -30,7 +30,7 @@ import pykka
 
 from actors.follower import FollowerActor
 from actors.router import SignalRouterActor
-from adapters.paper import DEFAULT_MARKS, default_markets
+from adapters.paper_markets import DEFAULT_MARKS, default_markets
 from bench import configure_logs
 from bench._engine import AckingPersistence, CountingExchange, make_signal, mixed_settings
 from bench._report import row
@@ -173,7 +173,8 @@ class Bench:
         if not done.wait(_TIMEOUT_S):
             msg = f"fan-out stalled: {exchange.count.get() - before} of {expected_orders} orders arrived"
             raise RuntimeError(msg)
-        elapsed = exchange.done_at.get() - started  # when the last order arrived, not when we woke up
+        done_at: float = exchange.done_at.get()
+        elapsed = done_at - started  # when the last order arrived, not when we woke up
         self.settle()
         # Untimed: answer the orders, so the next repeat meets followers with nothing in flight (unanswered,
         # each repeat carried every earlier repeat's orders: at N = 100,000, 91,000 more objects per repeat for

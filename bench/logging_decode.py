@@ -16,15 +16,16 @@ import io
 import time
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import IO, Any, cast
 
 import msgspec
 import orjson
 
 from actors.follower import FollowerActor
 from bench import configure_logs
+from bench._engine import make_signal
 from bench._report import row
-from bench.fanout import SYMBOLS, WHALE_ID, Bench, Followers, make_signal, mark_price
+from bench.fanout import SYMBOLS, WHALE_ID, Bench, Followers, mark_price
 from engine import logs, runtime
 from engine.config import RuntimeConfig
 from engine.messages import Priority, Side, Signal, SignalAction, TradeType
@@ -51,7 +52,8 @@ def _fanout_logs(n: int, repeats: int) -> tuple[list[float], list[float], int]:
             logs_on = (i % 2 == 1) != ((i // 2) % 2 == 1)
             counter = _LineCounter() if logs_on else None
             if counter is not None:
-                logs.configure("info", counter)
+                # A raw binary stream is all logs.configure writes to; typeshed does not count RawIOBase as IO[bytes].
+                logs.configure("info", cast(IO[bytes], counter))
             else:
                 configure_logs(on=False)
             _, orders = followers.plain_loop(make_signal(0, whale_id=WHALE_ID, symbol=symbol, price=mark_price(symbol)))

@@ -33,7 +33,8 @@ from typing import Any
 import msgspec
 import psutil
 
-from adapters.paper import DEFAULT_MARKS, PaperVenue
+from adapters.paper import PaperVenue
+from adapters.paper_markets import DEFAULT_MARKS
 from bench import configure_logs
 from bench._engine import make_signal, new_database, running_engine, seed
 from bench._report import percentile, row

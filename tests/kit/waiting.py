@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 T = TypeVar("T")
 
@@ -15,10 +15,13 @@ GENEROUS_S = 60.0
 
 
 def wait_for(
-    predicate: Callable[[], T], timeout_s: float = GENEROUS_S, interval_s: float = 0.05, message: str = ""
+    predicate: Callable[[], T | Literal[False] | None],
+    timeout_s: float = GENEROUS_S,
+    interval_s: float = 0.05,
+    message: str = "",
 ) -> T:
-    """Poll ``predicate()`` until it is truthy and return that value; ``AssertionError`` (with ``message``)
-    when ``timeout_s`` passes first."""
+    """Poll ``predicate()`` until it is truthy and return that value (typed without the ``False``/``None`` a
+    predicate returns while it waits); ``AssertionError`` (with ``message``) when ``timeout_s`` passes first."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = predicate()
@@ -30,7 +33,10 @@ def wait_for(
 
 
 async def wait_for_async(
-    predicate: Callable[[], T], timeout_s: float = GENEROUS_S, interval_s: float = 0.005, message: str = ""
+    predicate: Callable[[], T | Literal[False] | None],
+    timeout_s: float = GENEROUS_S,
+    interval_s: float = 0.005,
+    message: str = "",
 ) -> T:
     """``wait_for`` on an event loop: polls between ``asyncio.sleep``s, so the loop's own tasks run meanwhile."""
     deadline = time.monotonic() + timeout_s
