@@ -149,6 +149,7 @@ class FakeClock:
         self._heap: list[_Timer] = []
         self._seq = itertools.count()
         self._lock = threading.Lock()  # guards the time and the heap; never held while a callback runs
+        self._armed = threading.Condition(self._lock)  # notified by call_later: see wait_for_timer
         self._advancing = threading.RLock()
 
     def now(self) -> datetime:
@@ -167,6 +168,7 @@ class FakeClock:
         with self._lock:
             timer = _Timer(self._now_ns + _delay_ns(delay_s), next(self._seq), callback)
             heapq.heappush(self._heap, timer)
+            self._armed.notify_all()
         return timer
 
     @property
@@ -178,8 +180,23 @@ class FakeClock:
     def next_deadline_s(self) -> float | None:
         """Seconds from now to the earliest pending timer, or ``None``."""
         with self._lock:
-            live = [timer.deadline_ns for timer in self._heap if not timer.cancelled]
-            return None if not live else max(0, min(live) - self._now_ns) / 1e9
+            return self._earliest_s()
+
+    def wait_for_timer(self, deadline_s: float | None = None, *, timeout_s: float = 60.0) -> float:
+        """Block until a timer is pending (one due within ``deadline_s`` of now, if given) and return the seconds
+        from now to the earliest pending one: a test waits for the code under test to arm its next timer, then
+        advances to it, without polling. ``TimeoutError`` if none is armed within ``timeout_s`` of real time."""
+
+        def earliest() -> tuple[float] | None:  # a tuple: a timer due now (0.0) must count as armed
+            wait_s = self._earliest_s()
+            return None if wait_s is None or (deadline_s is not None and wait_s > deadline_s) else (wait_s,)
+
+        with self._armed:
+            found = self._armed.wait_for(earliest, timeout_s)
+        if found is None:
+            within = "" if deadline_s is None else f" due within {deadline_s}s"
+            raise TimeoutError(f"no timer{within} armed in {timeout_s}s")
+        return found[0]
 
     def advance(self, seconds: float) -> None:
         """Move both clocks ``seconds`` forward, running every timer due by then before returning."""
@@ -196,6 +213,11 @@ class FakeClock:
     def set(self, when: datetime) -> None:
         """Advance to the wall time ``when`` (not earlier than now)."""
         self.advance((when - self.now()).total_seconds())
+
+    def _earliest_s(self) -> float | None:
+        """Seconds from now to the earliest live timer, or ``None``; the caller holds the lock."""
+        live = [timer.deadline_ns for timer in self._heap if not timer.cancelled]
+        return None if not live else max(0, min(live) - self._now_ns) / 1e9
 
     def _pop_due(self, target_ns: int) -> _Timer | None:
         with self._lock:

@@ -125,6 +125,30 @@ def test_fake_clock_is_safe_to_arm_from_other_threads_while_advancing() -> None:
     assert len(fired) == 800
 
 
+def test_wait_for_timer_wakes_when_another_thread_arms_one() -> None:
+    clock = FakeClock(START)
+    armed = threading.Event()
+    worker = threading.Thread(target=lambda: (armed.wait(), clock.call_later(2.5, lambda: None)))
+    worker.start()
+    armed.set()  # the worker arms only now: wait_for_timer is woken by call_later, not by polling
+    assert clock.wait_for_timer(timeout_s=60) == 2.5
+    worker.join()
+
+
+def test_wait_for_timer_counts_a_timer_due_now_and_honours_its_horizon() -> None:
+    clock = FakeClock(START)
+    clock.call_later(0, lambda: None)
+    assert clock.wait_for_timer(timeout_s=0) == 0.0
+    clock.advance(0)
+    far = clock.call_later(30, lambda: None)
+    assert clock.wait_for_timer(timeout_s=0) == 30
+    with pytest.raises(TimeoutError, match="due within 10"):
+        clock.wait_for_timer(10, timeout_s=0.01)
+    far.cancel()
+    with pytest.raises(TimeoutError, match="no timer armed"):
+        clock.wait_for_timer(timeout_s=0.01)
+
+
 def _append(lock: threading.Lock, into: list[int], value: int) -> None:
     with lock:
         into.append(value)

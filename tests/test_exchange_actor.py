@@ -8,7 +8,6 @@ with generous timeouts and assert on what the venue observed (calls, order count
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -64,16 +63,32 @@ class Inbox:
             return {o.client_order_id: o for o in self.items}
 
 
-def drive(clock: FakeClock, condition: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
-    """Wait for ``condition``, moving ``clock`` on to each timer the actor arms meanwhile (backoff, refill)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        step = clock.next_deadline_s()
-        if step is None:
-            time.sleep(0.005)  # poll: the actor has not armed its timer yet
-        else:
-            clock.advance(step)
+def at_rest(ref: pykka.ActorRef[Any]) -> None:
+    """Return once the actor is at rest: nothing in flight, and no batch sent between two status answers in a
+    row (a drain told before the first answer has run by the second). From then on only a timer of its clock
+    makes it send again, so the test may move the clock: no call still on its way is stamped by the venue
+    later than the time the actor sent it at (that made one window hold 7 orders of an account limited to 5)."""
+    previous: int | None = None
+
+    def rested() -> bool:
+        nonlocal previous
+        answer = status(ref)
+        batches = answer["counters"]["batches"] if answer["in_flight"] == 0 else None
+        done, previous = batches is not None and batches == previous, batches
+        return done
+
+    wait_for(rested, timeout_s=WAIT_S, interval_s=0.01, message="the exchange actor at rest")
+
+
+def drive(clock: FakeClock, ref: pykka.ActorRef[Any], condition: Callable[[], bool]) -> None:
+    """Wait for ``condition``, moving ``clock`` on to each timer the actor arms meanwhile (backoff, refill,
+    cool-down), each time the actor is at rest: what the venue sees happens at the clock's time, whatever
+    the machine's load."""
+    while True:
+        at_rest(ref)
+        if condition():
+            return
+        clock.advance(clock.wait_for_timer(timeout_s=WAIT_S))
 
 
 @pytest.fixture
@@ -229,7 +244,7 @@ def test_retryable_error_is_retried_with_the_same_client_order_id(
     req = request()
     venue.inject(fault, count=2, client_order_id=req.client_order_id, retry_after_s=0.02)
     place(ref, inbox, req)
-    drive(clock, lambda: len(inbox.items) >= 1)  # each retry waits out its backoff on the clock
+    drive(clock, ref, lambda: len(inbox.items) >= 1)  # each retry waits out its backoff on the clock
     [outcome] = inbox.wait_for(1)
     assert outcome.status is TradeStatus.FILLED
     assert venue.create_calls(req.client_order_id) == 3
@@ -245,7 +260,7 @@ def test_retries_exhausted_is_failed(
     req = request()
     venue.inject("server_error", count=10, client_order_id=req.client_order_id)
     place(ref, inbox, req)
-    drive(clock, lambda: len(inbox.items) >= 1)
+    drive(clock, ref, lambda: len(inbox.items) >= 1)
     [outcome] = inbox.wait_for(1)
     assert outcome.status is TradeStatus.FAILED
     assert (outcome.error or "").startswith("retries_exhausted")
@@ -396,7 +411,7 @@ def test_breaker_changes_are_told_to_subscribers_without_polling(
     venue.clear_faults()
     wait_for(lambda: len(told) >= 2)
     # Nobody asks for the status: the cool-down's end is told by the actor's own timer.
-    drive(clock, lambda: len(told) >= 3)
+    drive(clock, ref, lambda: len(told) >= 3)
     assert [(h.breaker, h.entries_open) for h in told[:3]] == [
         (BreakerState.CLOSED, True),  # the state on subscribing
         (BreakerState.OPEN, False),
@@ -480,7 +495,7 @@ def test_exits_go_before_entries_under_a_saturated_budget(
     exits = [exit_request(user_id=u) for u in range(11, 16)]
     place(ref, inbox, *exits)
     wait_for(lambda: status(ref)["queued_exits"] == 5)
-    drive(clock, lambda: len(inbox.items) >= 15)  # each refill of the budget is a window on the clock
+    drive(clock, ref, lambda: len(inbox.items) >= 15)  # each refill of the budget is a window on the clock
     order = [cid for _, op, _, cid in venue.calls() if op == "create_order"]
     exit_ids = {e.client_order_id for e in exits}
     late_entries = [e.client_order_id for e in entries if order.index(e.client_order_id) >= 5]
@@ -503,7 +518,7 @@ def test_resolve_of_an_order_still_queued_waits_for_its_own_outcome(
     wait_for(lambda: status(ref)["queued_entries"] == 2)
     queued = entries[-1]
     ref.tell(resolve(queued, inbox))
-    drive(clock, lambda: len(inbox.items) >= 8)
+    drive(clock, ref, lambda: len(inbox.items) >= 8)
     answers = [o for o in inbox.items if o.client_order_id == queued.client_order_id]
     assert [(o.status, o.error) for o in answers] == [
         (TradeStatus.SUBMITTED, "still_placing"),
@@ -561,7 +576,7 @@ def test_per_account_order_limit(
     venue = timed_venue  # arrival times on the actor's clock: no loop lag between sending and arriving
     ref, inbox = start_actor(adapter=venue, clock=clock, orders_per_second_per_account=5), Inbox()
     place(ref, inbox, *(request(user_id=1) for _ in range(12)), *(request(user_id=2) for _ in range(3)))
-    drive(clock, lambda: len(inbox.items) >= 15)
+    drive(clock, ref, lambda: len(inbox.items) >= 15)
     arrivals = [at for at, op, _, cid in venue.calls() if op == "create_order" and cid and cid.endswith("u1")]
     assert len(arrivals) == 12
     for i, at in enumerate(arrivals):
