@@ -76,6 +76,7 @@ def test_failed_follower_is_restarted_from_its_books_others_untouched(pg_dsn: st
     victim = users[0]
     with running_engine(pg_dsn, tmp_path, venue=venue) as system:
         assert system.supervisor is not None
+        supervisor = system.supervisor  # mypy keeps a local's narrowing inside the lambda below, not an attribute's
         opened = signal_and_wait(pg_dsn, system, whale_id=whale, symbol=symbol, price=150, leverage=10)
         before = system.supervisor.refs()
         old_ref = before[victim]
@@ -89,15 +90,15 @@ def test_failed_follower_is_restarted_from_its_books_others_untouched(pg_dsn: st
         actor._on_prices = broken_price_handler
         del actor
         old_ref.tell(PriceUpdate(venue="paper", marks={symbol: D(151)}))
-        new_ref = wait_for(lambda: (ref := system.supervisor.ref(victim)) is not old_ref and ref)
+        new_ref = wait_for(lambda: (ref := supervisor.ref(victim)) is not old_ref and ref)
         assert not old_ref.is_alive()
         desc = new_ref.proxy().describe().get(timeout=30)
         # Rebuilt from PostgreSQL: the open position and the balance as they were (6 SOL, margin 90, fee 0.45).
         assert [(p["position_id"], D(p["qty"])) for p in desc["open_positions"]] == [
-            (position_id_for(opened, victim), 6)
+            (position_id_for(opened, victim), D(6))
         ]
         usdt_row = next(b for b in desc["balances"] if b["asset"] == "USDT")
-        assert (D(usdt_row["free"]), D(usdt_row["reserved"])) == (START_USDT - D(90) - D("0.45"), 0)
+        assert (D(usdt_row["free"]), D(usdt_row["reserved"])) == (START_USDT - D(90) - D("0.45"), D(0))
         after = system.supervisor.refs()
         for uid in users[1:]:
             assert after[uid] is before[uid] and after[uid].is_alive()  # the others were not restarted
@@ -109,4 +110,4 @@ def test_failed_follower_is_restarted_from_its_books_others_untouched(pg_dsn: st
         assert trade(pg_dsn, client_order_id(later, uid))["status"] == "filled", uid
         assert position(pg_dsn, position_id_for(later, uid))["qty"] == D("1666.6")
         assert position(pg_dsn, position_id_for(opened, uid))["status"] == "open"
-        assert usdt(pg_dsn, uid) == (START_USDT - D("90.45") - D("99.996") - D("0.49998"), 0)
+        assert usdt(pg_dsn, uid) == (START_USDT - D("90.45") - D("99.996") - D("0.49998"), D(0))

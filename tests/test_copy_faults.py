@@ -51,13 +51,14 @@ def test_reject_releases_the_reservation(pg_dsn: str, tmp_path: Path) -> None:
         settle(system)
         wait_trades_final(pg_dsn, [cids[u] for u in rejected], ("rejected",))
         settle(system)
+        assert system.supervisor is not None
         for uid in rejected:
             t = trade(pg_dsn, cids[uid])
             assert t["status"] == "rejected" and "rejected" in t["error"]
             assert t["executed_qty"] == 0
             assert venue.order_count(cids[uid]) == 0 and venue.create_calls(cids[uid]) == 1
             assert position(pg_dsn, position_id_for(signal_id, uid)) == {}
-            assert usdt(pg_dsn, uid) == (START_USDT, 0)
+            assert usdt(pg_dsn, uid) == (START_USDT, D(0))
             assert event_count(pg_dsn, "trade_failed", signal_id=signal_id, user_id=uid) == 1
             desc = system.supervisor.ref(uid).proxy().describe().get(timeout=30)
             assert desc["open_positions"] == [] and desc["orders_in_flight"] == []
@@ -65,7 +66,7 @@ def test_reject_releases_the_reservation(pg_dsn: str, tmp_path: Path) -> None:
         other = users[2]
         assert trade(pg_dsn, cids[other])["status"] == "filled"
         assert position(pg_dsn, position_id_for(signal_id, other))["qty"] == D("0.016")
-        assert usdt(pg_dsn, other) == (START_USDT - D(96) - D("0.48"), 0)
+        assert usdt(pg_dsn, other) == (START_USDT - D(96) - D("0.48"), D(0))
 
 
 def test_rate_limit_is_retried_with_the_same_client_order_id(pg_dsn: str, tmp_path: Path) -> None:
@@ -92,7 +93,7 @@ def test_rate_limit_is_retried_with_the_same_client_order_id(pg_dsn: str, tmp_pa
             orders[0].exchange_order_id,
         )
         assert position(pg_dsn, position_id_for(signal_id, uid))["qty"] == D("1.72")
-        assert usdt(pg_dsn, uid) == (START_USDT - D("99.76") - D("0.4988"), 0)
+        assert usdt(pg_dsn, uid) == (START_USDT - D("99.76") - D("0.4988"), D(0))
 
 
 def test_server_errors_are_retried(pg_dsn: str, tmp_path: Path) -> None:
@@ -111,7 +112,7 @@ def test_server_errors_are_retried(pg_dsn: str, tmp_path: Path) -> None:
         # 1000 USDT at 0.45: 2222 ADA (lot 1), notional 999.9, margin 99.99, fee 0.49995.
         assert trade(pg_dsn, cid)["executed_qty"] == 2222
         assert position(pg_dsn, position_id_for(signal_id, uid))["qty"] == 2222
-        assert usdt(pg_dsn, uid) == (START_USDT - D("99.99") - D("0.49995"), 0)
+        assert usdt(pg_dsn, uid) == (START_USDT - D("99.99") - D("0.49995"), D(0))
 
 
 def test_timeout_after_accept_is_unknown_then_reconciled_never_resent(pg_dsn: str, tmp_path: Path) -> None:
@@ -125,7 +126,10 @@ def test_timeout_after_accept_is_unknown_then_reconciled_never_resent(pg_dsn: st
         wait_signal_done(pg_dsn, signal_id)
         # The venue filled the orders but the engine never heard: each trade went UNKNOWN (a stored fact).
         for uid, cid in cids.items():
-            wait_for(lambda cid=cid, uid=uid: event_count(pg_dsn, "trade_needs_reconciliation", user_id=uid) == 1)
+            def needs_reconciliation(uid: int = uid) -> bool:
+                return event_count(pg_dsn, "trade_needs_reconciliation", user_id=uid) == 1
+
+            wait_for(needs_reconciliation)
             assert venue.order_count(cid) == 1
             assert trade(pg_dsn, cid)["status"] in ("unknown", "filled")  # filled if the reconcile timer ran
         system.reconcile(all_followers=True)
@@ -138,7 +142,7 @@ def test_timeout_after_accept_is_unknown_then_reconciled_never_resent(pg_dsn: st
         assert (t["status"], t["executed_qty"], t["reserved_usdt"]) == ("filled", 6666, D("99.99") + D("0.49995"))
         p = position(pg_dsn, position_id_for(signal_id, uid))
         assert (p["status"], p["qty"], p["margin_usdt"]) == ("open", 6666, D("99.99"))
-        assert usdt(pg_dsn, uid) == (START_USDT - D("99.99") - D("0.49995"), 0)
+        assert usdt(pg_dsn, uid) == (START_USDT - D("99.99") - D("0.49995"), D(0))
         assert event_count(pg_dsn, "position_opened", signal_id=signal_id, user_id=uid) == 1
 
 
@@ -160,7 +164,7 @@ def test_partial_fill_books_the_filled_quantity(pg_dsn: str, tmp_path: Path) -> 
         p = position(pg_dsn, position_id_for(signal_id, uid))
         # margin 35.71 × 14 / 10 = 49.994, fee 35.71 × 14 × 0.0005 = 0.24997; what did not fill is not spent.
         assert (p["status"], p["qty"], p["margin_usdt"]) == ("open", D("35.71"), D("49.994"))
-        assert usdt(pg_dsn, uid) == (START_USDT - D("49.994") - D("0.24997"), 0)
+        assert usdt(pg_dsn, uid) == (START_USDT - D("49.994") - D("0.24997"), D(0))
         assert venue.position_qty(uid, symbol) == D("35.71")
         assert venue.order_count(cid) == 1
     assert fetchval(pg_dsn, "SELECT count(*) FROM trades WHERE signal_id = $1", signal_id) == len(users)

@@ -20,7 +20,8 @@ import msgspec
 import pytest
 
 from actors.follower import FollowerActor
-from adapters.paper import PaperVenue, default_markets
+from adapters.paper import PaperVenue
+from adapters.paper_markets import default_markets
 from adapters.signal_intake import row_to_signal
 from engine import runtime
 from engine.clock import SYSTEM_CLOCK
@@ -324,13 +325,13 @@ def test_whale_close_realises_pnl_long_and_short(pg_dsn: str, engine_dir: Path) 
             p = position(pg_dsn, position_id_for(long_open, uid))
             assert (p["side"], p["qty"], p["leverage"], p["margin_usdt"], p["entry_price"]) == ("long", 3, 5, 90, 150)
             assert trade(pg_dsn, client_order_id(long_open, uid))["leverage"] == 5
-            assert usdt(pg_dsn, uid) == (START_USDT - D(90) - D("0.225"), 0)
+            assert usdt(pg_dsn, uid) == (START_USDT - D(90) - D("0.225"), D(0))
         for uid in short_users:
             # 100 × 5 = 500 USDT at 30: 16 AVAX, notional 480, margin 96, fee 0.24.
             p = position(pg_dsn, position_id_for(short_open, uid))
             assert (p["side"], p["qty"], p["leverage"], p["margin_usdt"], p["entry_price"]) == ("short", 16, 5, 96, 30)
             assert trade(pg_dsn, client_order_id(short_open, uid))["side"] == "sell"
-            assert usdt(pg_dsn, uid) == (START_USDT - D(96) - D("0.24"), 0)
+            assert usdt(pg_dsn, uid) == (START_USDT - D(96) - D("0.24"), D(0))
 
         venue.set_mark(long_sym, D(160))  # a gain for the long
         venue.set_mark(short_sym, D(33))  # a loss for the short
@@ -364,7 +365,7 @@ def test_whale_close_realises_pnl_long_and_short(pg_dsn: str, engine_dir: Path) 
                 price,
             )
             assert t["fee_usdt"] == exit_fee and t["position_id"] == p["position_id"]
-            assert usdt(pg_dsn, uid) == (START_USDT + pnl, 0)
+            assert usdt(pg_dsn, uid) == (START_USDT + pnl, D(0))
             assert venue.position_qty(uid, symbol) == 0
             assert venue.order_count(t["client_order_id"]) == 1
             assert event_count(pg_dsn, "position_closed", signal_id=closed, user_id=uid) == 1
@@ -381,6 +382,7 @@ def test_whale_reduce_half_closes_half(pg_dsn: str, engine_dir: Path) -> None:
         reduced = signal_and_wait(
             pg_dsn, system, whale_id=whale, symbol=symbol, side="sell", action="reduce", fraction="0.5", price=90
         )
+        assert system.supervisor is not None
         for uid in users:
             desc = system.supervisor.ref(uid).proxy().describe().get(timeout=30)
             assert [D(p["qty"]) for p in desc["open_positions"]] == [D("6.25")]
@@ -398,7 +400,7 @@ def test_whale_reduce_half_closes_half(pg_dsn: str, engine_dir: Path) -> None:
             90,
         )
         # 10,000 - 100.5 at the entry, + 50 margin + 62.5 - 0.28125 back at the reduce.
-        assert usdt(pg_dsn, uid) == (D("10011.71875"), 0)
+        assert usdt(pg_dsn, uid) == (D("10011.71875"), D(0))
         assert venue.position_qty(uid, symbol) == D("6.25")
         assert event_count(pg_dsn, "position_reduced", signal_id=reduced, user_id=uid) == 1
         assert event_count(pg_dsn, "position_closed", user_id=uid) == 0

@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from adapters.paper import PaperVenue, default_markets
+from adapters.paper import PaperVenue
+from adapters.paper_markets import default_markets
 from engine.clock import FakeClock
 from engine.messages import OrderRequest, PositionSide, Side, TradeStatus, TradeType, VenueOrder
 from engine.protection import isolated_liquidation_price
@@ -97,7 +98,7 @@ def test_repeated_client_order_id_returns_the_existing_order(venue: PaperVenue) 
     assert venue.order_count("dup") == 1
     assert venue.create_calls("dup") == 2
     assert venue.balance(1, "USDT") == usdt  # charged once
-    where = {"user_id": 1, "symbol": SPOT, "trade_type": TradeType.SPOT, "client_order_id": "dup"}
+    where: dict[str, Any] = {"user_id": 1, "symbol": SPOT, "trade_type": TradeType.SPOT, "client_order_id": "dup"}
     assert run(venue.fetch_order_by_client_id(**where)) == first
     assert run(venue.cancel_order(**where)) == first
 

@@ -40,6 +40,7 @@ def test_positions_survive_a_fresh_paper_venue(pg_dsn: str, tmp_path: Path) -> N
         close_id = insert_signal(pg_dsn, whale_id=71, symbol="ETH/USDT:USDT", side="sell", action="close", price=mark)
         row = wait_signal_done(pg_dsn, close_id)
         assert row["copied"] == 2
+        assert system.supervisor is not None
         for uid in (7101, 7102):
             ref = system.supervisor.refs()[uid]
             spot = next(

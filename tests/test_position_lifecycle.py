@@ -82,7 +82,7 @@ def new_venue() -> PaperVenue:
     return PaperVenue(markets=markets(), initial_marks={b: D(100) for b in BASES}, latency_ms=0)
 
 
-def engine_env(**venue: str) -> dict[str, str]:
+def engine_env(**venue: str) -> dict[str, Any]:  # Any: mypy lets a ** of dict[str, str] bind running_engine's venues
     settings = {"price_poll_interval_ms": FAR_MS, "price_stale_after_ms": FAR_MS, **venue}
     inline = ", ".join(f"{k} = {v}" for k, v in settings.items())
     return {"ENGINE_VENUES": f'[{{name = "paper", {inline}}}]', "ENGINE_PERSISTENCE__FLUSH_INTERVAL_MS": "10"}

@@ -65,7 +65,7 @@ def test_signal_inserted_while_engine_down_is_copied_after_start(pg_dsn: str, tm
         # 1000 USDT at 150: 6 SOL (lot 1), notional 900, margin 90, fee 0.45.
         assert trade(pg_dsn, cid)["status"] == "filled" and venue.order_count(cid) == 1
         assert position(pg_dsn, position_id_for(signal_id, uid))["qty"] == 6
-        assert usdt(pg_dsn, uid) == (START_USDT - D(90) - D("0.45"), 0)
+        assert usdt(pg_dsn, uid) == (START_USDT - D(90) - D("0.45"), D(0))
 
 
 class FetchBlockableVenue(PaperVenue):
@@ -113,6 +113,7 @@ def test_restart_resolves_unknown_trades_and_books_them_once(pg_dsn: str, tmp_pa
     with running_engine(pg_dsn, tmp_path, venue=venue) as system:
         wait_trades_final(pg_dsn, cids.values())
         settle(system)
+        assert system.supervisor is not None
         for uid in users:
             desc = system.supervisor.ref(uid).proxy().describe().get(timeout=30)
             assert desc["orders_in_flight"] == []
@@ -126,7 +127,7 @@ def test_restart_resolves_unknown_trades_and_books_them_once(pg_dsn: str, tmp_pa
         assert (p["status"], p["qty"], p["margin_usdt"]) == ("open", 6666, D("99.99"))
         # The reservation made by the first run is settled by the second: nothing stays reserved. The other
         # copy: 1000 USDT at 0.6, 1666.6 XRP, margin 99.996, fee 0.49998.
-        assert usdt(pg_dsn, uid) == (START_USDT - D("99.99") - D("0.49995") - D("99.996") - D("0.49998"), 0)
+        assert usdt(pg_dsn, uid) == (START_USDT - D("99.99") - D("0.49995") - D("99.996") - D("0.49998"), D(0))
         assert event_count(pg_dsn, "position_opened", user_id=uid) == 2
         assert event_count(pg_dsn, "trade_executed", signal_id=signal_id, user_id=uid) == 1
 
@@ -209,6 +210,7 @@ def test_trades_the_venue_never_saw_fail_after_the_grace_and_release_funds(pg_ds
             interval_s=0.5,
         )
         settle(system)
+        assert system.supervisor is not None
         for uid in users:
             desc = system.supervisor.ref(uid).proxy().describe().get(timeout=30)
             assert desc["orders_in_flight"] == [] and desc["open_positions"] == []
@@ -216,7 +218,7 @@ def test_trades_the_venue_never_saw_fail_after_the_grace_and_release_funds(pg_ds
         t = trade(pg_dsn, cid)
         assert t["status"] == "failed" and "not_found" in (t["error"] or ""), t
         assert venue.create_calls(cid) == 0 and venue.order_count(cid) == 0  # never sent now either
-        assert usdt(pg_dsn, uid) == (START_USDT, 0)
+        assert usdt(pg_dsn, uid) == (START_USDT, D(0))
         assert event_count(pg_dsn, "trade_failed", user_id=uid) == 1
     assert fetchval(pg_dsn, "SELECT count(*) FROM positions WHERE user_id = ANY($1::bigint[])", list(users)) == 0
 

@@ -35,7 +35,7 @@ def venue() -> PaperVenue:
 
 @pytest.fixture(scope="module")
 def engine(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory, venue: PaperVenue) -> Iterator[EngineSystem]:
-    env = {
+    env: dict[str, Any] = {  # Any: mypy lets a ** of dict[str, str] bind running_engine's venues
         "ENGINE_VENUES": '[{name = "paper", price_poll_interval_ms = 600000, price_stale_after_ms = 600000}]',
         "ENGINE_PERSISTENCE__FLUSH_INTERVAL_MS": "10",
     }

@@ -13,8 +13,8 @@ from engine.messages import FollowSettings, PositionStatus, SizingMode, TradeSta
 from tests.kit import execute
 
 
-def _load(dsn: str, user_ids: list[int] | None = None):  # type: ignore[no-untyped-def]
-    async def run():  # type: ignore[no-untyped-def]
+def _load(dsn: str, user_ids: list[int] | None = None) -> tuple[list[FollowerState], frozenset[int]]:
+    async def run() -> tuple[list[FollowerState], frozenset[int]]:
         conn = await connect(dsn)
         try:
             return await load_followers(conn, user_ids), await load_whale_ids(conn)

@@ -7,8 +7,9 @@ format, the classified errors), and the paper venue with the same checks.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -76,8 +77,8 @@ def order(
 
 def run_venue(name: str, body: Callable[[Harness], Awaitable[None]], *, secret: str | None = None) -> None:
     async def main() -> None:
-        kwargs = {} if secret is None else {"secret": secret}
-        async with ccxt_harness((name, TradeType.FUTURES), **kwargs) as h:
+        case = (name, TradeType.FUTURES)
+        async with ccxt_harness(case) if secret is None else ccxt_harness(case, secret=secret) as h:
             await body(h)
 
     asyncio.run(main())
@@ -260,8 +261,13 @@ PAPER_SHORT_ETH = VenuePosition(
 )
 
 
-def paper_run(body: Callable[[PaperVenue], Awaitable[None]], **kwargs: float) -> None:
-    venue = PaperVenue(**kwargs)  # type: ignore[arg-type]
+def paper_run(
+    body: Callable[[PaperVenue], Coroutine[Any, Any, None]],
+    *,
+    weight_limit: int | None = None,
+    weight_window_s: float = 60.0,
+) -> None:
+    venue = PaperVenue(weight_limit=weight_limit, weight_window_s=weight_window_s)
     venue.deposit(1, "USDT", Decimal(100_000))
     asyncio.run(body(venue))
 
