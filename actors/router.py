@@ -17,6 +17,7 @@ backlog, a signal is always let through when nothing is out, however many follow
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -27,6 +28,7 @@ from actors.router_queue import WaitingSignals
 from engine import metrics
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.control import (
+    RemoveFollower,
     RouterDrain,
     RouteSignal,
     SetBacklog,
@@ -126,6 +128,8 @@ class SignalRouterActor(SingletonActor):
             self._set_followers(message)
         elif isinstance(message, UpdateFollower):
             self._update_follower(message)
+        elif isinstance(message, RemoveFollower):
+            self._remove_follower(message.user_id)
         elif isinstance(message, SetDraining):
             self._set_draining(message.draining)
         elif isinstance(message, SetWhalePaused):
@@ -148,7 +152,14 @@ class SignalRouterActor(SingletonActor):
         return len(self._in_flight) + (0 if self._draining else len(self._queue))
 
     def follower_refs(self) -> dict[int, Any]:
+        """Every follower's ref by user id: the router is their one owner (the supervisor tells it each start,
+        restart and removal)."""
         return dict(self._refs)
+
+    def refs_of(self, user_ids: Iterable[int]) -> dict[int, Any]:
+        """The refs of these users (the ones running): one ask for a price feed's holders, not a copy of all."""
+        refs = self._refs
+        return {uid: ref for uid in user_ids if (ref := refs.get(uid)) is not None}
 
     def followers_of(self, whale_id: int) -> list[int]:
         return [uid for uid, whales in self._follows.items() if whale_id in whales]
@@ -177,6 +188,11 @@ class SignalRouterActor(SingletonActor):
         self._refs[message.user_id] = message.ref
         self._follows[message.user_id] = message.whale_ids
         self._known_whales = self._known_whales | frozenset(message.whale_ids)
+        self._rebuild_index()
+
+    def _remove_follower(self, user_id: int) -> None:
+        self._refs.pop(user_id, None)
+        self._follows.pop(user_id, None)
         self._rebuild_index()
 
     def _rebuild_index(self) -> None:

@@ -39,7 +39,7 @@ def _one(dsn: str) -> dict[str, float]:
         started = time.perf_counter()
         system.start()
         start_s = time.perf_counter() - started
-        followers = len(system.supervisor.refs()) if system.supervisor else 0
+        followers = len(system.follower_refs()) if system.supervisor else 0
         rss_after = rss_bytes()
         started = time.perf_counter()
         system.stop()

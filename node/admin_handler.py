@@ -217,7 +217,7 @@ class EngineAdminHandler(AdminQueries):
             return {"target": "all", "paused": paused, "followers": told}
         if cmd.target == "user":
             user_id = int(cmd.target_id or 0)
-            ref = self._follower(user_id)
+            ref = await self._follower(user_id)
             (pauses.users.add if paused else pauses.users.discard)(user_id)
             self._apply_user_pauses({user_id: ref})
             return {"target": "user", "user_id": user_id, "paused": pauses.user_paused(user_id)}
@@ -256,7 +256,7 @@ class EngineAdminHandler(AdminQueries):
 
     async def _close(self, position_id: str) -> dict[str, Any]:
         user_id = await position_owner(self._system.pool, position_id)
-        ref = self._follower(user_id)
+        ref = await self._follower(user_id)
         reply: dict[str, Any] = await self._blocking(
             lambda: self._get(ref.proxy().close_position(position_id))
         )
@@ -265,7 +265,7 @@ class EngineAdminHandler(AdminQueries):
         return {"user_id": user_id, **reply}
 
     async def _close_all(self, user_id: int) -> dict[str, Any]:
-        ref = self._follower(user_id)
+        ref = await self._follower(user_id)
         closes: list[dict[str, Any]] = await self._blocking(lambda: self._get(ref.proxy().close_all()))
         closing = sum(1 for c in closes if c.get("closing"))
         return {"user_id": user_id, "closing": closing, "positions": closes}

@@ -118,11 +118,17 @@ class AdminQueries:
         return future.get(timeout=self._ask_timeout_s)
 
     def _refs(self) -> dict[int, Any]:
-        supervisor = self._system.supervisor
-        return supervisor.refs() if supervisor is not None else {}
+        """Every follower's ref, asked of the router (their owner). Blocks: call it in the executor."""
+        return dict(self._get(self._system.router.proxy().follower_refs()))
 
-    def _follower(self, user_id: int) -> Any:
-        ref = self._refs().get(user_id)
+    async def _ref(self, user_id: int) -> Any:
+        """One follower's ref (``None``: not running), asked of the router off the loop."""
+        router = self._system.router
+        refs = await self._blocking(lambda: self._get(router.proxy().refs_of([user_id])))
+        return refs.get(user_id)
+
+    async def _follower(self, user_id: int) -> Any:
+        ref = await self._ref(user_id)
         if ref is None or not ref.is_alive():
             raise CommandError(f"no running follower for user {user_id}")
         return ref
@@ -199,7 +205,7 @@ class AdminQueries:
 
     async def _users(self) -> dict[str, Any]:
         rows = await list_users(self._system.pool)
-        refs = self._refs()
+        refs = await self._blocking(self._refs)
         for row in rows:
             ref = refs.get(row["user_id"])
             row["running"] = ref is not None and ref.is_alive()
@@ -209,7 +215,7 @@ class AdminQueries:
 
     async def _user(self, user_id: int) -> dict[str, Any]:
         history = await user_history(self._system.pool, user_id)
-        ref = self._refs().get(user_id)
+        ref = await self._ref(user_id)
         live: dict[str, Any] | None = None
         if ref is not None:
             try:

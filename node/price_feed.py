@@ -7,7 +7,8 @@ read-only dict replaced wholesale, so readers never see a half-written one) and 
 ``price_stale_after_ms`` is listed in ``stale_symbols``: followers take no SL/TP or liquidation decision on it.
 
 Who holds what comes from the followers' open positions, read from PostgreSQL every few intervals (the books
-are there, and a feed must not ask 100,000 actors). A failed read keeps the last holders and is retried the
+are there, and a feed must not ask 100,000 actors), with the holders' refs asked of the router in the same
+refresh. A failed read keeps the last holders and is retried the
 next round: nothing but cancellation ends the feed, since without it no follower checks SL/TP.
 
 A venue that bans the feed (``VenueBanned``) is not asked again before the ban ends, and one that rate-limits
@@ -24,13 +25,13 @@ import contextlib
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 import pykka
 
+from actors.router import SignalRouterActor
 from engine import metrics
 from engine.backoff import backoff_s
 from engine.logs import get_logger
@@ -38,14 +39,12 @@ from engine.messages import PriceUpdate
 from engine.venue import RetryableError, VenueBanned
 from node.venues import Venue
 
-FollowerRef = Callable[[int], "pykka.ActorRef[Any] | None"]
-"""A follower's ref by user id (``None``: no such follower running)."""
-
 log = get_logger(__name__)
 
 _HOLDINGS_SQL = """
 SELECT user_id, symbol FROM positions WHERE venue = $1 AND status IN ('open', 'closing')
 """
+_ASK_TIMEOUT_S = 30.0
 _MAX_BACKOFF_S = 30.0  # the longest pause after 429s (a ban's own length is always waited out in full)
 _JITTER = random.Random()  # spreads the pauses of feeds refused at once (engine.backoff)
 
@@ -54,16 +53,22 @@ class PriceFeed:
     """See the module docstring."""
 
     def __init__(
-        self, venue: Venue, *, pool: asyncpg.Pool, follower_ref: FollowerRef, holdings_refresh_every: int = 5
+        self,
+        venue: Venue,
+        *,
+        pool: asyncpg.Pool,
+        router: pykka.ActorRef[SignalRouterActor],
+        holdings_refresh_every: int = 5,
     ) -> None:
-        """``pool`` reads who holds what; ``follower_ref`` finds the follower to tell."""
+        """``pool`` reads who holds what; ``router`` (the followers' refs' owner) gives the holders' refs."""
         self._pool = pool
-        self._follower_ref = follower_ref
+        self._router = router
         self._venue = venue
         self._interval_s = venue.config.price_poll_interval_ms / 1000
         self._stale_s = venue.config.price_stale_after_ms / 1000
         self._refresh_every = holdings_refresh_every
         self._holders: dict[str, set[int]] = {}
+        self._refs: dict[int, pykka.ActorRef[Any]] = {}  # the holders', asked with the holdings
         self._fresh_at: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -116,6 +121,12 @@ class PriceFeed:
         holders: dict[str, set[int]] = defaultdict(set)
         for r in rows:
             holders[r["symbol"]].add(r["user_id"])
+        user_ids = {uid for users in holders.values() for uid in users}
+        router = self._router
+        # One ask per refresh, off the loop (it blocks), not one lookup per follower per tick.
+        self._refs = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: router.proxy().refs_of(user_ids).get(timeout=_ASK_TIMEOUT_S)
+        )
         self._holders = dict(holders)
 
     async def tick(self) -> int:
@@ -139,13 +150,15 @@ class PriceFeed:
         told = 0
         at_ns = time.monotonic_ns()
         for user_id, user_marks in by_user.items():
-            ref = self._follower_ref(user_id)  # one by one: a copy of every ref would be 100k
+            ref = self._refs.get(user_id)
             if ref is None:
                 continue
             user_stale = frozenset(s for s in user_marks if s in stale)
-            with contextlib.suppress(pykka.ActorDeadError):
+            try:
                 ref.tell(PriceUpdate(venue=self._venue.name, marks=user_marks, stale_symbols=user_stale, at_ns=at_ns))
                 told += 1
+            except pykka.ActorDeadError:
+                self._holdings_due = True  # restarted by the supervisor: its new ref comes with the next refresh
         metrics.incr("prices.ticks")
         return told
 

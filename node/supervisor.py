@@ -7,6 +7,9 @@ untouched. Orders that were in flight are reconciled by the new actor on start (
 PENDING / SUBMITTED / UNKNOWN). A follower that keeps failing (``max_restarts`` within ``window_s``) is left
 stopped, with an error log, rather than crash-looping.
 
+The supervisor keeps no refs: it tells the router (their one owner) each start (``SetFollowers``,
+``UpdateFollower``), restart (``UpdateFollower``) and removal (``RemoveFollower``), and asks it when it needs them.
+
 Runs its slow parts on the I/O loop; never inside an actor handler.
 """
 
@@ -27,11 +30,13 @@ from adapters.ioloop import IoLoop
 from adapters.state_loader import load_followers, load_whale_ids
 from engine import metrics
 from engine.clock import Clock
-from engine.control import SetKnownWhales, UpdateFollower, UpdateSettings
+from engine.control import RemoveFollower, SetFollowers, SetKnownWhales, UpdateFollower, UpdateSettings
 from engine.follower_state import FollowerContext, FollowerState
 from engine.logs import get_logger
 
 log = get_logger(__name__)
+
+_ASK_TIMEOUT_S = 30.0
 
 
 class Supervisor:
@@ -64,21 +69,13 @@ class Supervisor:
         self._window_s = window_s
         self._restarts: dict[int, deque[float]] = {}
         self._lock = threading.Lock()
-        self._refs: dict[int, Any] = {}
 
-    def start_followers(self, states: list[FollowerState]) -> dict[int, Any]:
+    def start_followers(self, states: list[FollowerState], known_whales: frozenset[int]) -> int:
+        """Start a follower per state and hand the router their refs (it owns them). Returns how many."""
         refs = {s.user.user_id: FollowerActor.start(s, self._context) for s in states}
-        with self._lock:
-            self._refs.update(refs)
-        return refs
-
-    def ref(self, user_id: int) -> Any:
-        with self._lock:
-            return self._refs.get(user_id)
-
-    def refs(self) -> dict[int, Any]:
-        with self._lock:
-            return dict(self._refs)
+        follows = {s.user.user_id: tuple(f.whale_id for f in s.follows) for s in states}
+        self._router.tell(SetFollowers(refs=refs, follows=follows, known_whales=known_whales))
+        return len(refs)
 
     # ---- failures ----------------------------------------------------------------------------------------
 
@@ -112,8 +109,6 @@ class Supervisor:
             return
         state = self._prepare(states[0])
         ref = FollowerActor.start(state, self._context)
-        with self._lock:
-            self._refs[user_id] = ref
         self._router.tell(
             UpdateFollower(user_id=user_id, ref=ref, whale_ids=tuple(f.whale_id for f in state.follows))
         )
@@ -125,31 +120,36 @@ class Supervisor:
     async def reload(self, user_ids: list[int] | None = None) -> dict[str, int]:
         """Apply users / follows as they are in the database now (NOTIFY, polling or admin ``reload``)."""
         states = await load_followers(self._pool, user_ids)
+        refs = await self._follower_refs()
         seen = {s.user.user_id for s in states}
         added = updated = removed = 0
         for state in states:
             uid = state.user.user_id
             whale_ids = tuple(f.whale_id for f in state.follows)
-            current = self.ref(uid)
+            current = refs.get(uid)
             if current is not None and current.is_alive():
                 current.tell(UpdateSettings(state=state))
                 updated += 1
                 ref = current
             else:
                 ref = FollowerActor.start(self._prepare(state), self._context)
-                with self._lock:
-                    self._refs[uid] = ref
                 added += 1
             self._router.tell(UpdateFollower(user_id=uid, ref=ref, whale_ids=whale_ids))
-        asked = set(user_ids) if user_ids is not None else set(self.refs())
+        asked = set(user_ids) if user_ids is not None else set(refs)
         for uid in asked - seen:  # deleted users: stop copying for them
-            with self._lock:
-                gone = self._refs.pop(uid, None)
+            gone = refs.get(uid)
             if gone is not None:
-                self._router.tell(UpdateFollower(user_id=uid, ref=gone, whale_ids=()))
+                self._router.tell(RemoveFollower(user_id=uid))
                 with contextlib.suppress(pykka.ActorDeadError):
                     gone.stop(block=False)
                 removed += 1
         self._router.tell(SetKnownWhales(whale_ids=await load_whale_ids(self._pool)))
         log.info("follows.reloaded", added=added, updated=updated, removed=removed)
         return {"added": added, "updated": updated, "removed": removed}
+
+    async def _follower_refs(self) -> dict[int, pykka.ActorRef[Any]]:
+        """The router's refs (their owner), asked off the loop: the ask blocks."""
+        router = self._router
+        return await asyncio.get_running_loop().run_in_executor(
+            None, lambda: router.proxy().follower_refs().get(timeout=_ASK_TIMEOUT_S)
+        )

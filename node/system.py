@@ -35,7 +35,7 @@ from adapters.state_loader import load_followers, load_whale_ids
 from engine import logs, metrics, runtime
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import EngineConfig, effective_config
-from engine.control import ReconcileNow, SetBacklog, SetDraining, SetFollowers
+from engine.control import ReconcileNow, SetBacklog, SetDraining
 from engine.events import DomainEvent
 from engine.follower_state import FollowerContext, FollowerState, LiquidationCheck
 from engine.logs import get_logger
@@ -139,21 +139,19 @@ class EngineSystem:
                 clock=self.clock,
                 restart_delay_s=cfg.persistence.flush_interval_ms * 4 / 1000,
             )
-            refs = self.supervisor.start_followers(states)
-            follows = {s.user.user_id: tuple(f.whale_id for f in s.follows) for s in states}
-            self.router.tell(SetFollowers(refs=refs, follows=follows, known_whales=whales))
+            followers = self.supervisor.start_followers(states, whales)
             recovering = sum(1 for s in states if s.open_trades)
             log.info(
                 "recovery.started",
                 followers_with_open_orders=recovering,
                 open_orders=sum(len(s.open_trades) for s in states),
             )
-            del states, follows
+            del states
         self._start_services()
         self._start_timers()
         log.info(
             "engine.ready",
-            followers=len(refs),
+            followers=followers,
             whales=len(whales),
             venues=sorted(self.venues),
             startup_ms=round((time.monotonic() - t0) * 1000, 1),
@@ -198,11 +196,7 @@ class EngineSystem:
 
     def _start_services(self) -> None:
         cfg = self.config
-        supervisor = self.supervisor
-        follower_ref = supervisor.ref if supervisor is not None else (lambda _user_id: None)
-        services: list[Any] = [
-            PriceFeed(venue, pool=self.pool, follower_ref=follower_ref) for venue in self.venues.values()
-        ]
+        services: list[Any] = [PriceFeed(venue, pool=self.pool, router=self.router) for venue in self.venues.values()]
         if cfg.signals.listen:
             services.append(
                 signal_intake(
@@ -267,8 +261,9 @@ class EngineSystem:
         )
 
     def follower_refs(self) -> dict[int, pykka.ActorRef[Any]]:
-        """Every follower's ref (empty before the followers started)."""
-        return self.supervisor.refs() if self.supervisor is not None else {}
+        """Every follower's ref, asked of the router (their owner; empty before it started). Blocks: not for
+        actor handlers."""
+        return self.router.proxy().follower_refs().get(timeout=30) if self.router is not None else {}
 
     def mark_price(self, symbol: str, trade_type: Any) -> Decimal | None:
         for venue in self.venues.values():

@@ -76,9 +76,8 @@ def test_failed_follower_is_restarted_from_its_books_others_untouched(pg_dsn: st
     victim = users[0]
     with running_engine(pg_dsn, tmp_path, venue=venue) as system:
         assert system.supervisor is not None
-        supervisor = system.supervisor  # mypy keeps a local's narrowing inside the lambda below, not an attribute's
         opened = signal_and_wait(pg_dsn, system, whale_id=whale, symbol=symbol, price=150, leverage=10)
-        before = system.supervisor.refs()
+        before = system.follower_refs()
         old_ref = before[victim]
 
         def broken_price_handler(update: Any) -> None:
@@ -90,7 +89,7 @@ def test_failed_follower_is_restarted_from_its_books_others_untouched(pg_dsn: st
         actor._on_prices = broken_price_handler
         del actor
         old_ref.tell(PriceUpdate(venue="paper", marks={symbol: D(151)}))
-        new_ref = wait_for(lambda: (ref := supervisor.ref(victim)) is not old_ref and ref)
+        new_ref = wait_for(lambda: (ref := system.follower_refs().get(victim)) is not old_ref and ref)
         assert not old_ref.is_alive()
         desc = new_ref.proxy().describe().get(timeout=30)
         # Rebuilt from PostgreSQL: the open position and the balance as they were (6 SOL, margin 90, fee 0.45).
@@ -99,12 +98,12 @@ def test_failed_follower_is_restarted_from_its_books_others_untouched(pg_dsn: st
         ]
         usdt_row = next(b for b in desc["balances"] if b["asset"] == "USDT")
         assert (D(usdt_row["free"]), D(usdt_row["reserved"])) == (START_USDT - D(90) - D("0.45"), D(0))
-        after = system.supervisor.refs()
+        after = system.follower_refs()
         for uid in users[1:]:
             assert after[uid] is before[uid] and after[uid].is_alive()  # the others were not restarted
 
         later = signal_and_wait(pg_dsn, system, whale_id=whale, symbol=next_symbol, price="0.6", leverage=10)
-        assert system.supervisor.ref(victim) is new_ref
+        assert system.follower_refs().get(victim) is new_ref
     for uid in users:
         # 1000 USDT at 0.6: 1666.6 XRP, margin 99.996, fee 0.49998.
         assert trade(pg_dsn, client_order_id(later, uid))["status"] == "filled", uid

@@ -60,7 +60,7 @@ def test_reject_releases_the_reservation(pg_dsn: str, tmp_path: Path) -> None:
             assert position(pg_dsn, position_id_for(signal_id, uid)) == {}
             assert usdt(pg_dsn, uid) == (START_USDT, D(0))
             assert event_count(pg_dsn, "trade_failed", signal_id=signal_id, user_id=uid) == 1
-            desc = system.supervisor.ref(uid).proxy().describe().get(timeout=30)
+            desc = system.follower_refs()[uid].proxy().describe().get(timeout=30)
             assert desc["open_positions"] == [] and desc["orders_in_flight"] == []
         # The follower the fault was not aimed at copied normally: 0.016 BTC (1000 USDT at 60,000, lot 0.001).
         other = users[2]

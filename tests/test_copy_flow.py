@@ -384,7 +384,7 @@ def test_whale_reduce_half_closes_half(pg_dsn: str, engine_dir: Path) -> None:
         )
         assert system.supervisor is not None
         for uid in users:
-            desc = system.supervisor.ref(uid).proxy().describe().get(timeout=30)
+            desc = system.follower_refs()[uid].proxy().describe().get(timeout=30)
             assert [D(p["qty"]) for p in desc["open_positions"]] == [D("6.25")]
     # Sell 6.25 at 90: gross 10 × 6.25 = 62.5, fee 6.25 × 90 × 0.0005 = 0.28125, half the margin (50) released.
     for uid in users:

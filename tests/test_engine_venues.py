@@ -166,7 +166,7 @@ def test_accounts_and_balances_come_from_the_venue(engine_on: Setup) -> None:
     # A failed fetch (no such credential) did not stop start-up: that user keeps the table's balance.
     row = fetch(s.dsn, "SELECT free FROM balances WHERE user_id = $1", s.stranded_user)[0]
     assert row["free"] == 777
-    assert s.stranded_user in s.system.supervisor.refs()  # type: ignore[union-attr]
+    assert s.stranded_user in s.system.follower_refs()
 
 
 def test_copies_one_signal_to_100_followers(engine_on: Setup) -> None:

@@ -64,7 +64,7 @@ def test_notification_during_a_poll_is_kept_for_the_next_round(pg_dsn: str, tmp_
             time.sleep(0.5)  # delivered to the watcher's connection (a delivery after the poll passes either way)
             lock.execute("COMMIT")
         wait_for(lambda: 930_102 in _follows(system, 9301), 30)
-        assert 930_102 in system.supervisor.refs()
+        assert 930_102 in system.follower_refs()
 
 
 def test_row_committed_with_an_older_timestamp_is_found_by_the_poll(pg_dsn: str, tmp_path: Path) -> None:

@@ -68,11 +68,11 @@ def test_follow_changes_are_picked_up_without_reload(pg_dsn: str, tmp_path: Path
     # Polling far slower than the waits below: only the NOTIFY path can make these pass.
     with running_engine(pg_dsn, tmp_path, venue=venue, ENGINE_SIGNALS__FOLLOWS_POLL_INTERVAL_MS="600000") as system:
         seed_followers(pg_dsn, whale_id=9201, user_ids=[920_102], follow={"fixed_usdt": Decimal(50)})
-        wait_for(lambda: 920_102 in system.supervisor.refs(), 30)
+        wait_for(lambda: 920_102 in system.follower_refs(), 30)
         wait_for(lambda: 920_102 in system.router.proxy().followers_of(9201).get(timeout=10), 30)
         execute(pg_dsn, "UPDATE user_whale_follows SET paused = true WHERE user_id = 920101 AND whale_id = 9201")
         probe, mark = _probe(venue), venue.marks()["ADA/USDT:USDT"]
-        follower = system.supervisor.refs()[920_101]
+        follower = system.follower_refs()[920_101]
         wait_for(lambda: follower.proxy().dry_run(probe, mark).get(timeout=10).get("reason") == "paused", 30)
         signal_id = insert_signal(pg_dsn, whale_id=9201, symbol="ADA/USDT:USDT", price=venue.marks()["ADA/USDT:USDT"])
         row = wait_signal_done(pg_dsn, signal_id)

@@ -42,7 +42,7 @@ def test_positions_survive_a_fresh_paper_venue(pg_dsn: str, tmp_path: Path) -> N
         assert row["copied"] == 2
         assert system.supervisor is not None
         for uid in (7101, 7102):
-            ref = system.supervisor.refs()[uid]
+            ref = system.follower_refs()[uid]
             spot = next(
                 p for p in ref.proxy().describe().get(timeout=10)["open_positions"] if p["symbol"] == "ETH/USDT"
             )

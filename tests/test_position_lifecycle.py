@@ -192,7 +192,7 @@ def usdt(dsn: str, user_id: int) -> tuple[Decimal, Decimal]:
 
 def ref(system: EngineSystem, user_id: int) -> Any:
     assert system.supervisor is not None
-    return system.supervisor.ref(user_id)
+    return system.follower_refs().get(user_id)
 
 
 def in_flight(system: EngineSystem, user_id: int) -> list[str]:

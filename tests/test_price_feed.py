@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
 
+import pykka
 import pytest
 
 from adapters.database import connect_pool
@@ -45,11 +46,18 @@ class Recorder:
 
 
 @dataclass
-class Supervisor:
+class Router:
+    """Stands in for the router's ref: its proxy answers ``refs_of`` with the recorders."""
+
     recorders: dict[int, Recorder] = field(default_factory=dict)
 
-    def ref(self, user_id: int) -> Recorder | None:
-        return self.recorders.get(user_id)
+    def proxy(self) -> Router:
+        return self
+
+    def refs_of(self, user_ids: Iterable[int]) -> pykka.Future[dict[int, Recorder]]:
+        future: pykka.Future[dict[int, Recorder]] = pykka.ThreadingFuture()
+        future.set({uid: self.recorders[uid] for uid in user_ids if uid in self.recorders})
+        return future
 
 
 class FlakyVenue(PaperVenue):
@@ -98,17 +106,17 @@ def run_with_feed(
     dsn: str,
     venue: PaperVenue,
     users: list[int],
-    body: Callable[[PriceFeed, Supervisor], Awaitable[T]],
+    body: Callable[[PriceFeed, Router], Awaitable[T]],
     *,
     poll_ms: float = 1000.0,
 ) -> T:
     async def main() -> T:
         pool = await connect_pool(dsn, min_size=1, max_size=2)
         try:
-            supervisor = Supervisor({uid: Recorder() for uid in users})
+            router = Router({uid: Recorder() for uid in users})
             config = VenueConfig(name="paper", price_stale_after_ms=STALE_MS, price_poll_interval_ms=poll_ms)
-            feed = PriceFeed(Venue(config, venue, None, {}), pool=pool, follower_ref=supervisor.ref)  # type: ignore[arg-type]
-            return await body(feed, supervisor)
+            feed = PriceFeed(Venue(config, venue, None, {}), pool=pool, router=router)  # type: ignore[arg-type]
+            return await body(feed, router)
         finally:
             await pool.close()
 
@@ -141,24 +149,24 @@ def test_each_follower_gets_only_the_symbols_it_holds(pg_dsn: str) -> None:
     )
     venue = FlakyVenue()
 
-    async def body(feed: PriceFeed, supervisor: Supervisor) -> None:
+    async def body(feed: PriceFeed, router: Router) -> None:
         await feed._refresh_holdings()
         holders = {s: users for s, users in feed.holders().items() if users & {201, 202, 203, 204}}
         assert holders == {"BTC/USDT:USDT": {201}, "ETH/USDT": {201, 202}}
         assert await feed.tick() >= 2
         assert len(venue.fetches) == 1  # one batched call for every held symbol
         assert {"BTC/USDT:USDT", "ETH/USDT"} <= set(venue.fetches[0])
-        (to_201,) = supervisor.recorders[201].updates
+        (to_201,) = router.recorders[201].updates
         assert to_201.venue == "paper"
         assert to_201.marks == {"BTC/USDT:USDT": D(60000), "ETH/USDT": D(3000)}
         assert to_201.stale_symbols == frozenset()
-        (to_202,) = supervisor.recorders[202].updates
+        (to_202,) = router.recorders[202].updates
         assert to_202.marks == {"ETH/USDT": D(3000)}
-        assert supervisor.recorders[203].updates == supervisor.recorders[204].updates == []
+        assert router.recorders[203].updates == router.recorders[204].updates == []
 
         venue.set_mark("BTC", D(61000))
         await feed.tick()
-        assert supervisor.recorders[201].updates[-1].marks["BTC/USDT:USDT"] == D(61000)
+        assert router.recorders[201].updates[-1].marks["BTC/USDT:USDT"] == D(61000)
         assert feed._venue.marks["BTC/USDT:USDT"] == D(61000)  # published for the router too
 
     run_with_feed(pg_dsn, venue, [201, 202, 203, 204], body)
@@ -169,9 +177,9 @@ def test_stale_flagged_and_logged_once_per_change(pg_dsn: str, captured_logs: Lo
     venue = FlakyVenue()
     link = "LINK/USDT:USDT"
 
-    async def body(feed: PriceFeed, supervisor: Supervisor) -> list[frozenset[str]]:
+    async def body(feed: PriceFeed, router: Router) -> list[frozenset[str]]:
         await feed._refresh_holdings()
-        updates = supervisor.recorders[211].updates
+        updates = router.recorders[211].updates
         await feed.tick()  # fresh
         venue.frozen.add(link)  # the venue stops quoting it
         await feed.tick()  # within the staleness window: still fresh
@@ -204,7 +212,7 @@ def test_marks_go_stale_when_the_venue_stops_answering(pg_dsn: str, captured_log
     venue = FlakyVenue()
     bnb = "BNB/USDT:USDT"
 
-    async def body(feed: PriceFeed, supervisor: Supervisor) -> list[PriceUpdate]:
+    async def body(feed: PriceFeed, router: Router) -> list[PriceUpdate]:
         await feed._refresh_holdings()
         await feed.tick()
         venue.down = True
@@ -213,7 +221,7 @@ def test_marks_go_stale_when_the_venue_stops_answering(pg_dsn: str, captured_log
         await feed.tick()
         venue.down = False
         await feed.tick()
-        return supervisor.recorders[221].updates
+        return router.recorders[221].updates
 
     updates = run_with_feed(pg_dsn, venue, [221], body)
     assert [u.stale_symbols for u in updates] == [frozenset(), {bnb}, {bnb}, frozenset()]
@@ -230,8 +238,8 @@ def test_prices_keep_flowing_when_the_holdings_read_fails(pg_dsn: str, captured_
     venue = FlakyVenue()
     proxy = TcpProxy.for_dsn(pg_dsn)
 
-    async def body(feed: PriceFeed, supervisor: Supervisor) -> None:
-        updates, newcomer = supervisor.recorders[231].updates, supervisor.recorders[232].updates
+    async def body(feed: PriceFeed, router: Router) -> None:
+        updates, newcomer = router.recorders[231].updates, router.recorders[232].updates
         await feed.start()
         try:
             await wait_for_async(lambda: len(updates) >= 1)
@@ -267,7 +275,7 @@ def test_no_ticker_call_while_banned(pg_dsn: str, captured_logs: LogEntries) -> 
     ada = "ADA/USDT:USDT"
     ban_s = 1.0
 
-    async def body(feed: PriceFeed, supervisor: Supervisor) -> tuple[int, list[PriceUpdate]]:
+    async def body(feed: PriceFeed, router: Router) -> tuple[int, list[PriceUpdate]]:
         await feed._refresh_holdings()
         await feed.tick()
         venue.banned_until = time.monotonic() + ban_s
@@ -278,7 +286,7 @@ def test_no_ticker_call_while_banned(pg_dsn: str, captured_logs: LogEntries) -> 
         calls_during_ban = len(venue.fetches)
         await asyncio.sleep(venue.banned_until - time.monotonic() + 0.05)
         await feed.tick()  # the ban is over: asks again
-        return calls_during_ban, supervisor.recorders[241].updates
+        return calls_during_ban, router.recorders[241].updates
 
     calls_during_ban, updates = run_with_feed(pg_dsn, venue, [241], body)
     assert calls_during_ban == 2
@@ -296,8 +304,8 @@ def test_rate_limited_feed_backs_off_exponentially_until_an_answer(pg_dsn: str) 
     seed_positions(pg_dsn, [(251, "paper", "SOL/USDT", "open")])
     venue = FlakyVenue()
 
-    async def body(feed: PriceFeed, supervisor: Supervisor) -> tuple[int, int]:
-        updates = supervisor.recorders[251].updates
+    async def body(feed: PriceFeed, router: Router) -> tuple[int, int]:
+        updates = router.recorders[251].updates
         await feed._refresh_holdings()
         await feed.tick()
         venue.limited = True
@@ -324,7 +332,7 @@ def test_rate_limited_feed_waits_the_retry_after(pg_dsn: str) -> None:
     seed_positions(pg_dsn, [(261, "paper", "XRP/USDT", "open")])
     venue = FlakyVenue()
 
-    async def body(feed: PriceFeed, supervisor: Supervisor) -> None:
+    async def body(feed: PriceFeed, router: Router) -> None:
         await feed._refresh_holdings()
         venue.limited, venue.retry_after_s = True, 1.0
         await tick_for(feed, 0.4)  # the exponential pause alone would allow 4 calls by now

@@ -115,7 +115,7 @@ def test_restart_resolves_unknown_trades_and_books_them_once(pg_dsn: str, tmp_pa
         settle(system)
         assert system.supervisor is not None
         for uid in users:
-            desc = system.supervisor.ref(uid).proxy().describe().get(timeout=30)
+            desc = system.follower_refs()[uid].proxy().describe().get(timeout=30)
             assert desc["orders_in_flight"] == []
             assert sorted(D(p["qty"]) for p in desc["open_positions"]) == [D("1666.6"), 6666]
     for uid, cid in cids.items():
@@ -212,7 +212,7 @@ def test_trades_the_venue_never_saw_fail_after_the_grace_and_release_funds(pg_ds
         settle(system)
         assert system.supervisor is not None
         for uid in users:
-            desc = system.supervisor.ref(uid).proxy().describe().get(timeout=30)
+            desc = system.follower_refs()[uid].proxy().describe().get(timeout=30)
             assert desc["orders_in_flight"] == [] and desc["open_positions"] == []
     for uid, cid in cids.items():
         t = trade(pg_dsn, cid)

@@ -17,7 +17,7 @@ import pytest
 
 from actors.router import SignalRouterActor
 from engine.clock import SYSTEM_CLOCK, Clock, FakeClock
-from engine.control import RouteSignal, SetBacklog, SetDraining, SetFollowers, SweepStale
+from engine.control import RemoveFollower, RouteSignal, SetBacklog, SetDraining, SetFollowers, SweepStale
 from engine.messages import (
     CopySignal,
     FollowerDecision,
@@ -205,3 +205,19 @@ def test_the_stale_sweep_counts_from_the_fan_out_not_from_a_long_hold() -> None:
         statuses = [r.status for m in persistence.messages for r in m.rows if isinstance(r, SignalStatusRow)]
         assert SignalStatus.PROCESSED not in statuses
         assert counts["in_flight"] == 1 and counts["pending_copies"] == 3
+
+
+def test_a_removed_follower_is_forgotten_and_gets_no_more_copies() -> None:
+    """A deleted user (``RemoveFollower`` from the supervisor): the router drops its ref, so it is neither
+    counted nor told the whale's next signal, and nobody waits for its answer."""
+    with started_router(100) as (ref, followers, _):
+        ref.tell(RemoveFollower(user_id=2))
+        wait_for(lambda: ref.proxy().counts().get(timeout=10)["followers"] == 2, 10)
+        assert set(ref.proxy().follower_refs().get(timeout=10)) == {1, 3}
+        assert ref.proxy().refs_of([1, 2]).get(timeout=10) == {1: followers[0]}
+        assert ref.proxy().followers_of(WHALE).get(timeout=10) == [1, 3]
+        ref.tell(RouteSignal(signal=signal(1)))
+        wait_for(lambda: followers[0].signal_ids() == [1] and followers[2].signal_ids() == [1], 10)
+        answer(ref, 1, range(1, 4, 2))
+        wait_for(lambda: ref.proxy().counts().get(timeout=10)["in_flight"] == 0, 10)
+        assert followers[1].signal_ids() == []

@@ -143,7 +143,7 @@ def test_day_roll_closes_the_day_and_a_restart_counts_only_today(pg_dsn: str, tm
             D("-0.5"), 3
         )  # fmt: skip
         assert rows[day_close]["realized_pnl_usdt"] == D("-55.7225")  # entry fees 0.5 + DLA -55.2225
-        proxy = system.supervisor.ref(user).proxy()  # type: ignore[union-attr]
+        proxy = system.follower_refs()[user].proxy()
         described = proxy.describe().get(timeout=30)
         assert (described["trades_today"], described["realized_pnl_today_usdt"]) == (0, D(0))
 
@@ -159,7 +159,7 @@ def test_day_roll_closes_the_day_and_a_restart_counts_only_today(pg_dsn: str, tm
     # realised after the last periodic snapshot, is not today's; the exit fee is, and stays under the limit.
     system = start_engine(pg_dsn, tmp_path, venue, ENGINE_SNAPSHOT_INTERVAL_S="3600")
     try:
-        proxy = system.supervisor.ref(user).proxy()  # type: ignore[union-attr]
+        proxy = system.follower_refs()[user].proxy()
         assert proxy.describe().get(timeout=30)["realized_pnl_today_usdt"] == D("-0.25")
         entry = copied(system, pg_dsn, signal(pg_dsn, whale, "DLC/USDT:USDT"))
         assert (entry["copied"], entry["skip_reasons"]) == (1, {})
@@ -192,7 +192,7 @@ def test_clean_stop_snapshots_so_a_restart_the_next_day_counts_nothing_from_yest
     # caught it; counted as today's, -55.2225 would be past the 20 USDT limit and skip the next entry.
     system = start_engine(pg_dsn, tmp_path, venue, ENGINE_SNAPSHOT_INTERVAL_S="3600")
     try:
-        proxy = system.supervisor.ref(user).proxy()  # type: ignore[union-attr]
+        proxy = system.follower_refs()[user].proxy()
         assert proxy.describe().get(timeout=30)["realized_pnl_today_usdt"] == D(0)
         entry = copied(system, pg_dsn, signal(pg_dsn, whale, "DLC/USDT:USDT"))
         assert (entry["copied"], entry["skip_reasons"]) == (1, {})

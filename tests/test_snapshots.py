@@ -66,7 +66,7 @@ def test_snapshot_figures_against_a_hand_computed_account(
     tick(engine)
     settle(engine)
 
-    proxy = engine.supervisor.ref(user).proxy()  # type: ignore[union-attr]
+    proxy = engine.follower_refs()[user].proxy()
     free = D(10_000) - D("100.25") - D("100.1") - D("100.1") + D(100) - D(30) - D("0.085")  # 9769.465
     expected = {
         "free_usdt": free,
@@ -124,7 +124,7 @@ def test_daily_loss_limit_blocks_entries_not_exits(engine: EngineSystem, pg_dsn:
     tick(engine)
     wait_for(lambda: status(pg_dsn, position_id_for(a, user)) == "closed")
     settle(engine)
-    proxy = engine.supervisor.ref(user).proxy()  # type: ignore[union-attr]
+    proxy = engine.follower_refs()[user].proxy()
     described = proxy.describe().get(timeout=30)
     # today: two entry fees (0.25 each) and DLA's close (-55.2225)
     assert described["realized_pnl_today_usdt"] == D("-55.7225")
