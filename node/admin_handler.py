@@ -1,8 +1,8 @@
-"""EngineAdminHandler: runs admin socket commands (``engine/admin_commands.py``) on the engine
-(``node.admin_queries.AdminEngine``).
+"""EngineAdminHandler: runs admin socket commands (``engine/admin_commands.py``) on the parts of the engine they
+use (the router, the persistence actor, the pool, the venues, the supervisor's reload, the stop controls).
 
 Runs on the I/O loop (``AdminServer`` awaits ``handle``), so nothing here blocks the loop: asks to actors
-(pykka futures) and the system's blocking helpers run in the loop's default executor (``_blocking``). The
+(pykka futures) and the engine's blocking helpers run in the loop's default executor (``_blocking``). The
 read-only commands are in the base class, ``node.admin_queries.AdminQueries``. The one write, an injected
 signal, goes through the persistence actor (``run_write``), the only writer to PostgreSQL.
 
@@ -21,15 +21,20 @@ next ``pause``, ``resume`` or admin ``reload``.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import msgspec
 import pykka
 
+from actors.persistence import PersistenceActor
+from actors.router import SignalRouterActor
 from adapters.signal_intake import INSERT_SQL
 from engine import logs
 from engine.admin_commands import (
@@ -55,13 +60,15 @@ from engine.admin_commands import (
     User,
     Users,
 )
+from engine.clock import Clock
 from engine.control import RouteSignal, SetPaused, SetWhalePaused
 from engine.logs import get_logger
-from engine.messages import Signal
+from engine.messages import Signal, TradeType
 from engine.signals import SignalRejected, parse_signal
 from node.admin_queries import AdminQueries, OperatorPauses, position_owner
 from node.persistence_writes import run_write
 from node.price_feed import PriceFeed
+from node.venues import Venue
 
 __all__ = ["DRY_RUN_LIST_LIMIT", "EngineAdminHandler", "OperatorPauses"]
 
@@ -71,8 +78,46 @@ DRY_RUN_LIST_LIMIT = 1000  # per-follower answers listed in a dry-run reply (the
 
 
 class EngineAdminHandler(AdminQueries):
-    """Implements ``adapters.admin_socket.AdminHandler`` for the engine:
-    ``EngineAdminHandler(system)``. ``pauses`` holds what the operator paused."""
+    """Implements ``adapters.admin_socket.AdminHandler`` for the engine. ``pauses`` holds what the operator
+    paused."""
+
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        router: pykka.ActorRef[SignalRouterActor],
+        persistence: pykka.ActorRef[PersistenceActor],
+        venues: Mapping[str, Venue],
+        clock: Clock,
+        started_at: float,
+        draining: Callable[[], bool],
+        shutdown: threading.Event,
+        max_signal_age_s: float,
+        mark_price: Callable[[str, TradeType], Decimal | None],
+        price_feeds: Sequence[PriceFeed],
+        reload: Callable[[], Awaitable[Mapping[str, int]]],
+        reconcile_all: Callable[[], int],
+        set_draining: Callable[[bool], None],
+    ) -> None:
+        """Besides what the queries take (``AdminQueries``): ``max_signal_age_s`` for injected signals,
+        ``mark_price`` for dry runs, the ``price_feeds`` a ``price`` pokes, the supervisor's ``reload``, and the
+        engine's ``reconcile_all`` and ``set_draining`` (both block: run in the executor)."""
+        super().__init__(
+            pool=pool,
+            router=router,
+            persistence=persistence,
+            venues=venues,
+            clock=clock,
+            started_at=started_at,
+            draining=draining,
+            shutdown=shutdown,
+        )
+        self._max_signal_age_s = max_signal_age_s
+        self._mark_price = mark_price
+        self._price_feeds = price_feeds
+        self._reload_follows = reload
+        self._reconcile_all = reconcile_all
+        self._set_draining = set_draining
 
     async def handle(self, cmd: Command, peer: Peer) -> dict[str, Any]:
         """Run one command (on the I/O loop). ``CommandError`` carries a refusal the operator reads."""
@@ -102,7 +147,7 @@ class EngineAdminHandler(AdminQueries):
             case SetPrice(symbol=symbol, price=price):
                 return self._set_price(symbol, price)
             case Reconcile():
-                count = await self._blocking(lambda: self._system.reconcile(all_followers=True))
+                count = await self._blocking(self._reconcile_all)
                 return {"followers_asked": count}
             case Reload():
                 return await self._reload()
@@ -111,28 +156,27 @@ class EngineAdminHandler(AdminQueries):
                 log.info("admin.log_level_set", level=level, peer_uid=peer.uid)
                 return {"level": level}
             case Drain():
-                await self._blocking(lambda: self._system.set_draining(True))
+                await self._blocking(lambda: self._set_draining(True))
                 return {"draining": True}
             case Shutdown():
                 # run_engine's main loop sees the flag within a fraction of a second and stops the engine
                 # (drain, settle, flush): reply first, the socket closes with the engine.
-                self._system.shutdown_requested = True
+                self._shutdown.set()
                 log.warning("engine.shutdown_requested", peer_uid=peer.uid, peer_pid=peer.pid)
                 return {"shutting_down": True}
         raise CommandError(f"command {type(cmd).__name__} is not handled by this engine")
 
     def _parse(self, payload: dict[str, Any]) -> Signal:
-        system = self._system
         data = {**payload, "signal_id": 0}
         if not data.get("external_id"):
             data["external_id"] = f"admin-{uuid.uuid4().hex}"
         try:
-            return parse_signal(data, now=system.clock.now(), max_age_s=system.config.signals.max_signal_age_s)
+            return parse_signal(data, now=self._clock.now(), max_age_s=self._max_signal_age_s)
         except SignalRejected as exc:
             raise CommandError(f"signal rejected: {exc.reason}: {exc.detail}") from None
 
     async def _require_known_whale(self, whale_id: int) -> None:
-        known = await self._blocking(lambda: self._get(self._system.router.proxy().known_whales()))
+        known = await self._blocking(lambda: self._get(self._router.proxy().known_whales()))
         if whale_id not in known:
             listed = ", ".join(map(str, sorted(known))) or "none"
             raise CommandError(f"unknown whale {whale_id} (known: {listed})")
@@ -140,9 +184,8 @@ class EngineAdminHandler(AdminQueries):
     # ---- signals -----------------------------------------------------------------------------------------
 
     async def _inject(self, payload: dict[str, Any]) -> dict[str, Any]:
-        system = self._system
         signal = self._parse(payload)
-        if system.draining:
+        if self._draining():
             raise CommandError("the engine is draining: it takes no new signals")
         await self._require_known_whale(signal.whale_id)
         args = (
@@ -150,11 +193,11 @@ class EngineAdminHandler(AdminQueries):
             signal.trade_type.value, signal.price, signal.size_usdt, signal.leverage, signal.priority.value,
             signal.detected_at, signal.expires_at, signal.fraction,
         )  # fmt: skip
-        signal_id = await run_write(system.persistence, lambda conn: conn.fetchval(INSERT_SQL, *args))
+        signal_id = await run_write(self._persistence, lambda conn: conn.fetchval(INSERT_SQL, *args))
         if signal_id is None:
             raise CommandError(f"duplicate external_id {signal.external_id!r}: that signal was already taken")
         signal = msgspec.structs.replace(signal, signal_id=int(signal_id))
-        system.router.tell(RouteSignal(signal=signal))
+        self._router.tell(RouteSignal(signal=signal))
         log.info(
             "admin.signal_injected",
             signal_id=signal.signal_id,
@@ -166,11 +209,10 @@ class EngineAdminHandler(AdminQueries):
         return {"signal_id": signal.signal_id, "external_id": signal.external_id, "symbol": signal.symbol}
 
     async def _dry_run(self, payload: dict[str, Any]) -> dict[str, Any]:
-        system = self._system
         signal = self._parse(payload)
         await self._require_known_whale(signal.whale_id)
-        mark = system.mark_price(signal.symbol, signal.trade_type)
-        router = system.router.proxy()
+        mark = self._mark_price(signal.symbol, signal.trade_type)
+        router = self._router.proxy()
         user_ids = await self._blocking(lambda: self._get(router.followers_of(signal.whale_id)))
         results = await self._blocking(lambda: self._ask_dry_run(sorted(user_ids), signal, mark))
         actions = Counter(str(r["action"]) for r in results)
@@ -226,7 +268,7 @@ class EngineAdminHandler(AdminQueries):
             await self._require_known_whale(whale_id)
             message = SetWhalePaused(whale_id=whale_id, paused=paused)
             (pauses.whales.add if paused else pauses.whales.discard)(whale_id)
-            self._system.router.tell(message)
+            self._router.tell(message)
             return {"target": "whale", "whale_id": whale_id, "paused": paused}
         return await self._pause_exchange(str(cmd.exchange), paused=paused)
 
@@ -243,9 +285,9 @@ class EngineAdminHandler(AdminQueries):
         return told
 
     async def _pause_exchange(self, name: str, *, paused: bool) -> dict[str, Any]:
-        venue = self._system.venues.get(name)
+        venue = self._venues.get(name)
         if venue is None:
-            listed = ", ".join(sorted(self._system.venues))
+            listed = ", ".join(sorted(self._venues))
             raise CommandError(f"unknown exchange {name!r} (venues: {listed})")
         # The override, not entries_open alone: the venue's next health change would reopen entries.
         venue.pause_entries(paused)
@@ -255,7 +297,7 @@ class EngineAdminHandler(AdminQueries):
     # ---- positions -----------------------------------------------------------------------------------------
 
     async def _close(self, position_id: str) -> dict[str, Any]:
-        user_id = await position_owner(self._system.pool, position_id)
+        user_id = await position_owner(self._pool, position_id)
         ref = await self._follower(user_id)
         reply: dict[str, Any] = await self._blocking(
             lambda: self._get(ref.proxy().close_position(position_id))
@@ -273,7 +315,7 @@ class EngineAdminHandler(AdminQueries):
     # ---- prices, reload ----------------------------------------------------------------------------------
 
     def _set_price(self, symbol: str, price: Decimal) -> dict[str, Any]:
-        paper = [v for v in self._system.venues.values() if v.adapter.settable_marks]
+        paper = [v for v in self._venues.values() if v.adapter.settable_marks]
         if not paper:
             raise CommandError("no paper venue: `price` sets marks on the paper venue only")
         for venue in paper:
@@ -284,16 +326,13 @@ class EngineAdminHandler(AdminQueries):
             except ValueError as exc:
                 raise CommandError(str(exc)) from None
         names = {v.name for v in paper}
-        feeds = [s for s in self._system.services if isinstance(s, PriceFeed) and s.state()["venue"] in names]
+        feeds = [f for f in self._price_feeds if f.state()["venue"] in names]
         for feed in feeds:
             feed.poke()  # followers see the mark now, so SL/TP react without waiting for the next tick
         return {"symbol": symbol, "price": price, "venues": sorted(names), "feeds_poked": len(feeds)}
 
     async def _reload(self) -> dict[str, Any]:
-        supervisor = self._system.supervisor
-        if supervisor is None:
-            raise CommandError("the engine is still starting")
-        result = await supervisor.reload()
+        result = await self._reload_follows()
         if self.pauses.everything or self.pauses.users:
             # New followers start without the operator's overrides.
             await self._blocking(lambda: self._apply_user_pauses(_paused_only(self._refs(), self.pauses)))

@@ -1,8 +1,9 @@
 """The admin socket's read-only side: ``status``, ``stats``, ``users``, ``user``, ``positions``, ``trades``.
 
 ``AdminQueries`` is the base of ``EngineAdminHandler`` (``node/admin_handler.py``), which adds the commands
-that change things. Everything here runs on the I/O loop, inside ``handle``: asks to actors (pykka futures)
-run in the loop's default executor (``_blocking``), database reads are ``SELECT``s awaited on the system's
+that change things. Both take the parts of the engine they use (refs, pool, venues, clock, stop controls), not
+the engine. Everything here runs on the I/O loop, inside ``handle``: asks to actors (pykka futures)
+run in the loop's default executor (``_blocking``), database reads are ``SELECT``s awaited on the engine's
 asyncpg pool (reads are allowed anywhere; every write goes through the persistence actor). Replies are
 JSON-ready dicts (records become dicts; the admin server encodes ``Decimal`` as a string and ``datetime`` as
 ISO 8601). Lists are capped at ``ROW_LIMIT`` rows, newest first, and say so (``capped``).
@@ -12,23 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
 import pykka
 
+from actors.persistence import PersistenceActor
+from actors.router import SignalRouterActor
 from engine import runtime
 from engine.admin_commands import CommandError, Positions, Trades
 from engine.clock import Clock
-from engine.config import EngineConfig
 from engine.messages import PositionRow, SnapshotRow
 from engine.portfolio import Performance, performance
 from node.stats import collect_stats
-from node.supervisor import Supervisor
 from node.venues import Venue
 
 __all__ = ["ROW_LIMIT", "SNAPSHOT_LIMIT", "AdminQueries", "OperatorPauses"]
@@ -56,29 +57,6 @@ _TRADE_COLUMNS = """id AS trade_id, client_order_id, user_id, signal_id, whale_i
     error, created_at, updated_at"""
 
 
-class AdminEngine(Protocol):
-    """What the admin commands use of the engine; ``node.system.EngineSystem`` is one. (Still wide: the admin
-    answers about everything; its parts should be handed over one by one.)"""
-
-    config: EngineConfig
-    clock: Clock
-    pool: Any  # asyncpg.Pool
-    persistence: Any  # pykka.ActorRef[PersistenceActor]
-    router: Any  # pykka.ActorRef[SignalRouterActor]
-    venues: dict[str, Venue]
-    supervisor: Supervisor | None
-    services: list[Any]
-    draining: bool
-    shutdown_requested: bool
-    started_at: float
-
-    def mark_price(self, symbol: str, trade_type: Any) -> Decimal | None: ...
-
-    def reconcile(self, *, all_followers: bool = False) -> int: ...
-
-    def set_draining(self, draining: bool = True) -> None: ...
-
-
 @dataclass
 class OperatorPauses:
     """What the operator paused. Touched only on the I/O loop (by the handler)."""
@@ -103,8 +81,30 @@ class OperatorPauses:
 class AdminQueries:
     """Read-only admin commands and the helpers the handler shares. ``pauses`` is the operator's state."""
 
-    def __init__(self, system: AdminEngine, *, ask_timeout_s: float = 30.0) -> None:
-        self._system = system
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        router: pykka.ActorRef[SignalRouterActor],
+        persistence: pykka.ActorRef[PersistenceActor],
+        venues: Mapping[str, Venue],
+        clock: Clock,
+        started_at: float,
+        draining: Callable[[], bool],
+        shutdown: threading.Event,
+        ask_timeout_s: float = 30.0,
+    ) -> None:
+        """``pool`` reads (never writes); ``router``, ``persistence`` and the ``venues``' exchange actors are
+        asked for live figures; ``clock`` and ``started_at`` (its monotonic time at start) give the uptime;
+        ``draining`` and ``shutdown`` are the engine's stop controls, read for ``status``."""
+        self._pool = pool
+        self._router = router
+        self._persistence = persistence
+        self._venues = venues
+        self._clock = clock
+        self._started_at = started_at
+        self._draining = draining
+        self._shutdown = shutdown
         self._ask_timeout_s = ask_timeout_s
         self.pauses = OperatorPauses()
 
@@ -119,11 +119,11 @@ class AdminQueries:
 
     def _refs(self) -> dict[int, Any]:
         """Every follower's ref, asked of the router (their owner). Blocks: call it in the executor."""
-        return dict(self._get(self._system.router.proxy().follower_refs()))
+        return dict(self._get(self._router.proxy().follower_refs()))
 
     async def _ref(self, user_id: int) -> Any:
         """One follower's ref (``None``: not running), asked of the router off the loop."""
-        router = self._system.router
+        router = self._router
         refs = await self._blocking(lambda: self._get(router.proxy().refs_of([user_id])))
         return refs.get(user_id)
 
@@ -136,15 +136,14 @@ class AdminQueries:
     # ---- status and stats --------------------------------------------------------------------------------
 
     async def _status(self) -> dict[str, Any]:
-        system = self._system
-        reachable = await database_reachable(system.pool)
+        reachable = await database_reachable(self._pool)
         live = await self._blocking(self._live_status)
         pool = runtime.pool_stats()
         return {
-            "uptime_s": round(system.clock.monotonic() - system.started_at, 1),
+            "uptime_s": self._uptime_s(),
             "version": _version(),
-            "draining": system.draining,
-            "shutdown_requested": system.shutdown_requested,
+            "draining": self._draining(),
+            "shutdown_requested": self._shutdown.is_set(),
             **live["counts"],
             "actors": pool.actors,
             "workers": pool.workers,
@@ -159,12 +158,11 @@ class AdminQueries:
 
     def _live_status(self) -> dict[str, Any]:
         """Runs in the executor: asks the router, the persistence actor and every exchange actor."""
-        system = self._system
-        stats = self._get(system.persistence.proxy().stats())
+        stats = self._get(self._persistence.proxy().stats())
         keys = ("queue_depth", "durable_pending", "last_flush_ms", "avg_flush_ms", "db_reachable")
         persistence = {k: stats.get(k) for k in keys}
         venues: dict[str, Any] = {}
-        for name, venue in system.venues.items():
+        for name, venue in self._venues.items():
             try:
                 status = self._get(venue.exchange.proxy().status())
             except Exception as exc:  # noqa: BLE001 - one stuck venue must not hide the others
@@ -175,7 +173,7 @@ class AdminQueries:
                 "paused": name in self.pauses.exchanges,
                 **{k: v for k, v in status.items() if k not in ("venue", "counters")},
             }
-        counts = self._get(system.router.proxy().counts())
+        counts = self._get(self._router.proxy().counts())
         return {
             "counts": {
                 "followers": counts.get("followers"),
@@ -187,12 +185,11 @@ class AdminQueries:
         }
 
     async def _stats(self) -> dict[str, Any]:
-        system = self._system
-        figures = await self._blocking(lambda: collect_stats(system.persistence, system.venues, consume=False))
-        counts = await self._blocking(lambda: self._get(system.router.proxy().counts()))
-        reachable = await database_reachable(system.pool)
+        figures = await self._blocking(lambda: collect_stats(self._persistence, self._venues, consume=False))
+        counts = await self._blocking(lambda: self._get(self._router.proxy().counts()))
+        reachable = await database_reachable(self._pool)
         return {
-            "uptime_s": round(system.clock.monotonic() - system.started_at, 1),
+            "uptime_s": self._uptime_s(),
             "version": _version(),
             **figures,
             "followers": counts.get("followers"),
@@ -201,10 +198,13 @@ class AdminQueries:
             "database_reachable": reachable,
         }
 
+    def _uptime_s(self) -> float:
+        return round(self._clock.monotonic() - self._started_at, 1)
+
     # ---- users -------------------------------------------------------------------------------------------
 
     async def _users(self) -> dict[str, Any]:
-        rows = await list_users(self._system.pool)
+        rows = await list_users(self._pool)
         refs = await self._blocking(self._refs)
         for row in rows:
             ref = refs.get(row["user_id"])
@@ -214,7 +214,7 @@ class AdminQueries:
         return {"users": rows[:limit], "count": min(len(rows), limit), "capped": len(rows) > limit}
 
     async def _user(self, user_id: int) -> dict[str, Any]:
-        history = await user_history(self._system.pool, user_id)
+        history = await user_history(self._pool, user_id)
         ref = await self._ref(user_id)
         live: dict[str, Any] | None = None
         if ref is not None:
@@ -227,10 +227,10 @@ class AdminQueries:
         return {"user_id": user_id, "running": live is not None, "live": live, **(history or {})}
 
     async def _positions(self, cmd: Positions) -> dict[str, Any]:
-        return await list_positions(self._system.pool, cmd)
+        return await list_positions(self._pool, cmd)
 
     async def _trades(self, cmd: Trades) -> dict[str, Any]:
-        return await list_trades(self._system.pool, cmd)
+        return await list_trades(self._pool, cmd)
 
 
 def _version() -> str:

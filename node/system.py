@@ -82,7 +82,7 @@ class EngineSystem:
         self.services: list[Any] = []  # things with async start()/stop() on the I/O loop (intake, admin, feeds)
         self.follows_watcher: FollowsWatcher | None = None
         self.draining = False
-        self.shutdown_requested = False
+        self.shutdown = threading.Event()  # set by the admin ``shutdown``; run_engine's main loop watches it
         self.started_at = clock.monotonic()  # for uptime, on the engine's clock
         self._needs_reconcile: set[int] = set()
         self._needs_lock = threading.Lock()
@@ -192,11 +192,17 @@ class EngineSystem:
         """Follows changed in the database (the watcher): the supervisor applies them."""
         return await self.supervisor.reload(user_ids) if self.supervisor is not None else None
 
+    async def _reload_all(self) -> dict[str, int]:
+        """Admin ``reload``: the admin socket starts after the supervisor, so there is one."""
+        assert self.supervisor is not None
+        return await self.supervisor.reload()
+
     # ---- services on the I/O loop ------------------------------------------------------------------------
 
     def _start_services(self) -> None:
         cfg = self.config
-        services: list[Any] = [PriceFeed(venue, pool=self.pool, router=self.router) for venue in self.venues.values()]
+        feeds = [PriceFeed(venue, pool=self.pool, router=self.router) for venue in self.venues.values()]
+        services: list[Any] = list(feeds)
         if cfg.signals.listen:
             services.append(
                 signal_intake(
@@ -215,7 +221,22 @@ class EngineSystem:
                 AdminServer(
                     self.io,
                     cfg.admin_socket_path,
-                    EngineAdminHandler(self),
+                    EngineAdminHandler(
+                        pool=self.pool,
+                        router=self.router,
+                        persistence=self.persistence,
+                        venues=self.venues,
+                        clock=self.clock,
+                        started_at=self.started_at,
+                        draining=lambda: self.draining,
+                        shutdown=self.shutdown,
+                        max_signal_age_s=cfg.signals.max_signal_age_s,
+                        mark_price=self.mark_price,
+                        price_feeds=feeds,
+                        reload=self._reload_all,
+                        reconcile_all=lambda: self.reconcile(all_followers=True),
+                        set_draining=self.set_draining,
+                    ),
                     max_connections=cfg.admin.max_connections,
                     idle_timeout_s=cfg.admin.idle_timeout_s,
                     allow_mutating_uids=cfg.admin.allow_mutating_uids,
@@ -259,6 +280,11 @@ class EngineSystem:
                 if v.adapter.liquidation_model == "venue" and "futures" in v.config.trade_types
             },
         )
+
+    @property
+    def shutdown_requested(self) -> bool:
+        """The admin asked for a shutdown (run_engine stops the engine)."""
+        return self.shutdown.is_set()
 
     def follower_refs(self) -> dict[int, pykka.ActorRef[Any]]:
         """Every follower's ref, asked of the router (their owner; empty before it started). Blocks: not for
