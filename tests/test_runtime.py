@@ -16,6 +16,7 @@ from typing import Any
 import pykka
 import pytest
 
+from engine._pool import PooledInbox
 from engine.runtime import (
     POOLED,
     THREADING,
@@ -296,7 +297,7 @@ def test_mailbox_depth(runtime: Runtime) -> None:
 
 
 def test_registry(runtime: Runtime) -> None:
-    ref = _echo_class(runtime).start()
+    ref: pykka.ActorRef[Any] = _echo_class(runtime).start()
     if issubclass(runtime.actor_class, PooledActor):
         assert ref not in pykka.ActorRegistry.get_all()  # documented: pooled actors have their own
         assert ref in pooled_actor_refs()
@@ -341,7 +342,7 @@ def test_pooled_hooks_run_on_pool_workers() -> None:
 
     ref = WhereAmI.start()
     try:
-        assert ref.ask("where", timeout=WAIT_S).startswith("pooled-worker-")
+        assert ref.ask("where", block=True, timeout=WAIT_S).startswith("pooled-worker-")
         assert threads[0].startswith("pooled-worker-")
     finally:
         ref.stop(timeout=WAIT_S)
@@ -443,7 +444,8 @@ def test_pooled_mailbox_is_created_by_the_first_put_and_racing_first_puts_share_
     try:
         for _ in range(50):
             ref = Counter.start()
-            assert ref.actor_inbox._queue is None  # the allocation this test is about
+            inbox = ref.actor_inbox
+            assert isinstance(inbox, PooledInbox) and inbox._queue is None  # the allocation this test is about
             assert mailbox_depth(ref) == 0
             barrier = threading.Barrier(senders)
 
