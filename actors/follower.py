@@ -27,7 +27,6 @@ from engine.messages import (
     FollowerDecision,
     IntentAck,
     OrderOutcome,
-    PersistIntent,
     PlaceOrder,
     PositionStatus,
     PriceUpdate,
@@ -51,7 +50,7 @@ class FollowerActor(FollowerRisk):
     """See the module docstring. Constructed from its persisted ``FollowerState``."""
 
     def on_start(self) -> None:
-        if self._orders:
+        if self._books.orders:
             # Start-up recovery: ask the venue about every order left open by the last run.
             self._reconcile()
 
@@ -104,13 +103,13 @@ class FollowerActor(FollowerRisk):
         if now is None:
             now = self._ctx.clock.now()
         follow = self._follows.get(signal.whale_id)
-        held = self._portfolio.position_on(venue, signal.symbol)
-        orders = self._orders
-        account = self._portfolio.account_view(
+        held = self._books.portfolio.position_on(venue, signal.symbol)
+        orders = self._books.orders
+        account = self._books.portfolio.account_view(
             venue=venue,
             symbol=signal.symbol,
             now=now,
-            busy=(venue, signal.symbol) in self._busy,
+            busy=(venue, signal.symbol) in self._books.busy,
             opening=sum(1 for o in orders.values() if o.kind == "open") if orders else 0,
             in_flight=len(orders),
             draining=self._ctx.draining(),
@@ -133,13 +132,13 @@ class FollowerActor(FollowerRisk):
             return
         venue = self._user.preferred_exchange
         trade = Trade.for_plan(decision, signal=signal, user_id=self._user_id, venue=venue)
-        if trade.client_order_id in self._orders:
+        if trade.client_order_id in self._books.orders:
             self._skip(signal, SkipReason.POSITION_BUSY, "order for this signal already in flight", now)
             return
         reserved = Decimal(0)
         if isinstance(decision, EntryPlan):
             reserved = decision.reserve_usdt
-            if not self._portfolio.reserve(venue, reserved):
+            if not self._books.portfolio.reserve(venue, reserved):
                 self._skip(signal, SkipReason.INSUFFICIENT_BALANCE, f"cannot reserve {reserved}", now)
                 return
             kind = "increase" if decision.is_increase else "open"
@@ -152,10 +151,10 @@ class FollowerActor(FollowerRisk):
             received_at_ns=message.received_at_ns,
             created_at=now,
         )
-        self._track(order)
+        self._books.track(order)
         # The row carries the reservation: after a crash it is what start-up recovery releases or settles.
-        order.intent_row = self._trade_row(order)
-        self._ctx.persistence.tell(PersistIntent(row=order.intent_row, reply_to=self.actor_ref))
+        order.intent_row = self._books.trade_row(order)
+        self._books.persist_intent(order.intent_row, self.actor_ref)
 
     def _skip(self, signal: Signal, reason: SkipReason, detail: str, now: datetime | None = None) -> None:
         metrics.incr(f"skips.{reason.value}")
@@ -167,7 +166,7 @@ class FollowerActor(FollowerRisk):
             reason=reason.value,
             detail=detail,
         )
-        self._publish(
+        self._books.publish(
             FollowerSkipped(
                 occurred_at=now if now is not None else self._ctx.clock.now(),
                 user_id=self._user_id,
@@ -183,17 +182,16 @@ class FollowerActor(FollowerRisk):
     # ---- intents and orders ------------------------------------------------------------------------------
 
     def _on_intent_ack(self, ack: IntentAck) -> None:
-        order = self._orders.get(ack.client_order_id)
+        order = self._books.orders.get(ack.client_order_id)
         if order is None or order.trade.status is not TradeStatus.PENDING:
             return
         trade = order.trade
         if ack.duplicate:
             # The same order (same client order id) was decided before, e.g. the signal was routed again after a
             # restart: its trade row is the truth. Drop this copy without writing over that row.
-            self._orders.pop(trade.client_order_id, None)
-            self._busy.discard((trade.venue, trade.symbol))
+            self._books.untrack(order)
             if order.reserved_usdt > 0:
-                self._portfolio.release(trade.venue, order.reserved_usdt)
+                self._books.portfolio.release(trade.venue, order.reserved_usdt)
             if order.kind == "close":
                 self._close_id_taken(order)
             metrics.incr("copies.duplicate")
@@ -208,7 +206,7 @@ class FollowerActor(FollowerRisk):
             log.warning(
                 "copy.not_durable", user_id=self._user_id, client_order_id=trade.client_order_id, error=ack.error
             )
-            self._finish(order, undo_order(self._portfolio, order, now=self._ctx.clock.now()))
+            self._books.finish(order, undo_order(self._books.portfolio, order, now=self._ctx.clock.now()))
             self._answer_router(order, "failed", "not_durable")
             return
         self._send(order)
@@ -218,12 +216,12 @@ class FollowerActor(FollowerRisk):
         """A close whose id already has a trade row, and which no order of ours tracks: that attempt ended
         earlier (e.g. filled in part before a restart). Reopen the position; the next trigger tries a new id."""
         self._spend_close_id(order)
-        position = self._portfolio.positions.get(order.trade.position_id or "")
+        position = self._books.portfolio.positions.get(order.trade.position_id or "")
         if position is None:
             return
         if position.status is PositionStatus.CLOSING:
             position.abort_closing()
-            self._persist(position.to_row())
+            self._books.persist(position.to_row())
 
     def _spend_close_id(self, order: OrderContext) -> None:
         """An engine close attempt ended (filled in part, refused, failed, or never durable): its id is spent.
@@ -238,21 +236,21 @@ class FollowerActor(FollowerRisk):
         exchange = self._ctx.exchanges.get(trade.venue)
         if exchange is None:
             trade.transition(TradeStatus.FAILED, error=f"no exchange actor for venue {trade.venue}")
-            self._finish(order, undo_order(self._portfolio, order, now=self._ctx.clock.now()))
+            self._books.finish(order, undo_order(self._books.portfolio, order, now=self._ctx.clock.now()))
             return
         trade.transition(TradeStatus.SUBMITTED)
         exchange.tell(PlaceOrder(request=trade.to_order_request(), reply_to=self.actor_ref))
         metrics.incr("orders.sent")
         if order.received_at_ns:
             metrics.observe("signal_to_order_ms", (self._ctx.clock.monotonic_ns() - order.received_at_ns) / 1e6)
-        self._persist(self._submitted_row(order))
+        self._books.persist(self._submitted_row(order))
 
     def _submitted_row(self, order: OrderContext) -> TradeRow:
         # PENDING -> SUBMITTED changes only status and version: reuse the intent row when that is all that moved.
         intent, trade = order.intent_row, order.trade
         order.intent_row = None
         if intent is None or intent.version + 1 != trade.version:
-            return self._trade_row(order)
+            return self._books.trade_row(order)
         return msgspec.structs.replace(intent, status=trade.status, version=trade.version)
 
     def _answer_router(self, order: OrderContext, outcome: str, reason: str | None) -> None:
@@ -262,7 +260,7 @@ class FollowerActor(FollowerRisk):
             )
 
     def _on_outcome(self, outcome: OrderOutcome) -> None:
-        order = self._orders.get(outcome.client_order_id)
+        order = self._books.orders.get(outcome.client_order_id)
         if order is None:
             return  # an answer for an order already settled (duplicate resolution): nothing to do
         trade = order.trade
@@ -285,7 +283,7 @@ class FollowerActor(FollowerRisk):
         if not changed and trade.status not in (TradeStatus.UNKNOWN, TradeStatus.SUBMITTED):
             return
         status = trade.status
-        position = self._portfolio.positions.get(trade.position_id or "")
+        position = self._books.portfolio.positions.get(trade.position_id or "")
         if trade.is_final:
             self._spend_close_id(order)
         if status in (TradeStatus.FILLED, TradeStatus.PARTIALLY_FILLED):
@@ -293,14 +291,14 @@ class FollowerActor(FollowerRisk):
             if order.kind in ("open", "increase"):
                 market = self._ctx.markets.get(trade.venue, {}).get(trade.symbol)
                 follow = self._follows.get(trade.whale_id or -1)
-                events = settle_entry(self._portfolio, order, market=market, follow=follow, now=now)
+                events = settle_entry(self._books.portfolio, order, market=market, follow=follow, now=now)
             else:
                 market = self._ctx.markets.get(trade.venue, {}).get(trade.symbol)
-                events = settle_exit(self._portfolio, order, now=now, market=market)
-            self._finish(order, events, position)
+                events = settle_exit(self._books.portfolio, order, now=now, market=market)
+            self._books.finish(order, events, position)
         elif status in (TradeStatus.REJECTED, TradeStatus.FAILED, TradeStatus.CANCELLED):
             metrics.incr("orders.rejected" if status is TradeStatus.REJECTED else "orders.failed")
-            self._finish(order, undo_order(self._portfolio, order, now=now), position)
+            self._books.finish(order, undo_order(self._books.portfolio, order, now=now), position)
             if (
                 status is TradeStatus.REJECTED
                 and order.kind == "close"
@@ -313,7 +311,7 @@ class FollowerActor(FollowerRisk):
                 self._ask_venue(trade.venue, [position], 0.0, reason="close_rejected")
         elif status is TradeStatus.UNKNOWN and changed:
             metrics.incr("orders.unknown")
-            self._publish(
+            self._books.publish(
                 TradeNeedsReconciliation(
                     occurred_at=now,
                     user_id=self._user_id,
@@ -322,7 +320,7 @@ class FollowerActor(FollowerRisk):
                     error=outcome.error,
                 )
             )
-            self._persist(self._trade_row(order))
+            self._books.persist(self._books.trade_row(order))
             self._ctx.needs_reconcile(self._user_id)
         elif status is TradeStatus.UNKNOWN:
             # Resolution answered "not yet" (not found within the grace, look-up failed, resting on the book):
@@ -335,7 +333,7 @@ class FollowerActor(FollowerRisk):
 
     def _reconcile(self) -> None:
         """Ask the venue by client order id about every order whose outcome we do not know."""
-        for order in list(self._orders.values()):
+        for order in list(self._books.orders.values()):
             trade = order.trade
             if trade.status not in (TradeStatus.UNKNOWN, TradeStatus.SUBMITTED, TradeStatus.PENDING):
                 continue
@@ -357,7 +355,7 @@ class FollowerActor(FollowerRisk):
     def _recovered_pending(self, order: OrderContext) -> bool:
         # A PENDING trade loaded at start-up may or may not have reached the venue before the crash; treat it
         # as UNKNOWN so the resolution rules apply (found -> apply; not found after the grace -> FAILED).
-        if order.trade.client_order_id in self._recovered:
+        if order.trade.client_order_id in self._books.recovered:
             order.trade.transition(TradeStatus.UNKNOWN, error="recovered at start-up")
             return True
         return False
@@ -370,4 +368,4 @@ class FollowerActor(FollowerRisk):
 
     def close_all(self) -> list[dict[str, Any]]:
         """Close every open position (admin ``close-all``)."""
-        return [self.start_close(pid, "manual") for pid in list(self._portfolio.positions)]
+        return [self.start_close(pid, "manual") for pid in list(self._books.portfolio.positions)]

@@ -1,4 +1,5 @@
-"""The FollowerActor's state and plumbing: construction from persisted rows, bookkeeping, persistence.
+"""The FollowerActor's state and plumbing: construction from persisted rows, introspection. Its books are a
+``FollowerBooks`` (``actors/follower_books.py``).
 
 Split from ``actors/follower.py`` so that file reads as the copy flow. ``FollowerContext`` is what the system
 gives every follower: refs to the singletons and read-only views; nothing in it is mutable shared state.
@@ -8,16 +9,15 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 
-from engine.events import DomainEvent
+from actors.follower_books import FollowerBooks
 from engine.follower_state import FollowerContext, FollowerState
 from engine.ledger import OrderContext
 from engine.logs import get_logger
 from engine.messages import (
-    PersistRows,
     PositionRow,
     PositionStatus,
     TradeRow,
@@ -30,21 +30,6 @@ from engine.trades import Trade
 
 log = get_logger(__name__)
 
-_K = TypeVar("_K")
-
-
-class KeySet(dict[_K, None]):
-    """A set kept as a dict's keys: ``add``, ``discard``, ``in``, ``len``, iteration. An empty one is 64 bytes
-    where an empty ``set`` is 216, and every follower holds two that are nearly always empty (bench scenario 4)."""
-
-    __slots__ = ()
-
-    def add(self, key: _K) -> None:
-        self[key] = None
-
-    def discard(self, key: _K) -> None:
-        self.pop(key, None)
-
 
 class FollowerBase(PooledActor):
     """State and helpers; the message handling is in ``FollowerActor``."""
@@ -54,24 +39,22 @@ class FollowerBase(PooledActor):
         self._ctx = ctx
         self._user_id = state.user.user_id
         now = ctx.clock.now()
-        self._portfolio = Portfolio(self._user_id, now=now, realized_total_usdt=state.realized_total_usdt)
-        self._portfolio.trades_today = state.trades_today
-        self._portfolio.realized_today_usdt = state.realized_today_usdt
-        self._orders: dict[str, OrderContext] = {}
-        self._busy: KeySet[tuple[str, str]] = KeySet()
+        portfolio = Portfolio(self._user_id, now=now, realized_total_usdt=state.realized_total_usdt)
+        portfolio.trades_today = state.trades_today
+        portfolio.realized_today_usdt = state.realized_today_usdt
+        self._books = FollowerBooks(portfolio, persistence=ctx.persistence, publish=ctx.publish)
         self._marks: dict[str, Decimal] = {}
         self._paused_override: bool | None = None
         self._current: Any = None
-        self._recovered: KeySet[str] = KeySet()
         self._close_attempts: dict[str, int] = dict(state.close_attempts)
         self._apply_state_settings(state)
         for bal in state.balances:
-            self._portfolio.restore_balance(
+            self._books.portfolio.restore_balance(
                 bal.venue, bal.asset, free=bal.free, reserved=bal.reserved, version=bal.version
             )
         for position_row in state.positions:
             if position_row.status in (PositionStatus.OPEN, PositionStatus.CLOSING):
-                self._portfolio.add_position(self._restore_position(position_row))
+                self._books.portfolio.add_position(self._restore_position(position_row))
         for trade_row in state.open_trades:
             self._recover_trade(trade_row, state.trade_created_at.get(trade_row.client_order_id, now))
         self._reopen_abandoned_closes()
@@ -82,11 +65,11 @@ class FollowerBase(PooledActor):
         CLOSING row, and the engine stopped before the close's intent was durable (so no order was sent), or
         the attempt ended in a write the crash lost. Left CLOSING, no trigger and no close would ever touch it
         again: it is OPEN, and the next trigger closes it."""
-        closing = {o.trade.position_id for o in self._orders.values() if o.kind == "close"}
-        for position in self._portfolio.positions.values():
+        closing = {o.trade.position_id for o in self._books.orders.values() if o.kind == "close"}
+        for position in self._books.portfolio.positions.values():
             if position.status is PositionStatus.CLOSING and position.position_id not in closing:
                 position.abort_closing()
-                self._persist(position.to_row())
+                self._books.persist(position.to_row())
                 log.warning("position.close_abandoned", user_id=self._user_id, position_id=position.position_id)
 
     def _restore_reservations(self) -> None:
@@ -95,10 +78,10 @@ class FollowerBase(PooledActor):
         The balance row and the trade rows are written by different lanes at different times, so a crash can
         leave a reservation in one and not the other; the open trades are what will be released or settled."""
         held: dict[str, Decimal] = {}
-        for order in self._orders.values():
+        for order in self._books.orders.values():
             held[order.trade.venue] = held.get(order.trade.venue, Decimal(0)) + order.reserved_usdt
-        for venue in {*held, *self._portfolio.venues_holding("USDT")}:
-            balance = self._portfolio.balance(venue)
+        for venue in {*held, *self._books.portfolio.venues_holding("USDT")}:
+            balance = self._books.portfolio.balance(venue)
             reserved = held.get(venue)
             if reserved is None and not balance.reserved:
                 continue  # nothing held and nothing reserved: already right (most followers at start)
@@ -125,50 +108,15 @@ class FollowerBase(PooledActor):
         if row.reduce_only:
             kind = "close" if row.client_order_id[0] in "xr" else "exit"
         else:
-            kind = "increase" if row.position_id in self._portfolio.positions else "open"
-        position = self._portfolio.positions.get(row.position_id or "")
+            kind = "increase" if row.position_id in self._books.portfolio.positions else "open"
+        position = self._books.portfolio.positions.get(row.position_id or "")
         close_reason = position.close_reason if position is not None and kind == "close" else None
         order = OrderContext(
             trade=trade, kind=kind, reserved_usdt=row.reserved_usdt, close_reason=close_reason, created_at=created_at
         )
         if trade.status is TradeStatus.PENDING:
-            self._recovered.add(trade.client_order_id)
-        self._track(order)
-
-    # ---- bookkeeping -------------------------------------------------------------------------------------
-
-    def _track(self, order: OrderContext) -> None:
-        self._orders[order.trade.client_order_id] = order
-        self._busy.add((order.trade.venue, order.trade.symbol))
-
-    def _finish(self, order: OrderContext, events: list[DomainEvent], position: Position | None = None) -> None:
-        """The order reached a final state: stop tracking it, persist the books, publish the events.
-
-        ``position`` is the one the order touched, looked up before the ledger ran (a closed position has
-        left the portfolio by now, and its final row must still be written)."""
-        trade = order.trade
-        self._orders.pop(trade.client_order_id, None)
-        self._busy.discard((trade.venue, trade.symbol))
-        self._recovered.discard(trade.client_order_id)
-        rows: list[Any] = [self._trade_row(order)]
-        position = position or self._portfolio.positions.get(trade.position_id or "")
-        if position is not None:
-            rows.append(position.to_row())
-        rows.extend(self._portfolio.balance_rows())
-        rows.extend(event.to_row() for event in events)  # the events with the books they describe: one write
-        self._persist(*rows)
-        for event in events:
-            self._ctx.publish(event, persisted=True)
-
-    def _publish(self, event: DomainEvent) -> None:
-        """Domain events go to the system's subscribers: the persistence one writes ``domain_events``."""
-        self._ctx.publish(event)
-
-    def _trade_row(self, order: OrderContext) -> TradeRow:
-        return order.trade.to_row(reserved_usdt=order.reserved_usdt)
-
-    def _persist(self, *rows: Any) -> None:
-        self._ctx.persistence.tell(PersistRows(rows=rows))
+            self._books.recovered.add(trade.client_order_id)
+        self._books.track(order)
 
     # ---- failures and introspection -------------------------------------------------------------------
 
@@ -184,20 +132,20 @@ class FollowerBase(PooledActor):
             "paused": self._paused_override if self._paused_override is not None else self._user.paused,
             "preferred_exchange": self._user.preferred_exchange,
             "follows": sorted(self._follows),
-            "balances": [_plain(b) for b in self._portfolio.balance_rows()],
-            "open_positions": [_plain(p.to_row()) for p in self._portfolio.positions.values()],
+            "balances": [_plain(b) for b in self._books.portfolio.balance_rows()],
+            "open_positions": [_plain(p.to_row()) for p in self._books.portfolio.positions.values()],
             "orders_in_flight": [
                 {"client_order_id": cid, "status": o.trade.status.value, "kind": o.kind}
-                for cid, o in self._orders.items()
+                for cid, o in self._books.orders.items()
             ],
-            "trades_today": self._portfolio.trades_today,
-            "realized_pnl_today_usdt": self._portfolio.realized_today_usdt,
+            "trades_today": self._books.portfolio.trades_today,
+            "realized_pnl_today_usdt": self._books.portfolio.realized_today_usdt,
         }
 
     def snapshot(self) -> Any:
         """Persist and return a portfolio snapshot at the current marks."""
-        row = self._portfolio.snapshot(self._ctx.clock.now(), self._marks)
-        self._persist(row)
+        row = self._books.portfolio.snapshot(self._ctx.clock.now(), self._marks)
+        self._books.persist(row)
         return row
 
 

@@ -29,7 +29,6 @@ from engine.ledger import OrderContext, liquidate
 from engine.logs import get_logger
 from engine.messages import (
     CheckPositions,
-    PersistIntent,
     PositionStatus,
     PriceUpdate,
     TradeType,
@@ -49,7 +48,7 @@ class FollowerRisk(FollowerBase):
         """Mark positions to market and act on the first trigger each one hits."""
         check = self._ctx.liquidation_checks.get(update.venue)
         to_ask: list[Position] = []
-        for position in list(self._portfolio.positions.values()):
+        for position in list(self._books.portfolio.positions.values()):
             if position.venue != update.venue:
                 continue
             mark = update.marks.get(position.symbol)
@@ -114,7 +113,7 @@ class FollowerRisk(FollowerBase):
         if answer.error is not None:
             return  # logged by the exchange actor; the next tick past the interval asks again
         held = {p.symbol: p for p in answer.positions}
-        for position in list(self._portfolio.positions.values()):
+        for position in list(self._books.portfolio.positions.values()):
             if (
                 position.venue != answer.venue
                 or position.symbol not in answer.symbols
@@ -126,7 +125,7 @@ class FollowerRisk(FollowerBase):
             if at_venue is not None and at_venue.side is position.side:
                 self._adopt_venue_position(position, at_venue.qty, at_venue.liquidation_price)
                 continue
-            if any(o.trade.position_id == position.position_id for o in self._orders.values()):
+            if any(o.trade.position_id == position.position_id for o in self._books.orders.values()):
                 continue  # an order on it is in flight (a close that filled?): its outcome decides first
             mark = self._marks.get(position.symbol) or position.liquidation_price or position.entry_price
             log.warning(
@@ -143,10 +142,10 @@ class FollowerRisk(FollowerBase):
 
     def _book_liquidation(self, position: Position, mark: Decimal) -> None:
         """The position is gone with its margin: books, rows, ``PositionLiquidated``."""
-        event = liquidate(self._portfolio, position, mark, now=self._ctx.clock.now())
+        event = liquidate(self._books.portfolio, position, mark, now=self._ctx.clock.now())
         metrics.incr("positions.liquidated")
-        self._persist(position.to_row(), *self._portfolio.balance_rows())
-        self._ctx.publish(event)
+        self._books.persist(position.to_row(), *self._books.portfolio.balance_rows())
+        self._books.publish(event)
 
     def _adopt_venue_position(self, position: Position, venue_qty: Decimal, venue_liq: Decimal | None) -> None:
         if venue_qty != position.qty:
@@ -167,17 +166,17 @@ class FollowerRisk(FollowerBase):
                 estimate=ours,
                 venue_liquidation_price=position.liquidation_price,
             )
-            self._persist(position.to_row())
+            self._books.persist(position.to_row())
 
 
     def start_close(self, position_id: str, reason: str, *, mark: Decimal | None = None) -> dict[str, Any]:
         """Begin an engine close of the whole position. Idempotent: closing twice is a no-op with a reply."""
-        position = self._portfolio.positions.get(position_id)
+        position = self._books.portfolio.positions.get(position_id)
         if position is None or not position.is_active:
             return {"position_id": position_id, "closing": False, "detail": "no such open position"}
         if position.status is PositionStatus.CLOSING:
             return {"position_id": position_id, "closing": False, "detail": "already closing"}
-        busy = [o for o in self._orders.values() if o.trade.position_id == position_id]
+        busy = [o for o in self._books.orders.values() if o.trade.position_id == position_id]
         if busy:
             return {"position_id": position_id, "closing": False, "detail": "an order on this position is in flight"}
         attempt = self._close_attempts.get(position_id, 0)
@@ -202,9 +201,9 @@ class FollowerRisk(FollowerBase):
             position_id=position_id,
         )
         order = OrderContext(trade=trade, kind="close", close_reason=reason, created_at=self._ctx.clock.now())
-        self._track(order)
-        self._persist(position.to_row())
-        self._ctx.persistence.tell(PersistIntent(row=self._trade_row(order), reply_to=self.actor_ref))
+        self._books.track(order)
+        self._books.persist(position.to_row())
+        self._books.persist_intent(self._books.trade_row(order), self.actor_ref)
         metrics.incr(f"closes.{reason}")
         log.info(
             "position.closing",

@@ -2,7 +2,7 @@
 single-row autocommit INSERTs measured in the same run, on the run's PostgreSQL (fsync on).
 
 The rows go in as followers send them: ``PersistRows`` of a trade, its position and an event (three rows per
-message, as ``FollowerBase._finish`` does); the clock stops when ``flush()`` says everything is written.
+message, as ``FollowerBooks.finish`` does); the clock stops when ``flush()`` says everything is written.
 The baseline is ``bench.bench_persistence``'s single-row autocommit loop (one INSERT, one commit, per row).
 The same rows also go through the actor's previous writer (COPY into a staging table + ``INSERT … SELECT`` per
 table, one batch in flight), so the gain of the default writer is measured in the same run.
