@@ -38,13 +38,12 @@ from engine import runtime
 from engine.clock import SYSTEM_CLOCK
 from engine.config import RuntimeConfig
 from engine.control import RouteSignal, SetFollowers
-from engine.events import DomainEvent
+from engine.events import EventBus, log_event
 from engine.follower_state import FollowerContext, FollowerState
 from engine.messages import BalanceRow, CopySignal, FollowerDecision, PersistRows, PlaceOrder, Signal
 from engine.portfolio import Portfolio
 from engine.sizing import EntryPlan, decide
 from engine.trades import Trade
-from node.system import log_event
 
 SCENARIO = "1 fan-out"
 VENUE = "paper"
@@ -135,14 +134,12 @@ class Bench:
     def __init__(self) -> None:
         self.persistence = AckingPersistence.start()
         self.exchange = CountingExchange.start()
+        # As the engine's: the event row to persistence (the acking actor drops it) and the log line.
+        self.events = EventBus(write=lambda row: self.persistence.tell(PersistRows(rows=(row,))))
+        self.events.subscribe(log_event)
+        self.publish = self.events.publish
         self.router = SignalRouterActor.start(persistence=self.persistence, mark_price=mark_price, publish=self.publish)
         self._signal_ids = iter(range(1, 10**9))
-
-    def publish(self, event: DomainEvent, *, persisted: bool = False) -> None:
-        # As EngineSystem.publish: the event row to persistence (the acking actor drops it) and the log line.
-        if not persisted:
-            self.persistence.tell(PersistRows(rows=(event.to_row(),)))
-        log_event(event)
 
     def context(self) -> FollowerContext:
         return FollowerContext(

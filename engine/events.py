@@ -14,8 +14,8 @@ Natural keys (what makes a fact happen at most once):
 * ``FollowerSkipped``: signal id + user id (one decision per follower per signal). Aggregates per signal
   live in ``SignalProcessed.skip_reasons``.
 
-``EventBus`` is an in-process, I/O-free pub/sub: ``publish`` returns the subscribers' exceptions instead of
-logging them, so the caller (an actor) logs them with its own context.
+``EventBus`` is the engine's one in-process pub/sub: ``publish`` writes the event's row through the writer it
+was given, then tells the subscribers (``log_event``, the log lines, is the engine's first).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from typing import ClassVar
 
 import msgspec
 
+from engine import logs
+from engine.logs import get_logger
 from engine.messages import DomainEventRow, PositionSide, Side, TradeStatus
 
 __all__ = [
@@ -44,7 +46,10 @@ __all__ = [
     "TradeExecuted",
     "TradeFailed",
     "TradeNeedsReconciliation",
+    "log_event",
 ]
+
+log = get_logger(__name__)
 
 
 _TAGS: dict[type, str] = {}  # event class -> its tag (see ``_Event.event_type``)
@@ -219,36 +224,62 @@ Subscriber = Callable[[DomainEvent], None]
 
 
 class EventBus:
-    """In-process pub/sub for domain events. I/O-free and not thread-safe: owned by one actor."""
+    """The engine's one in-process pub/sub for domain events. ``write`` stores an event's ``domain_events`` row
+    (the engine's: a tell to the persistence actor; ``None``: nothing stored). Thread-safe: followers publish
+    from pool workers, so the subscriber list is replaced whole, never changed in place, and subscribers must be
+    thread-safe too."""
 
-    __slots__ = ("_subscribers",)
+    __slots__ = ("_subscribers", "_write")
 
-    def __init__(self) -> None:
-        """An empty bus."""
-        self._subscribers: list[tuple[Subscriber, tuple[type, ...] | None]] = []
+    def __init__(self, write: Callable[[DomainEventRow], None] | None = None) -> None:
+        """A bus with no subscribers."""
+        self._write = write
+        self._subscribers: tuple[tuple[Subscriber, tuple[type, ...] | None], ...] = ()
 
     def subscribe(self, subscriber: Subscriber, *, event_types: tuple[type, ...] | None = None) -> Callable[[], None]:
         """Call ``subscriber`` for every event (or only those of ``event_types``); returns an unsubscribe."""
         entry = (subscriber, event_types)
-        self._subscribers.append(entry)
+        self._subscribers = (*self._subscribers, entry)
 
         def unsubscribe() -> None:
-            if entry in self._subscribers:
-                self._subscribers.remove(entry)
+            self._subscribers = tuple(e for e in self._subscribers if e is not entry)
 
         return unsubscribe
 
-    def publish(self, event: DomainEvent) -> list[Exception]:
-        """Deliver ``event`` to every subscriber in subscription order; one failing does not stop the others.
-
-        Returns the exceptions raised by subscribers (empty when all succeeded) for the caller to log.
-        """
-        errors: list[Exception] = []
-        for subscriber, types in tuple(self._subscribers):
+    def publish(self, event: DomainEvent, *, persisted: bool = False) -> None:
+        """Write the event's row (unless ``persisted``: the publisher already sent it with its own rows, one
+        message to persistence instead of one per event), then deliver it to every subscriber in subscription
+        order. A failing subscriber is logged (``events.subscriber_failed``) and does not stop the others."""
+        if not persisted and self._write is not None:
+            self._write(event.to_row())
+        for subscriber, types in self._subscribers:
             if types is not None and not isinstance(event, types):
                 continue
             try:
                 subscriber(event)
-            except Exception as exc:  # noqa: BLE001 - isolation is the point: the caller logs what we return
-                errors.append(exc)
-        return errors
+            except Exception as exc:  # noqa: BLE001 - one broken subscriber must not break a follower
+                log.error("events.subscriber_failed", event_type=event.event_type, error=repr(exc))
+
+
+_LOG_NAMES = {
+    "trade_executed": "trade.executed",
+    "trade_failed": "trade.failed",
+    "trade_needs_reconciliation": "trade.needs_reconciliation",
+    "position_opened": "position.opened",
+    "position_increased": "position.increased",
+    "position_reduced": "position.reduced",
+    "position_closed": "position.closed",
+    "position_liquidated": "position.liquidated",
+}
+
+
+def log_event(event: DomainEvent) -> None:
+    """The log subscriber: position and trade facts as their own log lines (signal and skip events already
+    have theirs, written where they happen, with more context)."""
+    name = _LOG_NAMES.get(event.event_type)
+    if name is None or not logs.enabled("info"):
+        return
+    fields = msgspec.to_builtins(event)
+    fields.pop("event_type", None)
+    fields.pop("occurred_at", None)
+    log.info(name, **fields)

@@ -50,7 +50,7 @@ class FollowerContext:
     exchanges: Mapping[str, Any]
     markets: Mapping[str, Mapping[str, MarketInfo]]
     clock: Clock  # the engine's one clock: stamps, ages, liquidation-check pacing
-    publish: Callable[..., None]  # (event, *, persisted=False): see EngineSystem.publish
+    publish: Callable[..., None]  # (event, *, persisted=False): see engine.events.EventBus.publish
     draining: Callable[[], bool]
     venue_available: Callable[[str], bool]
     needs_reconcile: Callable[[int], None]

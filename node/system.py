@@ -21,7 +21,6 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-import msgspec
 import pykka
 
 from actors.persistence import PersistenceActor
@@ -32,14 +31,14 @@ from adapters.demo import DemoFeed, seed_demo
 from adapters.embedded_pg import EmbeddedPostgres
 from adapters.ioloop import IoLoop
 from adapters.state_loader import load_followers, load_whale_ids
-from engine import logs, metrics, runtime
+from engine import metrics, runtime
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import EngineConfig, effective_config
 from engine.control import ReconcileNow, SetBacklog, SetDraining
-from engine.events import DomainEvent
+from engine.events import DomainEvent, EventBus, log_event
 from engine.follower_state import FollowerContext, FollowerState, LiquidationCheck
 from engine.logs import get_logger
-from engine.messages import PersistRows
+from engine.messages import DomainEventRow, PersistRows
 from node.admin_handler import EngineAdminHandler
 from node.follows_watcher import FollowsWatcher
 from node.intake import signal_intake
@@ -88,7 +87,8 @@ class EngineSystem:
         self._needs_lock = threading.Lock()
         self._reconcile_pending_logged = False
         self._timers: list[PeriodicJob] = []  # on the clock: a FakeClock drives them in tests
-        self._subscribers: list[Callable[[DomainEvent], None]] = [log_event]
+        self.events = EventBus(write=self._write_event_row)
+        self.events.subscribe(log_event)
         self._stopped = False
 
     # ---- start -------------------------------------------------------------------------------------------
@@ -126,7 +126,7 @@ class EngineSystem:
             self.router = SignalRouterActor.start(
                 persistence=self.persistence,
                 mark_price=self.mark_price,
-                publish=self.publish,
+                publish=self.events.publish,
                 max_pending_copies=cfg.signals.max_pending_copies,
                 clock=self.clock,
             )
@@ -265,7 +265,7 @@ class EngineSystem:
             exchanges={name: v.exchange for name, v in self.venues.items()},
             markets={name: v.markets for name, v in self.venues.items()},
             clock=self.clock,
-            publish=self.publish,
+            publish=self.events.publish,
             draining=lambda: self.draining,
             venue_available=self.venue_available,
             needs_reconcile=self.needs_reconcile,
@@ -310,18 +310,10 @@ class EngineSystem:
 
     def subscribe(self, subscriber: Callable[[DomainEvent], None]) -> None:
         """Add an in-process domain-event subscriber (before start, or from tests). Must be thread-safe."""
-        self._subscribers = [*self._subscribers, subscriber]
+        self.events.subscribe(subscriber)
 
-    def publish(self, event: DomainEvent, *, persisted: bool = False) -> None:
-        """Write the event to ``domain_events`` and tell the subscribers. ``persisted``: the publisher already
-        sent the event's row with its own rows (one message to persistence instead of one per event)."""
-        if not persisted:
-            self.persistence.tell(PersistRows(rows=(event.to_row(),)))
-        for subscriber in self._subscribers:
-            try:
-                subscriber(event)
-            except Exception as exc:  # noqa: BLE001 - one broken subscriber must not break a follower
-                log.error("events.subscriber_failed", event_type=event.event_type, error=repr(exc))
+    def _write_event_row(self, row: DomainEventRow) -> None:
+        self.persistence.tell(PersistRows(rows=(row,)))
 
     def needs_reconcile(self, user_id: int) -> None:
         """A follower has orders whose outcome is unknown. Logged once when the engine goes from none to some
@@ -462,27 +454,3 @@ class EngineSystem:
                 return
             time.sleep(0.05)
         log.warning("engine.settle_timeout", grace_s=grace_s, in_flight=left)
-
-
-_LOG_NAMES = {
-    "trade_executed": "trade.executed",
-    "trade_failed": "trade.failed",
-    "trade_needs_reconciliation": "trade.needs_reconciliation",
-    "position_opened": "position.opened",
-    "position_increased": "position.increased",
-    "position_reduced": "position.reduced",
-    "position_closed": "position.closed",
-    "position_liquidated": "position.liquidated",
-}
-
-
-def log_event(event: DomainEvent) -> None:
-    """The log subscriber: position and trade facts as their own log lines (signal and skip events already
-    have theirs, written where they happen, with more context)."""
-    name = _LOG_NAMES.get(event.event_type)
-    if name is None or not logs.enabled("info"):
-        return
-    fields = msgspec.to_builtins(event)
-    fields.pop("event_type", None)
-    fields.pop("occurred_at", None)
-    log.info(name, **fields)

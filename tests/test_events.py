@@ -18,6 +18,7 @@ from engine.events import (
     TradeExecuted,
 )
 from engine.messages import Side, TradeStatus
+from tests.kit import LogEntries
 
 NOW = datetime(2025, 1, 2, tzinfo=UTC)
 
@@ -70,20 +71,32 @@ def test_row_and_roundtrip() -> None:
     assert msgspec.json.decode(msgspec.json.encode(event), type=DomainEvent) == event
 
 
-def test_bus_isolates_failures_and_filters() -> None:
+def test_bus_isolates_failures_and_filters(captured_logs: LogEntries) -> None:
     bus = EventBus()
     seen: list[str] = []
-    boom = RuntimeError("boom")
 
     def failing(_: DomainEvent) -> None:
-        raise boom
+        raise RuntimeError("boom")
 
     bus.subscribe(failing)
     unsubscribe = bus.subscribe(lambda e: seen.append(e.event_id))
     bus.subscribe(lambda e: seen.append("only-skips"), event_types=(FollowerSkipped,))
-    assert bus.publish(executed()) == [boom]
+    bus.publish(executed())
     assert seen == ["trade_executed:c1"]
+    (failed,) = [e for e in captured_logs if e["event"] == "events.subscriber_failed"]
+    assert failed["event_type"] == "trade_executed" and "boom" in failed["error"]
     unsubscribe()
     unsubscribe()  # idempotent
     bus.publish(FollowerSkipped(occurred_at=NOW, signal_id=1, user_id=7, reason="paused"))
     assert seen == ["trade_executed:c1", "only-skips"]
+
+
+def test_bus_writes_each_row_unless_the_publisher_already_did() -> None:
+    """The row goes to the writer before any subscriber hears of the event; ``persisted=True``: the publisher
+    sent it with its own rows, so it is not written twice."""
+    order: list[str] = []
+    bus = EventBus(write=lambda row: order.append(f"row {row.event_id}"))
+    bus.subscribe(lambda e: order.append(f"told {e.event_id}"))
+    bus.publish(executed())
+    bus.publish(executed(), persisted=True)
+    assert order == ["row trade_executed:c1", "told trade_executed:c1", "told trade_executed:c1"]

@@ -38,8 +38,8 @@ DYNAMIC_SITES: dict[tuple[str, str], Callable[[], set[str]]] = {
     ("actors/router.py", "'signal.' + status.value"): lambda: {"signal.failed", "signal.expired"},
     # SignalIntake: a claimed row that fails validation, rejected_status() -> FAILED or EXPIRED.
     ("adapters/signal_intake.py", "'signal.' + status.value"): lambda: {"signal.failed", "signal.expired"},
-    # EngineSystem's domain-event log subscriber: event_type -> event name.
-    ("node/system.py", "name"): _mapping_values("node.system", "_LOG_NAMES"),
+    # The engine's domain-event log subscriber (engine.events.log_event): event_type -> event name.
+    ("engine/events.py", "name"): _mapping_values("engine.events", "_LOG_NAMES"),
 }
 
 
