@@ -12,17 +12,18 @@ import pykka
 from engine.clock import Clock
 from engine.control import SweepStale
 from engine.logs import get_logger
+from node.periodic import PeriodicJob
 from node.stats import report_stats, take_snapshots
 from node.venues import Venue
 
-__all__ = ["periodic_jobs"]
+__all__ = ["start_periodic_jobs"]
 
 log = get_logger(__name__)
 
 Job = tuple[str, float, Callable[[], None]]
 
 
-def periodic_jobs(
+def start_periodic_jobs(
     *,
     stats_interval_s: float,
     snapshot_interval_s: float,
@@ -32,8 +33,8 @@ def periodic_jobs(
     router: pykka.ActorRef[Any],
     reconcile: Callable[[], object],
     follower_refs: Callable[[], Mapping[int, pykka.ActorRef[Any]]],
-) -> list[Job]:
-    """(thread name, interval in seconds, job) for every periodic job."""
+) -> list[PeriodicJob]:
+    """Start every periodic job, each on its own thread woken by the clock; returns them, to stop."""
 
     def reconcile_and_sweep() -> None:
         reconcile()
@@ -53,9 +54,13 @@ def periodic_jobs(
     def snapshots() -> None:
         take_snapshots(follower_refs())
 
-    return [
+    jobs: list[Job] = [
         ("timer-stats", stats_interval_s, lambda: report_stats(persistence, venues)),
         ("timer-reconcile", 10.0, reconcile_and_sweep),
         ("timer-day-roll", 1.0, day_roll),
         ("timer-snapshots", snapshot_interval_s, snapshots),
     ]
+    timers = [PeriodicJob(name, interval_s, job, clock) for name, interval_s, job in jobs]
+    for timer in timers:
+        timer.start()
+    return timers

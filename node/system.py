@@ -25,9 +25,8 @@ import pykka
 
 from actors.persistence import PersistenceActor
 from actors.router import SignalRouterActor
-from adapters.admin_socket import AdminServer
 from adapters.database import apply_schema, connect_pool
-from adapters.demo import DemoFeed, seed_demo
+from adapters.demo import seed_demo
 from adapters.embedded_pg import EmbeddedPostgres
 from adapters.ioloop import IoLoop
 from adapters.state_loader import load_followers, load_whale_ids
@@ -39,12 +38,10 @@ from engine.events import DomainEvent, EventBus, log_event
 from engine.follower_state import FollowerContext, FollowerState, LiquidationCheck
 from engine.logs import get_logger
 from engine.messages import DomainEventRow, PersistRows
-from node.admin_handler import EngineAdminHandler
 from node.follows_watcher import FollowsWatcher
-from node.intake import signal_intake
-from node.jobs import periodic_jobs
+from node.jobs import start_periodic_jobs
 from node.periodic import PeriodicJob
-from node.price_feed import PriceFeed
+from node.services import Service, start_services, stop_services
 from node.stats import take_snapshots
 from node.supervisor import Supervisor
 from node.venue_accounts import prepare_account, prepare_accounts
@@ -78,7 +75,7 @@ class EngineSystem:
         self.router: Any = None
         self.venues: dict[str, Venue] = {}
         self.supervisor: Supervisor | None = None
-        self.services: list[Any] = []  # things with async start()/stop() on the I/O loop (intake, admin, feeds)
+        self.services: list[Service] = []  # on the I/O loop: the follows watcher, feeds, intake, admin, demo
         self.follows_watcher: FollowsWatcher | None = None
         self.draining = False
         self.shutdown = threading.Event()  # set by the admin ``shutdown``; run_engine's main loop watches it
@@ -200,60 +197,29 @@ class EngineSystem:
     # ---- services on the I/O loop ------------------------------------------------------------------------
 
     def _start_services(self) -> None:
-        cfg = self.config
-        feeds = [PriceFeed(venue, pool=self.pool, router=self.router) for venue in self.venues.values()]
-        services: list[Any] = list(feeds)
-        if cfg.signals.listen:
-            services.append(
-                signal_intake(
-                    dsn=self.dsn,
-                    io=self.io,
-                    persistence=self.persistence,
-                    router=self.router,
-                    config=cfg.signals,
-                    clock=self.clock,
-                )
-            )
         if self.follows_watcher is not None:  # prepared (LISTEN) before the followers were loaded
             self.io.run(self.follows_watcher.start(), 30)
-        if cfg.admin.enabled:
-            services.append(
-                AdminServer(
-                    self.io,
-                    cfg.admin_socket_path,
-                    EngineAdminHandler(
-                        pool=self.pool,
-                        router=self.router,
-                        persistence=self.persistence,
-                        venues=self.venues,
-                        clock=self.clock,
-                        started_at=self.started_at,
-                        draining=lambda: self.draining,
-                        shutdown=self.shutdown,
-                        max_signal_age_s=cfg.signals.max_signal_age_s,
-                        mark_price=self.mark_price,
-                        price_feeds=feeds,
-                        reload=self._reload_all,
-                        reconcile_all=lambda: self.reconcile(all_followers=True),
-                        set_draining=self.set_draining,
-                    ),
-                    max_connections=cfg.admin.max_connections,
-                    idle_timeout_s=cfg.admin.idle_timeout_s,
-                    allow_mutating_uids=cfg.admin.allow_mutating_uids,
-                )
-            )
-        if self.demo:
-            services.append(DemoFeed(venues=self.venues, dsn=self.dsn, config=cfg.demo))
-        for service in services:
-            self.io.run(service.start(), 30)
-            self.services.append(service)
+        self.services += start_services(
+            self.config,
+            demo=self.demo,
+            io=self.io,
+            dsn=self.dsn,
+            pool=self.pool,
+            router=self.router,
+            persistence=self.persistence,
+            venues=self.venues,
+            clock=self.clock,
+            started_at=self.started_at,
+            mark_price=self.mark_price,
+            reload=self._reload_all,
+            reconcile_all=lambda: self.reconcile(all_followers=True),
+            draining=lambda: self.draining,
+            set_draining=self.set_draining,
+            shutdown=self.shutdown,
+        )
 
     def _stop_services(self) -> None:
-        for service in reversed(self.services):
-            try:
-                self.io.run(service.stop(), 15)
-            except Exception as exc:  # noqa: BLE001 - stop the rest regardless
-                log.warning("engine.service_stop_failed", service=type(service).__name__, error=repr(exc))
+        stop_services(self.services, self.io)
         self.services.clear()
 
     # ---- shared views handed to actors -----------------------------------------------------------------
@@ -369,7 +335,7 @@ class EngineSystem:
     # ---- timers --------------------------------------------------------------------------------------------
 
     def _start_timers(self) -> None:
-        jobs = periodic_jobs(
+        self._timers = start_periodic_jobs(
             stats_interval_s=self.config.stats_interval_s,
             snapshot_interval_s=self.config.snapshot_interval_s,
             clock=self.clock,
@@ -379,10 +345,6 @@ class EngineSystem:
             reconcile=self.reconcile,
             follower_refs=self.follower_refs,
         )
-        for name, interval_s, job in jobs:
-            timer = PeriodicJob(name, interval_s, job, self.clock)
-            timer.start()
-            self._timers.append(timer)
 
     # ---- stop ----------------------------------------------------------------------------------------------
 
