@@ -22,7 +22,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check engine actors adapters node tests bench run_engine.py
 
 typecheck: $(STAMP)
-	$(BIN)/mypy engine actors adapters node
+	$(BIN)/mypy engine actors adapters node tests bench run_engine.py
 
 test: lint typecheck
 	$(BIN)/python -m pytest -q

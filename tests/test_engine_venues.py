@@ -365,6 +365,7 @@ def test_venue_config_flows_into_the_adapter(pg_dsn: str) -> None:
     cfg = VenueConfig(name="bitget-futures", kind="bitget", trade_types=("futures",),
                       api_base_url="https://testnet.invalid", margin_mode="cross")  # fmt: skip
     adapter = make_adapter(cfg)
+    assert isinstance(adapter, CcxtVenue)
     assert (adapter.name, adapter.trade_type) == ("bitget", TradeType.FUTURES)
     assert adapter._api_base_url == "https://testnet.invalid"
     assert adapter._margin_mode == "cross"

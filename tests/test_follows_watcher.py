@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from adapters.paper import PaperVenue
 from tests.kit import HeldConnection, execute, fetchval, running_engine, seed_followers, seed_whale, wait_for
 
 # Polling far slower than every wait below: only what each test sets up can make it pass.
-SLOW_POLL = {"ENGINE_SIGNALS__FOLLOWS_POLL_INTERVAL_MS": "600000"}
+# Any: mypy lets a ** of dict[str, str] bind running_engine's venues.
+SLOW_POLL: dict[str, Any] = {"ENGINE_SIGNALS__FOLLOWS_POLL_INTERVAL_MS": "600000"}
 
 
 def _insert_silently(dsn: str, *, user_id: int, whale_id: int, age_s: float) -> None:

@@ -7,6 +7,7 @@ import io
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -25,7 +26,7 @@ from tests.kit import (
 )
 
 
-def _events(buffer: io.BytesIO, name: str) -> list[dict[str, object]]:
+def _events(buffer: io.BytesIO, name: str) -> list[dict[str, Any]]:
     return [e for e in (orjson.loads(line) for line in buffer.getvalue().splitlines()) if e["event"] == name]
 
 

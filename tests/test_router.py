@@ -78,7 +78,8 @@ def started_router(
         clock=clock,
     )
     try:
-        refs = {uid: f for uid, f in enumerate(followers, start=1)}
+        # Any: Recorders stand in for the followers' ActorRefs (the router only tells them).
+        refs: dict[int, Any] = {uid: f for uid, f in enumerate(followers, start=1)}
         ref.tell(SetFollowers(refs=refs, follows={uid: (WHALE,) for uid in refs}, known_whales=frozenset({WHALE})))
         yield ref, followers, persistence
     finally:
@@ -142,7 +143,7 @@ def test_priority_never_overtakes_an_earlier_signal_of_the_same_whale_and_symbol
     routed = followers[0].signal_ids
     for count in (2, 3, 4):
         answer(ref, routed()[-1], range(1, 4))  # the last one routed comes back: the next one goes
-        wait_for(lambda count=count: all(len(f.signal_ids()) == count for f in followers), 10)
+        wait_for(lambda: all(len(f.signal_ids()) == count for f in followers), 10)  # called in this iteration
     assert routed() == [1, 2, 4, 3]
     assert all(f.signal_ids() == routed() for f in followers)
     answer(ref, 3, range(1, 4))
