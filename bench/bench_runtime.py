@@ -70,7 +70,7 @@ def _fan_out(collector_cls: type[pykka.Actor], refs: list[pykka.ActorRef[Any]], 
         for ref in refs:
             actor = ref._actor_weakref()
             assert actor is not None
-            actor.collector = collector  # type: ignore[attr-defined]
+            actor.collector = collector
         started = time.perf_counter()
         for ref in refs:
             ref.tell(1)
