@@ -3,7 +3,8 @@
 For a signal it sizes the copy and applies every limit (``engine.sizing.decide``): a skip with a named reason,
 or an intent. It reserves funds, asks the persistence actor to make the intent durable (group-commit lane), and
 only then sends the order to the exchange actor. Outcomes update positions and balances (``engine.ledger``).
-Prices from the feed drive mark-to-market, stop-loss / take-profit and liquidation (``actors/follower_risk``).
+Prices from the feed drive mark-to-market, stop-loss / take-profit and liquidation: a ``PriceProtection``
+(``actors/follower_protection.py``).
 
 Handlers never block: the persistence actor answers ``IntentAck``, the exchange actor ``OrderOutcome``.
 """
@@ -16,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from actors.follower_risk import FollowerRisk
+from actors.follower_base import FollowerBase
 from engine import metrics
 from engine.control import ReconcileNow, SetPaused, TakeSnapshot, UpdateSettings
 from engine.events import FollowerSkipped, TradeNeedsReconciliation
@@ -28,7 +29,6 @@ from engine.messages import (
     IntentAck,
     OrderOutcome,
     PlaceOrder,
-    PositionStatus,
     PriceUpdate,
     ResolveOrder,
     Signal,
@@ -46,7 +46,7 @@ log = get_logger(__name__)
 __all__ = ["FollowerActor"]
 
 
-class FollowerActor(FollowerRisk):
+class FollowerActor(FollowerBase):
     """See the module docstring. Constructed from its persisted ``FollowerState``."""
 
     def on_start(self) -> None:
@@ -65,7 +65,7 @@ class FollowerActor(FollowerRisk):
         elif isinstance(message, PriceUpdate):
             self._on_prices(message)
         elif isinstance(message, VenuePositions):
-            self._on_venue_positions(message)
+            self._protection.on_venue_positions(message)
         elif isinstance(message, ReconcileNow):
             self._reconcile()
         elif isinstance(message, UpdateSettings):
@@ -77,6 +77,10 @@ class FollowerActor(FollowerRisk):
         else:
             log.warning("follower.unknown_message", user_id=self._user_id, message_type=type(message).__name__)
         self._current = None
+
+    def _on_prices(self, update: PriceUpdate) -> None:
+        # One method per message, so a test can break this one handler on one instance (test_bad_signals).
+        self._protection.on_prices(update)
 
     # ---- ask-able (admin, tests) -------------------------------------------------------------------------
 
@@ -120,7 +124,7 @@ class FollowerActor(FollowerRisk):
             user = msgspec.structs.replace(user, paused=self._paused_override)
         market = self._ctx.markets.get(venue, {}).get(signal.symbol)
         if mark is None and held is not None:
-            mark = self._marks.get(signal.symbol)
+            mark = self._protection.marks.get(signal.symbol)
         return decide(signal, user=user, follow=follow, market=market, mark=mark, now=now, account=account)
 
     def _on_signal(self, message: CopySignal) -> None:
@@ -193,7 +197,7 @@ class FollowerActor(FollowerRisk):
             if order.reserved_usdt > 0:
                 self._books.portfolio.release(trade.venue, order.reserved_usdt)
             if order.kind == "close":
-                self._close_id_taken(order)
+                self._protection.close_id_taken(order)
             metrics.incr("copies.duplicate")
             log.info("copy.duplicate", user_id=self._user_id, client_order_id=trade.client_order_id)
             self._answer_router(order, "copied", "already_copied")
@@ -201,7 +205,7 @@ class FollowerActor(FollowerRisk):
         if not ack.durable:
             # No durable intent, no order: this is the rule that keeps the books and the venue in agreement.
             trade.transition(TradeStatus.FAILED, error=f"intent not durable: {ack.error}")
-            self._spend_close_id(order)
+            self._protection.spend_close_id(order)
             metrics.incr("copies.failed")
             log.warning(
                 "copy.not_durable", user_id=self._user_id, client_order_id=trade.client_order_id, error=ack.error
@@ -211,25 +215,6 @@ class FollowerActor(FollowerRisk):
             return
         self._send(order)
         self._answer_router(order, "copied", None)
-
-    def _close_id_taken(self, order: OrderContext) -> None:
-        """A close whose id already has a trade row, and which no order of ours tracks: that attempt ended
-        earlier (e.g. filled in part before a restart). Reopen the position; the next trigger tries a new id."""
-        self._spend_close_id(order)
-        position = self._books.portfolio.positions.get(order.trade.position_id or "")
-        if position is None:
-            return
-        if position.status is PositionStatus.CLOSING:
-            position.abort_closing()
-            self._books.persist(position.to_row())
-
-    def _spend_close_id(self, order: OrderContext) -> None:
-        """An engine close attempt ended (filled in part, refused, failed, or never durable): its id is spent.
-        The next attempt needs a new one: the venue would answer a spent id with the old order, and a FAILED row
-        still on its way to the database would overwrite a new intent under the same id."""
-        position_id = order.trade.position_id
-        if order.kind == "close" and position_id is not None:
-            self._close_attempts[position_id] = self._close_attempts.get(position_id, 0) + 1
 
     def _send(self, order: OrderContext) -> None:
         trade = order.trade
@@ -285,7 +270,7 @@ class FollowerActor(FollowerRisk):
         status = trade.status
         position = self._books.portfolio.positions.get(trade.position_id or "")
         if trade.is_final:
-            self._spend_close_id(order)
+            self._protection.spend_close_id(order)
         if status in (TradeStatus.FILLED, TradeStatus.PARTIALLY_FILLED):
             metrics.incr("orders.filled")
             if order.kind in ("open", "increase"):
@@ -308,7 +293,7 @@ class FollowerActor(FollowerRisk):
             ):
                 # A refused reduce-only close often means the venue holds nothing to reduce: ask before the
                 # next tick tries again with a new id (and again, and again).
-                self._ask_venue(trade.venue, [position], 0.0, reason="close_rejected")
+                self._protection.ask_venue(trade.venue, [position], 0.0, reason="close_rejected")
         elif status is TradeStatus.UNKNOWN and changed:
             metrics.incr("orders.unknown")
             self._books.publish(
@@ -360,12 +345,12 @@ class FollowerActor(FollowerRisk):
             return True
         return False
 
-    # ---- admin closes (same path as SL/TP: ``FollowerRisk.start_close``) ---------------------------------
+    # ---- admin closes (same path as SL/TP: ``PriceProtection.start_close``) ---------------------------------
 
     def close_position(self, position_id: str, reason: str = "manual") -> dict[str, Any]:
         """Close ``position_id`` (admin ``close``); a position already closing is a no-op with a clear reply."""
-        return self.start_close(position_id, reason)
+        return self._protection.start_close(position_id, reason)
 
     def close_all(self) -> list[dict[str, Any]]:
         """Close every open position (admin ``close-all``)."""
-        return [self.start_close(pid, "manual") for pid in list(self._books.portfolio.positions)]
+        return [self._protection.start_close(pid, "manual") for pid in list(self._books.portfolio.positions)]

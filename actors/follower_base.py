@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from actors.follower_books import FollowerBooks
+from actors.follower_protection import PriceProtection
 from engine.follower_state import FollowerContext, FollowerState
 from engine.ledger import OrderContext
 from engine.logs import get_logger
@@ -43,10 +44,17 @@ class FollowerBase(PooledActor):
         portfolio.trades_today = state.trades_today
         portfolio.realized_today_usdt = state.realized_today_usdt
         self._books = FollowerBooks(portfolio, persistence=ctx.persistence, publish=ctx.publish)
-        self._marks: dict[str, Decimal] = {}
         self._paused_override: bool | None = None
         self._current: Any = None
-        self._close_attempts: dict[str, int] = dict(state.close_attempts)
+        self._protection = PriceProtection(
+            self._books,
+            self._user_id,
+            dict(state.close_attempts),
+            clock=ctx.clock,
+            exchanges=ctx.exchanges,
+            liquidation_checks=ctx.liquidation_checks,
+            reply_to=self.actor_ref,
+        )
         self._apply_state_settings(state)
         for bal in state.balances:
             self._books.portfolio.restore_balance(
@@ -144,7 +152,7 @@ class FollowerBase(PooledActor):
 
     def snapshot(self) -> Any:
         """Persist and return a portfolio snapshot at the current marks."""
-        row = self._books.portfolio.snapshot(self._ctx.clock.now(), self._marks)
+        row = self._books.portfolio.snapshot(self._ctx.clock.now(), self._protection.marks)
         self._books.persist(row)
         return row
 
