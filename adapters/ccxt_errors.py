@@ -8,7 +8,6 @@ read-only calls the same faults are simply retryable.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterable, Mapping
 
 import aiohttp
@@ -48,7 +47,7 @@ def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
     return None
 
 
-def _retry_after_s(headers: Mapping[str, str] | None) -> float | None:
+def _retry_after_s(headers: Mapping[str, str] | None, now_s: float) -> float | None:
     raw = _header(headers, "Retry-After")
     if raw is not None:
         try:
@@ -58,19 +57,19 @@ def _retry_after_s(headers: Mapping[str, str] | None) -> float | None:
     # Bybit: X-Bapi-Limit-Reset-Timestamp (ms) when the per-UID limit is hit.
     reset_ms = _header(headers, "X-Bapi-Limit-Reset-Timestamp")
     if reset_ms is not None and reset_ms.isdigit():
-        return max(0.0, int(reset_ms) / 1000 - time.time())
+        return max(0.0, int(reset_ms) / 1000 - now_s)
     return None
 
 
-def _ban_s(message: str, headers: Mapping[str, str] | None) -> float:
-    retry_after = _retry_after_s(headers)
+def _ban_s(message: str, headers: Mapping[str, str] | None, now_s: float) -> float:
+    retry_after = _retry_after_s(headers, now_s)
     if retry_after is not None:
         return retry_after
     match = _BANNED_UNTIL.search(message)
     if match:
         until = int(match.group(1))
         until_s = until / 1000 if until > 10**11 else until
-        return max(0.0, until_s - time.time())
+        return max(0.0, until_s - now_s)
     return _DEFAULT_BAN_S
 
 
@@ -89,20 +88,22 @@ def classify(
     exc: BaseException,
     *,
     order_sent: bool,
+    now_s: float,
     headers: Mapping[str, str] | None = None,
     secrets: Iterable[str | None] = (),
 ) -> VenueError:
     """The outcome class of ``exc``. ``order_sent``: the failing call was ``create_order`` (it may have been
-    accepted). ``headers``: the last response headers ccxt saw, for Retry-After."""
+    accepted). ``now_s``: the engine's wall time (epoch seconds), which a venue's "banned until" or reset
+    timestamp is turned into a wait against. ``headers``: the last response headers ccxt saw, for Retry-After."""
     message = sanitize(f"{type(exc).__name__}: {exc}", secrets)
     if isinstance(exc, VenueError):
         return exc
     if _is_ban(str(exc)) and isinstance(exc, ccxt.NetworkError):
-        return VenueBanned(message, ban_s=_ban_s(str(exc), headers))
+        return VenueBanned(message, ban_s=_ban_s(str(exc), headers, now_s))
     if isinstance(exc, ccxt.DDoSProtection | ccxt.RateLimitExceeded):
         if _is_ban(str(exc)):
-            return VenueBanned(message, ban_s=_ban_s(str(exc), headers))
-        return RetryableError(message, retry_after_s=_retry_after_s(headers))
+            return VenueBanned(message, ban_s=_ban_s(str(exc), headers, now_s))
+        return RetryableError(message, retry_after_s=_retry_after_s(headers, now_s))
     if isinstance(exc, ccxt.AuthenticationError):
         return CredentialRejected(message)
     if isinstance(
@@ -120,12 +121,12 @@ def classify(
         cause = exc.__cause__
         if isinstance(cause, aiohttp.ClientConnectorError):
             # The connection was never made: nothing reached the venue.
-            return RetryableError(message, retry_after_s=_retry_after_s(headers))
+            return RetryableError(message, retry_after_s=_retry_after_s(headers, now_s))
         if cause is None and not (order_sent and _is_server_error(exc)):
             # An error status or an "unavailable" code: a read can simply be asked again, and on create a 4xx or
             # a venue code says the request was not taken. A 5xx on create does not: Binance documents its
             # execution status as unknown (it may have filled).
-            return RetryableError(message, retry_after_s=_retry_after_s(headers))
+            return RetryableError(message, retry_after_s=_retry_after_s(headers, now_s))
         # A 5xx on create, or the connection broke after the request went out: the order may exist. Binance
         # refuses a client order id only while its order is open, so a re-send of a filled order fills again.
         return OutcomeUnknown(message) if order_sent else RetryableError(message)

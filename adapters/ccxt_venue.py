@@ -21,6 +21,7 @@ from adapters.ccxt_errors import CredentialRejected, classify
 from adapters.ccxt_orders import is_duplicate, market_info, to_venue_order, to_venue_position
 from adapters.ccxt_profiles import PROFILES, VenueProfile, rewrite_api_urls
 from adapters.credentials import Credential, CredentialError, CredentialStore
+from engine.clock import Clock
 from engine.logs import get_logger
 from engine.messages import MarketInfo, OrderRequest, Side, TradeType, VenueOrder, VenuePosition
 from engine.venue import LiquidationModel, OrderRejected, OutcomeUnknown, RetryableError, VenueError
@@ -47,6 +48,7 @@ class CcxtVenue:
         trade_type: TradeType,
         api_base_url: str | None,
         credentials: CredentialStore,
+        clock: Clock,
         margin_mode: str = "isolated",
         ccxt_options: Mapping[str, Any] | None = None,
         credential_refs: Mapping[int, str] | None = None,
@@ -58,6 +60,7 @@ class CcxtVenue:
         self._profile: VenueProfile = PROFILES[name]
         self._api_base_url = api_base_url
         self._credentials = credentials
+        self._clock = clock  # the engine's: a venue's "banned until" becomes a wait on it
         self._margin_mode = margin_mode
         self._ccxt_options = dict(ccxt_options or {})
         self._refs: dict[int, str] = dict(credential_refs or {})
@@ -122,7 +125,7 @@ class CcxtVenue:
                 try:
                     await self._market_client.load_markets()
                 except Exception as exc:  # noqa: BLE001 - a boundary: whatever failed is reported, never raised through
-                    raise classify(exc, order_sent=False) from None
+                    raise classify(exc, order_sent=False, now_s=self._clock.now().timestamp()) from None
                 markets = {}
                 for market in self._market_client.markets.values():
                     info = market_info(market, self.trade_type, self._profile.default_max_leverage)
@@ -358,9 +361,8 @@ class CcxtVenue:
         try:
             tickers = await self._market_client.fetch_tickers(symbols or None)
         except Exception as exc:  # noqa: BLE001 - a boundary: whatever failed is reported, never raised through
-            raise classify(
-                exc, order_sent=False, headers=getattr(self._market_client, "last_response_headers", None)
-            ) from None
+            headers = getattr(self._market_client, "last_response_headers", None)
+            raise classify(exc, order_sent=False, now_s=self._clock.now().timestamp(), headers=headers) from None
         marks = {}
         for symbol, ticker in tickers.items():
             price = ticker.get("markPrice") or ticker.get("last") or ticker.get("close")
@@ -401,7 +403,8 @@ class CcxtVenue:
     def _classify(self, exc: BaseException, client: Any, credential: Credential, *, order_sent: bool) -> VenueError:
         secrets = (credential.api_key, credential.secret, credential.passphrase)
         headers = getattr(client, "last_response_headers", None)
-        return classify(exc, order_sent=order_sent, headers=headers, secrets=secrets)
+        now_s = self._clock.now().timestamp()
+        return classify(exc, order_sent=order_sent, now_s=now_s, headers=headers, secrets=secrets)
 
 
 def _already_set(exc: BaseException) -> bool:

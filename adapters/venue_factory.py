@@ -11,16 +11,17 @@ from decimal import Decimal
 from adapters.ccxt_venue import CcxtVenue
 from adapters.credentials import CredentialStore
 from adapters.paper import PaperVenue
-from engine.clock import SYSTEM_CLOCK, Clock
+from engine.clock import Clock
 from engine.config import VenueConfig
 from engine.messages import TradeType
 
 __all__ = ["make_adapter", "venue_trade_type"]
 
 
-def make_adapter(cfg: VenueConfig, *, clock: Clock = SYSTEM_CLOCK) -> PaperVenue | CcxtVenue:
+def make_adapter(cfg: VenueConfig, *, clock: Clock) -> PaperVenue | CcxtVenue:
     """A new adapter for ``cfg``. Accounts (``users.credential_ref``) are registered later, by
-    ``node.venue_accounts.prepare_accounts``. ``clock``: the paper venue's latency and rate windows."""
+    ``node.venue_accounts.prepare_accounts``. ``clock``: the engine's (the paper venue's latency and rate
+    windows, the end of a ccxt venue's ban)."""
     if cfg.kind == "paper":
         return PaperVenue(
             slippage_bps=Decimal(str(cfg.paper_slippage_bps)), latency_ms=cfg.paper_latency_ms, clock=clock
@@ -30,6 +31,7 @@ def make_adapter(cfg: VenueConfig, *, clock: Clock = SYSTEM_CLOCK) -> PaperVenue
         trade_type=venue_trade_type(cfg),
         api_base_url=cfg.api_base_url,
         credentials=CredentialStore(),
+        clock=clock,
         margin_mode=cfg.margin_mode,
     )
 

@@ -23,6 +23,7 @@ from adapters.credentials import (
     encrypt_credential,
 )
 from adapters.emulator import EmulatorServer
+from engine.clock import SYSTEM_CLOCK
 from engine.messages import OrderRequest, Side, TradeType
 
 API_KEY = "AKIA-very-long-api-key-1234567890"
@@ -128,6 +129,7 @@ def test_secret_never_reaches_logs_or_errors_on_venue_auth_failure(
             trade_type=TradeType.SPOT,
             api_base_url=emu.url_for("binance"),
             credentials=store,
+            clock=SYSTEM_CLOCK,
             credential_refs={1: "env:U1", 2: "env:U2"},
         )
         try:

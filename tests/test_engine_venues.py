@@ -34,6 +34,7 @@ from adapters.ccxt_venue import CcxtVenue
 from adapters.credentials import CredentialStore
 from adapters.ioloop import IoLoop
 from adapters.venue_factory import make_adapter
+from engine.clock import SYSTEM_CLOCK
 from engine.config import VenueConfig
 from engine.messages import OrderOutcome, OrderRequest, PlaceOrder, ResolveOrder, Side, TradeStatus, TradeType
 from tests.kit import (
@@ -248,6 +249,7 @@ def actor_on(request: pytest.FixtureRequest, io_loop: IoLoop) -> Iterator[ActorS
         trade_type=TradeType.FUTURES,
         api_base_url=emu.server.url_for(venue),
         credentials=CredentialStore(environ),
+        clock=SYSTEM_CLOCK,
         credential_refs={uid: f"env:U{uid}" for uid in accounts},
         ccxt_options={"timeout": CCXT_TIMEOUT_MS},  # the burst loads one shared test machine
     )
@@ -364,7 +366,7 @@ def test_reduce_only_close_passes_an_open_breaker(actor_on: ActorSetup) -> None:
 def test_venue_config_flows_into_the_adapter(pg_dsn: str) -> None:
     cfg = VenueConfig(name="bitget-futures", kind="bitget", trade_types=("futures",),
                       api_base_url="https://testnet.invalid", margin_mode="cross")  # fmt: skip
-    adapter = make_adapter(cfg)
+    adapter = make_adapter(cfg, clock=SYSTEM_CLOCK)
     assert isinstance(adapter, CcxtVenue)
     assert (adapter.name, adapter.trade_type) == ("bitget", TradeType.FUTURES)
     assert adapter._api_base_url == "https://testnet.invalid"

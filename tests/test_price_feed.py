@@ -23,6 +23,7 @@ import pytest
 from adapters.database import connect_pool
 from adapters.paper import PaperVenue
 from adapters.venue_factory import make_adapter
+from engine.clock import SYSTEM_CLOCK
 from engine.config import VenueConfig
 from engine.messages import PriceUpdate
 from engine.venue import RetryableError, VenueBanned
@@ -363,7 +364,7 @@ def test_order_budget_is_the_venue_budget_minus_the_feed(
 ) -> None:  # fmt: skip
     cfg = VenueConfig(name=f"{kind}-futures", kind=kind, trade_types=("futures",),  # type: ignore[arg-type]
                       weight_per_minute=weight_per_minute, price_poll_interval_ms=poll_ms)  # fmt: skip
-    adapter = make_adapter(cfg)
+    adapter = make_adapter(cfg, clock=SYSTEM_CLOCK)
     try:
         assert order_weight_per_minute(cfg, adapter) == for_orders
     finally:

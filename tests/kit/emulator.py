@@ -17,6 +17,7 @@ from adapters.ccxt_venue import CcxtVenue
 from adapters.credentials import Credential, CredentialStore
 from adapters.emulator import EmulatorServer, MarketSpec
 from adapters.ioloop import IoLoop
+from engine.clock import SYSTEM_CLOCK
 from engine.messages import OrderRequest, Side, TradeType
 from tests.kit.waiting import GENEROUS_S
 
@@ -154,6 +155,7 @@ async def ccxt_harness(
         trade_type=trade_type,
         api_base_url=emu.url_for(name),
         credentials=store,
+        clock=SYSTEM_CLOCK,
         credential_refs={1: "mem:1", 2: "mem:2"},
         ccxt_options={"timeout": timeout_ms},
     )

@@ -16,6 +16,7 @@ from typing import Any
 
 from adapters.ccxt_venue import CcxtVenue
 from adapters.credentials import CredentialStore
+from engine.clock import SYSTEM_CLOCK
 from engine.messages import TradeType
 from node.system import EngineSystem
 from tests.kit.emulator import CCXT_TIMEOUT_MS, MARKS, Emulator, fund_accounts
@@ -75,6 +76,7 @@ def engine_on_venue(
             trade_type=trade_type,
             api_base_url=emu.server.url_for(venue),
             credentials=CredentialStore(environ),
+            clock=SYSTEM_CLOCK,
             ccxt_options={"timeout": CCXT_TIMEOUT_MS},
         )
         fields = {"name": name, "kind": venue, "trade_types": [trade_type.value], **(venue_config or {})}
