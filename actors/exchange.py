@@ -28,7 +28,7 @@ from actors.exchange_lanes import ENTRIES, EXITS, RESOLVES, Job, Lanes
 from actors.exchange_loop import LoopSide
 from actors.exchange_outcomes import OutcomeHandler, order_fields, tell_quietly
 from adapters.ioloop import IoLoop
-from engine.clock import SYSTEM_CLOCK, Clock
+from engine.clock import Clock
 from engine.config import VenueConfig
 from engine.control import CallResult, CallsCompleted, ExchangeDrain, ExchangeWake, SubscribeHealth
 from engine.logs import get_logger
@@ -56,8 +56,8 @@ class ExchangeActor(SingletonActor):
         config: VenueConfig,
         *,
         weight_per_minute: int,
+        clock: Clock,
         call_timeout_s: float = CALL_TIMEOUT_S,
-        clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
     ) -> None:
         """``config`` is the venue's, whole; ``weight_per_minute`` what is left of its budget for this actor (the

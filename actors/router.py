@@ -26,7 +26,7 @@ import pykka
 
 from actors.router_queue import WaitingSignals
 from engine import metrics
-from engine.clock import SYSTEM_CLOCK, Clock
+from engine.clock import Clock
 from engine.control import (
     RemoveFollower,
     RouterDrain,
@@ -86,7 +86,7 @@ class SignalRouterActor(SingletonActor):
         mark_price: Any,
         publish: Any,
         max_pending_copies: int = 20_000,
-        clock: Clock = SYSTEM_CLOCK,
+        clock: Clock,
     ) -> None:
         super().__init__()
         self._clock = clock

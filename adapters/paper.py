@@ -68,7 +68,9 @@ class PaperVenue(PaperTraffic):
     ) -> None:
         """``initial_marks`` by symbol or base (default: a realistic price for every default base; pass
         ``{}`` for none). ``weight_limit`` per ``weight_window_s``, if set, makes the venue answer 429 beyond
-        it, as a real one does."""
+        it, as a real one does. ``clock``: the venue's own time (bans, call stamps, latency). The engine builds
+        it with its clock (``make_adapter``); a venue made by hand runs on real time, as a real exchange does,
+        unless a test hands it the engine's ``FakeClock``."""
         self._markets = {m.symbol: m for m in (default_markets() if markets is None else markets)}
         self._slippage_bps = Decimal(str(slippage_bps))  # str(): config floats must not leak binary noise
         self.latency_ms = latency_ms

@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 
 from engine import metrics
-from engine.clock import SYSTEM_CLOCK, Clock
+from engine.clock import Clock
 from engine.logs import get_logger
 from engine.messages import Signal, SignalStatus, SignalStatusRow
 from engine.signals import EXPIRED, STALE, SignalRejected, parse_signal
@@ -86,7 +86,7 @@ class SignalIntake:
         poll_interval_ms: float,
         batch_size: int,
         max_age_s: float,
-        clock: Clock = SYSTEM_CLOCK,
+        clock: Clock,
     ) -> None:
         self._dsn = dsn
         self._claim = claim

@@ -138,7 +138,9 @@ class Bench:
         self.events = EventBus(write=lambda row: self.persistence.tell(PersistRows(rows=(row,))))
         self.events.subscribe(log_event)
         self.publish = self.events.publish
-        self.router = SignalRouterActor.start(persistence=self.persistence, mark_price=mark_price, publish=self.publish)
+        self.router = SignalRouterActor.start(
+            persistence=self.persistence, mark_price=mark_price, publish=self.publish, clock=SYSTEM_CLOCK
+        )
         self._signal_ids = iter(range(1, 10**9))
 
     def context(self) -> FollowerContext:

@@ -225,7 +225,9 @@ class ActorSetup:
     def start(self, **config_fields: Any) -> Any:
         base: dict[str, Any] = {"orders_per_second_per_account": 1000, "retry_base_ms": 50.0, "retry_max_ms": 500.0}
         config = msgspec.structs.replace(VenueConfig(name=self.venue), **{**base, **config_fields})
-        return ExchangeActor.start(self.io, self.adapter, config, weight_per_minute=config.weight_per_minute)
+        return ExchangeActor.start(
+            self.io, self.adapter, config, weight_per_minute=config.weight_per_minute, clock=SYSTEM_CLOCK
+        )
 
     def request(self, cid: str, user_id: int, *, side: Side = Side.BUY, reduce_only: bool = False) -> OrderRequest:
         return OrderRequest(
