@@ -13,12 +13,13 @@ import contextlib
 import random
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
 import asyncpg
 
+from engine.clock import Clock
 from engine.config import DemoConfig
 from engine.logs import get_logger
 from engine.precision import round_price
@@ -95,9 +96,11 @@ class DemoVenue(Protocol):
 class DemoFeed:
     """Random-walk prices on the paper venue and whale signals inserted into ``whale_signals``."""
 
-    def __init__(self, *, venues: Mapping[str, DemoVenue], dsn: str, config: DemoConfig) -> None:
-        """``venues``: the engine's; the first whose marks are settable is driven. ``dsn``: where signals go."""
+    def __init__(self, *, venues: Mapping[str, DemoVenue], dsn: str, config: DemoConfig, clock: Clock) -> None:
+        """``venues``: the engine's; the first whose marks are settable is driven. ``dsn``: where signals go;
+        ``clock`` stamps them."""
         self._venues = venues
+        self._clock = clock
         self._dsn = dsn
         self._cfg = config
         self._rng = random.Random(self._cfg.seed)
@@ -179,7 +182,7 @@ class DemoFeed:
         price = paper.marks().get(symbol) if paper is not None else None
         if price is None:
             return
-        now = datetime.now(UTC)
+        now = self._clock.now()
         await conn.execute(
             """INSERT INTO whale_signals (external_id, whale_id, symbol, side, action, trade_type, price,
                    size_usdt, leverage, priority, detected_at, expires_at, fraction)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 from collections import defaultdict
 from decimal import Decimal
 from typing import Any
@@ -34,6 +33,7 @@ import pykka
 from actors.router import SignalRouterActor
 from engine import metrics
 from engine.backoff import backoff_s
+from engine.clock import Clock
 from engine.logs import get_logger
 from engine.messages import PriceUpdate
 from engine.venue import RetryableError, VenueBanned
@@ -58,10 +58,13 @@ class PriceFeed:
         *,
         pool: asyncpg.Pool,
         router: pykka.ActorRef[SignalRouterActor],
+        clock: Clock,
         holdings_refresh_every: int = 5,
     ) -> None:
-        """``pool`` reads who holds what; ``router`` (the followers' refs' owner) gives the holders' refs."""
+        """``pool`` reads who holds what; ``router`` (the followers' refs' owner) gives the holders' refs;
+        ``clock`` dates marks (staleness) and times the back-off after a ban or a 429."""
         self._pool = pool
+        self._clock = clock
         self._router = router
         self._venue = venue
         self._interval_s = venue.config.price_poll_interval_ms / 1000
@@ -73,7 +76,7 @@ class PriceFeed:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._holdings_due = True
-        self._venue_paused_until = 0.0  # monotonic: no ticker call before (a ban or a 429 back-off)
+        self._venue_paused_until = 0.0  # the clock's monotonic time: no ticker call before (a ban or a 429 back-off)
         self._venue_refusals = 0  # 429s / bans in a row; the back-off doubles with each
         self._stale_logged: set[str] = set()
         self.ticks = 0
@@ -133,7 +136,7 @@ class PriceFeed:
         """One round: fetch, publish, fan out. Returns the number of followers told."""
         self.ticks += 1
         symbols = sorted(self._holders)
-        now = time.monotonic()
+        now = self._clock.monotonic()
         marks = await self._fetch_marks(symbols) if now >= self._venue_paused_until else {}
         for symbol in marks:
             self._fresh_at[symbol] = now
@@ -148,7 +151,7 @@ class PriceFeed:
             for user_id in self._holders.get(symbol, ()):
                 by_user[user_id][symbol] = mark
         told = 0
-        at_ns = time.monotonic_ns()
+        at_ns = self._clock.monotonic_ns()
         for user_id, user_marks in by_user.items():
             ref = self._refs.get(user_id)
             if ref is None:
@@ -192,7 +195,7 @@ class PriceFeed:
         else:
             jittered_s = backoff_s(self._venue_refusals, base_s=self._interval_s * 2, cap_s=_MAX_BACKOFF_S, rng=_JITTER)
             reason, pause_s = "rate_limited", max(jittered_s, exc.retry_after_s or 0.0)
-        self._venue_paused_until = time.monotonic() + pause_s  # from now: the call itself took time
+        self._venue_paused_until = self._clock.monotonic() + pause_s  # from now: the call itself took time
         log.warning(
             "prices.venue_backoff",
             venue=self._venue.name,

@@ -61,7 +61,7 @@ def start_services(
 ) -> list[Service]:
     """Build the services the config asks for and start each on the I/O loop (main thread); returns them in
     start order. ``started_at`` down to ``shutdown`` are for the admin socket (see ``EngineAdminHandler``)."""
-    feeds = [PriceFeed(venue, pool=pool, router=router) for venue in venues.values()]
+    feeds = [PriceFeed(venue, pool=pool, router=router, clock=clock) for venue in venues.values()]
     services: list[Service] = list(feeds)
     if config.signals.listen:
         services.append(
@@ -95,7 +95,7 @@ def start_services(
             )
         )
     if demo:
-        services.append(DemoFeed(venues=venues, dsn=dsn, config=config.demo))
+        services.append(DemoFeed(venues=venues, dsn=dsn, config=config.demo, clock=clock))
     for service in services:
         io.run(service.start(), 30)
     return services

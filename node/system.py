@@ -178,7 +178,7 @@ class EngineSystem:
     def _load_states(self) -> list[FollowerState]:
         states = self.io.run(load_followers(self.pool), 300)
         # Paper funding; real venues: credentials and balances.
-        return prepare_accounts(states, venues=self.venues, persistence=self.persistence, io=self.io)
+        return prepare_accounts(states, venues=self.venues, persistence=self.persistence, io=self.io, clock=self.clock)
 
     def _prepare_account(self, state: FollowerState) -> FollowerState:
         """A follower started later (supervisor): paper funding, or its credential registered with its venue.

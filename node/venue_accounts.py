@@ -19,7 +19,6 @@ logged: only the reference's kind (``file``/``env``/``enc``) is.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -28,6 +27,7 @@ import pykka
 
 from adapters.ioloop import IoLoop
 from adapters.venue_factory import venue_trade_type
+from engine.clock import Clock
 from engine.follower_state import FollowerState
 from engine.logs import get_logger
 from engine.messages import BalanceRow, PersistRows
@@ -50,8 +50,10 @@ def prepare_accounts(
     venues: Mapping[str, Venue],
     persistence: pykka.ActorRef[Any],
     io: IoLoop,
+    clock: Clock,
 ) -> list[FollowerState]:
-    """Every follower's state, ready for its venue: accounts registered, balances from the venue (main thread)."""
+    """Every follower's state, ready for its venue: accounts registered, balances from the venue (main thread;
+    ``clock`` paces the balance fetches within the venue's weight window)."""
     prepared = [prepare_account(state, venues=venues, persistence=persistence) for state in states]
     by_venue: dict[str, list[FollowerState]] = {}
     for state in prepared:
@@ -62,7 +64,7 @@ def prepare_accounts(
     for name, on_venue in by_venue.items():
         venue = venues[name]
         timeout_s = BALANCE_FETCH_TIMEOUT_S * (1 + len(on_venue) / BALANCE_FETCH_CONCURRENCY) + 60
-        for state in io.run(_fetch_balances(venue, on_venue), timeout_s):
+        for state in io.run(_fetch_balances(venue, on_venue, clock), timeout_s):
             fetched[state.user.user_id] = state
     updated = [fetched.get(state.user.user_id, state) for state in prepared]
     rows = tuple(_usdt_row(state, venues[state.user.preferred_exchange]) for state in fetched.values())
@@ -103,13 +105,13 @@ def _with_paper_balance(persistence: pykka.ActorRef[Any], venue: Venue, state: F
     return state
 
 
-async def _fetch_balances(venue: Venue, states: list[FollowerState]) -> list[FollowerState]:
+async def _fetch_balances(venue: Venue, states: list[FollowerState], clock: Clock) -> list[FollowerState]:
     """On the I/O loop: the states whose balance the venue gave us, with that balance in them."""
     trade_type = venue_trade_type(venue.config)
     weight = max(1, venue.adapter.request_weight("fetch_balance"))
     window_s = venue.config.weight_window_s
     budget = max(weight, int(venue.config.weight_per_minute * window_s / 60 * _STARTUP_BUDGET_SHARE))
-    pacer = _Pacer(TokenBucket(capacity=budget, window_s=window_s), weight)
+    pacer = _Pacer(TokenBucket(capacity=budget, window_s=window_s), weight, clock)
     gate = asyncio.Semaphore(BALANCE_FETCH_CONCURRENCY)
     failed: dict[str, int] = {}
 
@@ -146,17 +148,18 @@ async def _fetch_balances(venue: Venue, states: list[FollowerState]) -> list[Fol
 class _Pacer:
     """Keeps start-up balance fetches within a share of the venue's weight window (I/O loop only)."""
 
-    def __init__(self, bucket: TokenBucket, weight: int) -> None:
+    def __init__(self, bucket: TokenBucket, weight: int, clock: Clock) -> None:
         self._bucket = bucket
+        self._clock = clock
         self._weight = min(weight, bucket.capacity)
 
     async def acquire(self) -> None:
-        while not self._bucket.try_acquire(self._weight, time.monotonic(), hold=True):
-            wait_s = self._bucket.wait_time(self._weight, time.monotonic())
+        while not self._bucket.try_acquire(self._weight, self._clock.monotonic(), hold=True):
+            wait_s = self._bucket.wait_time(self._weight, self._clock.monotonic())
             await asyncio.sleep(min(wait_s, 0.5) if wait_s != float("inf") else 0.05)
 
     def release(self) -> None:
-        self._bucket.settle(self._weight, time.monotonic())
+        self._bucket.settle(self._weight, self._clock.monotonic())
 
 
 def _with_venue_balance(state: FollowerState, venue: str, venue_free: Decimal) -> FollowerState:

@@ -11,7 +11,6 @@ out of the exchange actor's.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -23,7 +22,7 @@ import pytest
 from adapters.database import connect_pool
 from adapters.paper import PaperVenue
 from adapters.venue_factory import make_adapter
-from engine.clock import SYSTEM_CLOCK
+from engine.clock import SYSTEM_CLOCK, Clock, FakeClock
 from engine.config import VenueConfig
 from engine.messages import PriceUpdate
 from engine.venue import RetryableError, VenueBanned
@@ -63,11 +62,12 @@ class Router:
 
 class FlakyVenue(PaperVenue):
     """A paper venue whose ticker call can leave symbols out (``frozen``), fail outright (``down``), answer
-    418 until ``banned_until`` (monotonic s) or 429 while ``limited`` (with ``retry_after_s``), as the ccxt
-    adapter classifies them."""
+    418 until ``banned_until`` (the test clock's monotonic s) or 429 while ``limited`` (with ``retry_after_s``),
+    as the ccxt adapter classifies them."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, clock: Clock = SYSTEM_CLOCK, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.clock = clock
         self.frozen: set[str] = set()
         self.down = False
         self.banned_until = 0.0
@@ -79,7 +79,7 @@ class FlakyVenue(PaperVenue):
         self.fetches.append(list(symbols))
         if self.down:
             raise ConnectionError("paper: connection reset (test)")
-        if (ban_s := self.banned_until - time.monotonic()) > 0:
+        if (ban_s := self.banned_until - self.clock.monotonic()) > 0:
             raise VenueBanned("paper: 418 IP banned (test)", ban_s=ban_s)
         if self.limited:
             raise RetryableError("paper: 429 too many requests (test)", retry_after_s=self.retry_after_s)
@@ -110,13 +110,14 @@ def run_with_feed(
     body: Callable[[PriceFeed, Router], Awaitable[T]],
     *,
     poll_ms: float = 1000.0,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> T:
     async def main() -> T:
         pool = await connect_pool(dsn, min_size=1, max_size=2)
         try:
             router = Router({uid: Recorder() for uid in users})
             config = VenueConfig(name="paper", price_stale_after_ms=STALE_MS, price_poll_interval_ms=poll_ms)
-            feed = PriceFeed(Venue(config, venue, None, {}), pool=pool, router=router)  # type: ignore[arg-type]
+            feed = PriceFeed(Venue(config, venue, None, {}), pool=pool, router=router, clock=clock)  # type: ignore[arg-type]
             return await body(feed, router)
         finally:
             await pool.close()
@@ -124,16 +125,15 @@ def run_with_feed(
     return asyncio.run(main())
 
 
-async def wait_past_stale() -> None:
-    await asyncio.sleep(STALE_MS / 1000 * 3)
+def past_stale(clock: FakeClock) -> None:
+    clock.advance(STALE_MS / 1000 * 3)
 
 
-async def tick_for(feed: PriceFeed, seconds: float) -> None:
-    """Tick as fast as the loop allows: far more often than any back-off lets the venue be asked."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+async def tick_for(feed: PriceFeed, clock: FakeClock, seconds: float) -> None:
+    """Tick every 2 ms of the test clock: far more often than any back-off lets the venue be asked."""
+    for _ in range(round(seconds / 0.002)):
         await feed.tick()
-        await asyncio.sleep(0.002)
+        clock.advance(0.002)
 
 
 def test_each_follower_gets_only_the_symbols_it_holds(pg_dsn: str) -> None:
@@ -175,7 +175,8 @@ def test_each_follower_gets_only_the_symbols_it_holds(pg_dsn: str) -> None:
 
 def test_stale_flagged_and_logged_once_per_change(pg_dsn: str, captured_logs: LogEntries) -> None:
     seed_positions(pg_dsn, [(211, "paper", "LINK/USDT:USDT", "open"), (211, "paper", "AVAX/USDT:USDT", "open")])
-    venue = FlakyVenue()
+    clock = FakeClock()
+    venue = FlakyVenue(clock)
     link = "LINK/USDT:USDT"
 
     async def body(feed: PriceFeed, router: Router) -> list[frozenset[str]]:
@@ -184,20 +185,20 @@ def test_stale_flagged_and_logged_once_per_change(pg_dsn: str, captured_logs: Lo
         await feed.tick()  # fresh
         venue.frozen.add(link)  # the venue stops quoting it
         await feed.tick()  # within the staleness window: still fresh
-        await wait_past_stale()
+        past_stale(clock)
         await feed.tick()  # stale now: flagged, logged
         await feed.tick()  # still stale: flagged, not logged again
         venue.frozen.clear()
         venue.set_mark("LINK", D(15))
         await feed.tick()  # fresh again
         venue.frozen.add(link)
-        await wait_past_stale()
+        past_stale(clock)
         await feed.tick()  # stale again: logged again
         assert [u.marks[link] for u in updates] == [D(14), D(14), D(14), D(14), D(15), D(15)]
         assert all(u.marks["AVAX/USDT:USDT"] == D(30) for u in updates)
         return [u.stale_symbols for u in updates]
 
-    stale = run_with_feed(pg_dsn, venue, [211], body)
+    stale = run_with_feed(pg_dsn, venue, [211], body, clock=clock)
     flagged = frozenset({link})
     assert stale == [frozenset(), frozenset(), flagged, flagged, frozenset(), flagged]
     mine = [e for e in captured_logs if e.get("symbol") == link]
@@ -210,21 +211,22 @@ def test_marks_go_stale_when_the_venue_stops_answering(pg_dsn: str, captured_log
     """A ticker call that fails leaves the last marks in place; once they are older than the limit every
     follower is told they are stale (so no SL/TP/liquidation decision is taken on them)."""
     seed_positions(pg_dsn, [(221, "paper", "BNB/USDT:USDT", "open")])
-    venue = FlakyVenue()
+    clock = FakeClock()
+    venue = FlakyVenue(clock)
     bnb = "BNB/USDT:USDT"
 
     async def body(feed: PriceFeed, router: Router) -> list[PriceUpdate]:
         await feed._refresh_holdings()
         await feed.tick()
         venue.down = True
-        await wait_past_stale()
+        past_stale(clock)
         await feed.tick()
         await feed.tick()
         venue.down = False
         await feed.tick()
         return router.recorders[221].updates
 
-    updates = run_with_feed(pg_dsn, venue, [221], body)
+    updates = run_with_feed(pg_dsn, venue, [221], body, clock=clock)
     assert [u.stale_symbols for u in updates] == [frozenset(), {bnb}, {bnb}, frozenset()]
     assert all(u.marks == {bnb: D(580)} for u in updates)
     events = [e["event"] for e in captured_logs if e.get("symbol") == bnb or e["event"] == "prices.tick_failed"]
@@ -272,24 +274,25 @@ def test_no_ticker_call_while_banned(pg_dsn: str, captured_logs: LogEntries) -> 
     """A 418 bans the client for ``ban_s``: asking again before its end only lengthens the ban (Binance
     escalates), so the feed waits it out; the marks go stale meanwhile, as for any venue that stops answering."""
     seed_positions(pg_dsn, [(241, "paper", "ADA/USDT:USDT", "open")])
-    venue = FlakyVenue()
+    clock = FakeClock()
+    venue = FlakyVenue(clock)
     ada = "ADA/USDT:USDT"
     ban_s = 1.0
 
     async def body(feed: PriceFeed, router: Router) -> tuple[int, list[PriceUpdate]]:
         await feed._refresh_holdings()
         await feed.tick()
-        venue.banned_until = time.monotonic() + ban_s
+        venue.banned_until = clock.monotonic() + ban_s
         await feed.tick()  # asks, is banned
-        await wait_past_stale()
+        past_stale(clock)
         for _ in range(5):
-            await feed.tick()  # within the ban (~0.2 s of 1 s): does not ask
+            await feed.tick()  # within the ban (0.15 s of 1 s): does not ask
         calls_during_ban = len(venue.fetches)
-        await asyncio.sleep(venue.banned_until - time.monotonic() + 0.05)
+        clock.advance(venue.banned_until - clock.monotonic() + 0.05)
         await feed.tick()  # the ban is over: asks again
         return calls_during_ban, router.recorders[241].updates
 
-    calls_during_ban, updates = run_with_feed(pg_dsn, venue, [241], body)
+    calls_during_ban, updates = run_with_feed(pg_dsn, venue, [241], body, clock=clock)
     assert calls_during_ban == 2
     assert len(venue.fetches) == 3
     assert [u.stale_symbols for u in updates] == [frozenset(), frozenset()] + [{ada}] * 5 + [frozenset()]
@@ -301,44 +304,46 @@ def test_no_ticker_call_while_banned(pg_dsn: str, captured_logs: LogEntries) -> 
 
 def test_rate_limited_feed_backs_off_exponentially_until_an_answer(pg_dsn: str) -> None:
     """429s double the pause from two poll intervals on; an answer ends the back-off, so the next 429 starts
-    it again from the shortest pause. Counts calls, with a poll of 10 ms: timing bounds stay generous."""
+    it again from the shortest pause. Counts calls, with a poll of 10 ms, on a test clock."""
     seed_positions(pg_dsn, [(251, "paper", "SOL/USDT", "open")])
-    venue = FlakyVenue()
+    clock = FakeClock()
+    venue = FlakyVenue(clock)
 
     async def body(feed: PriceFeed, router: Router) -> tuple[int, int]:
         updates = router.recorders[251].updates
         await feed._refresh_holdings()
         await feed.tick()
         venue.limited = True
-        await tick_for(feed, 0.6)  # pauses 20, 40, 80, 160, 320 ms: ~5 calls, where every tick would be ~300
+        await tick_for(feed, clock, 0.6)  # pauses 20, 40, 80, 160, 320 ms: ~5 calls, where every tick would be ~300
         limited_calls = len(venue.fetches) - 1
         venue.limited = False
         for _ in range(1000):  # until the feed asks again (after <= 640 ms) and gets an answer
             if not updates[-1].stale_symbols:
                 break
             await feed.tick()
-            await asyncio.sleep(0.002)
+            clock.advance(0.002)
         assert not updates[-1].stale_symbols
         venue.limited = True
         before = len(venue.fetches)
-        await tick_for(feed, 0.2)  # back to 20, 40, 80 ms pauses: not the 640 ms the next doubling would be
+        await tick_for(feed, clock, 0.2)  # back to 20, 40, 80 ms pauses: not the 640 ms the next doubling would be
         return limited_calls, len(venue.fetches) - before
 
-    limited_calls, calls_after_reset = run_with_feed(pg_dsn, venue, [251], body, poll_ms=10.0)
+    limited_calls, calls_after_reset = run_with_feed(pg_dsn, venue, [251], body, poll_ms=10.0, clock=clock)
     assert 3 <= limited_calls <= 8
     assert calls_after_reset >= 2
 
 
 def test_rate_limited_feed_waits_the_retry_after(pg_dsn: str) -> None:
     seed_positions(pg_dsn, [(261, "paper", "XRP/USDT", "open")])
-    venue = FlakyVenue()
+    clock = FakeClock()
+    venue = FlakyVenue(clock)
 
     async def body(feed: PriceFeed, router: Router) -> None:
         await feed._refresh_holdings()
         venue.limited, venue.retry_after_s = True, 1.0
-        await tick_for(feed, 0.4)  # the exponential pause alone would allow 4 calls by now
+        await tick_for(feed, clock, 0.4)  # the exponential pause alone would allow 4 calls by now
 
-    run_with_feed(pg_dsn, venue, [261], body, poll_ms=10.0)
+    run_with_feed(pg_dsn, venue, [261], body, poll_ms=10.0, clock=clock)
     assert len(venue.fetches) == 1
 
 
