@@ -8,6 +8,8 @@ from typing import Any
 
 import pykka
 
+from actors.persistence import PersistenceActor
+from actors.router import SignalRouterActor
 from adapters.ioloop import IoLoop
 from adapters.signal_intake import CLAIM_SQL, REQUEUE_SQL, SignalIntake
 from engine.clock import Clock
@@ -26,8 +28,8 @@ def signal_intake(
     *,
     dsn: str,
     io: IoLoop,
-    persistence: pykka.ActorRef[Any],
-    router: pykka.ActorRef[Any],
+    persistence: pykka.ActorRef[PersistenceActor],
+    router: pykka.ActorRef[SignalRouterActor],
     config: SignalsConfig,
     clock: Clock,
 ) -> SignalIntake:

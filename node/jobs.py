@@ -5,10 +5,12 @@ on a ``node.periodic.PeriodicJob`` thread, on the engine's clock."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import pykka
 
+from actors.follower import FollowerActor
+from actors.persistence import PersistenceActor
+from actors.router import SignalRouterActor
 from engine.clock import Clock
 from engine.control import SweepStale
 from engine.logs import get_logger
@@ -29,10 +31,10 @@ def start_periodic_jobs(
     snapshot_interval_s: float,
     clock: Clock,
     venues: Mapping[str, Venue],
-    persistence: pykka.ActorRef[Any],
-    router: pykka.ActorRef[Any],
+    persistence: pykka.ActorRef[PersistenceActor],
+    router: pykka.ActorRef[SignalRouterActor],
     reconcile: Callable[[], object],
-    follower_refs: Callable[[], Mapping[int, pykka.ActorRef[Any]]],
+    follower_refs: Callable[[], Mapping[int, pykka.ActorRef[FollowerActor]]],
 ) -> list[PeriodicJob]:
     """Start every periodic job, each on its own thread woken by the clock; returns them, to stop."""
 

@@ -12,11 +12,12 @@ from typing import Any
 
 import pykka
 
+from actors.persistence import PersistenceActor
 from engine.control import RunWrite
 
 
 async def run_write(
-    persistence: pykka.ActorRef[Any], fn: Callable[[Any], Awaitable[Any]], timeout_s: float = 30.0
+    persistence: pykka.ActorRef[PersistenceActor], fn: Callable[[Any], Awaitable[Any]], timeout_s: float = 30.0
 ) -> Any:
     """From a coroutine on the I/O loop: run ``fn`` through the persistence actor and await its result.
 

@@ -30,6 +30,7 @@ from typing import Any
 import asyncpg
 import pykka
 
+from actors.follower import FollowerActor
 from actors.router import SignalRouterActor
 from engine import metrics
 from engine.backoff import backoff_s
@@ -71,7 +72,7 @@ class PriceFeed:
         self._stale_s = venue.config.price_stale_after_ms / 1000
         self._refresh_every = holdings_refresh_every
         self._holders: dict[str, set[int]] = {}
-        self._refs: dict[int, pykka.ActorRef[Any]] = {}  # the holders', asked with the holdings
+        self._refs: dict[int, pykka.ActorRef[FollowerActor]] = {}  # the holders', asked with the holdings
         self._fresh_at: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()

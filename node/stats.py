@@ -13,6 +13,8 @@ from typing import Any
 
 import pykka
 
+from actors.follower import FollowerActor
+from actors.persistence import PersistenceActor
 from engine import metrics, runtime
 from engine.control import TakeSnapshot
 from engine.logs import get_logger
@@ -24,7 +26,7 @@ _last_counters: dict[str, int] = {}
 
 
 def collect_stats(
-    persistence: pykka.ActorRef[Any], venues: Mapping[str, Venue], *, consume: bool = True
+    persistence: pykka.ActorRef[PersistenceActor], venues: Mapping[str, Venue], *, consume: bool = True
 ) -> dict[str, Any]:
     """The figures of the stats line. ``consume=False`` (admin ``stats``) reads the current interval without
     ending it, so the periodic ``engine.stats`` line still covers its whole interval."""
@@ -77,11 +79,11 @@ def collect_stats(
     }
 
 
-def report_stats(persistence: pykka.ActorRef[Any], venues: Mapping[str, Venue]) -> None:
+def report_stats(persistence: pykka.ActorRef[PersistenceActor], venues: Mapping[str, Venue]) -> None:
     log.info("engine.stats", **collect_stats(persistence, venues))
 
 
-def take_snapshots(followers: Mapping[int, pykka.ActorRef[Any]], *, reason: str = "interval") -> int:
+def take_snapshots(followers: Mapping[int, pykka.ActorRef[FollowerActor]], *, reason: str = "interval") -> int:
     """Ask every follower to persist a portfolio snapshot (``portfolio_snapshots``). Returns how many.
     ``reason``: ``interval`` (the periodic timer), ``day_roll`` or ``shutdown``, for the log line."""
     count = 0

@@ -20,12 +20,12 @@ import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 import asyncpg
 import pykka
 
 from actors.follower import FollowerActor
+from actors.router import SignalRouterActor
 from adapters.ioloop import IoLoop
 from adapters.state_loader import load_followers, load_whale_ids
 from engine import metrics
@@ -47,7 +47,7 @@ class Supervisor:
         *,
         io: IoLoop,
         pool: asyncpg.Pool,
-        router: pykka.ActorRef[Any],
+        router: pykka.ActorRef[SignalRouterActor],
         context: FollowerContext,
         prepare: Callable[[FollowerState], FollowerState],
         clock: Clock,
@@ -147,7 +147,7 @@ class Supervisor:
         log.info("follows.reloaded", added=added, updated=updated, removed=removed)
         return {"added": added, "updated": updated, "removed": removed}
 
-    async def _follower_refs(self) -> dict[int, pykka.ActorRef[Any]]:
+    async def _follower_refs(self) -> dict[int, pykka.ActorRef[FollowerActor]]:
         """The router's refs (their owner), asked off the loop: the ask blocks."""
         router = self._router
         return await asyncio.get_running_loop().run_in_executor(

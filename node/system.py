@@ -23,6 +23,7 @@ from typing import Any
 
 import pykka
 
+from actors.follower import FollowerActor
 from actors.persistence import PersistenceActor
 from actors.router import SignalRouterActor
 from adapters.database import apply_schema, connect_pool
@@ -70,6 +71,7 @@ class EngineSystem:
         self.io = IoLoop()
         self.embedded: EmbeddedPostgres | None = None
         self.dsn = ""
+        # Any until start() sets them (typed where they are handed on): an Optional would need a check per use.
         self.pool: Any = None
         self.persistence: Any = None
         self.router: Any = None
@@ -252,7 +254,7 @@ class EngineSystem:
         """The admin asked for a shutdown (run_engine stops the engine)."""
         return self.shutdown.is_set()
 
-    def follower_refs(self) -> dict[int, pykka.ActorRef[Any]]:
+    def follower_refs(self) -> dict[int, pykka.ActorRef[FollowerActor]]:
         """Every follower's ref, asked of the router (their owner; empty before it started). Blocks: not for
         actor handlers."""
         return self.router.proxy().follower_refs().get(timeout=30) if self.router is not None else {}

@@ -25,6 +25,7 @@ from typing import Any
 
 import pykka
 
+from actors.persistence import PersistenceActor
 from adapters.ioloop import IoLoop
 from adapters.venue_factory import venue_trade_type
 from engine.clock import Clock
@@ -48,7 +49,7 @@ def prepare_accounts(
     states: Iterable[FollowerState],
     *,
     venues: Mapping[str, Venue],
-    persistence: pykka.ActorRef[Any],
+    persistence: pykka.ActorRef[PersistenceActor],
     io: IoLoop,
     clock: Clock,
 ) -> list[FollowerState]:
@@ -74,7 +75,7 @@ def prepare_accounts(
 
 
 def prepare_account(
-    state: FollowerState, *, venues: Mapping[str, Venue], persistence: pykka.ActorRef[Any]
+    state: FollowerState, *, venues: Mapping[str, Venue], persistence: pykka.ActorRef[PersistenceActor]
 ) -> FollowerState:
     """One follower, without I/O: paper funding, or the credential registered with its ccxt venue. Safe on
     the I/O loop (the supervisor starts followers there)."""
@@ -92,7 +93,9 @@ def prepare_account(
     return state
 
 
-def _with_paper_balance(persistence: pykka.ActorRef[Any], venue: Venue, state: FollowerState) -> FollowerState:
+def _with_paper_balance(
+    persistence: pykka.ActorRef[PersistenceActor], venue: Venue, state: FollowerState
+) -> FollowerState:
     """A paper account starts funded; the paper venue (in memory) gets what our books say the user has."""
     usdt = [b for b in state.balances if b.venue == venue.name and b.asset == _ASSET]
     if not usdt:

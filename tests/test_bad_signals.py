@@ -86,7 +86,7 @@ def test_failed_follower_is_restarted_from_its_books_others_untouched(pg_dsn: st
         # Fault injection on that one instance: its next PriceUpdate raises inside the handler.
         actor = old_ref._actor_weakref()
         assert actor is not None
-        actor._on_prices = broken_price_handler
+        actor._on_prices = broken_price_handler  # type: ignore[method-assign]  # fault injection, this instance only
         del actor
         old_ref.tell(PriceUpdate(venue="paper", marks={symbol: D(151)}))
         new_ref = wait_for(lambda: (ref := system.follower_refs().get(victim)) is not old_ref and ref)
