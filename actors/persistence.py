@@ -40,6 +40,7 @@ from actors.persistence_io import PersistenceIo, PreviousBatchFailed, WriteMetho
 from adapters import database as db
 from adapters.ioloop import IoLoop
 from engine.backoff import backoff_s
+from engine.clock import Clock
 from engine.config import DatabaseConfig, PersistenceConfig
 from engine.control import BatchDone, DurableDue, FlushDue, IntentsDone, RetryDue, RunWrite
 from engine.logs import get_logger
@@ -83,19 +84,23 @@ class PersistenceActor(SingletonActor):
         dsn: str,
         config: PersistenceConfig,
         database: DatabaseConfig,
+        clock: Clock,
         on_backlog: Callable[[bool], None] | None = None,
         write_method: WriteMethod = "json",
         retry_initial_ms: float = RETRY_INITIAL_MS,
         retry_max_ms: float = RETRY_MAX_MS,
         stop_flush_timeout_s: float = STOP_FLUSH_TIMEOUT_S,
     ) -> None:
-        """``config`` whole, and from ``database`` its ``pool_max_size``. ``on_backlog(True)`` is called (on this
+        """``config`` whole, and from ``database`` its ``pool_max_size``. ``clock``: the engine's; the group-commit
+        window, the flush interval and the retry backoff are its timers (a test on a ``FakeClock`` advances it, or
+        nothing is written). ``on_backlog(True)`` is called (on this
         actor's thread) when the write queue reaches ``config.high_water_rows``, ``on_backlog(False)`` when it is
         back under half of it: the router holds signals meanwhile, so an overloaded engine does not queue rows
         towards ``queue_max_rows`` (where they are dropped). ``write_method`` other than "json" is for the
         benchmarks; the retry and stop timings are not configurable (tests shorten them)."""
         super().__init__()
         self._io = io_loop
+        self._clock = clock
         self._durable_window_s = config.durable_window_ms / 1000
         self._durable_max_rows = config.durable_max_rows
         self._flush_interval_s = config.flush_interval_ms / 1000
@@ -113,8 +118,9 @@ class PersistenceActor(SingletonActor):
             pool_max_size=max(self._batches_in_flight + 1, database.pool_max_size),
             write_method=write_method,
             durable_timeout_s=config.durable_timeout_ms / 1000,
+            clock=clock,
         )
-        self._health = PersistenceHealth(high_water_rows=config.high_water_rows, on_backlog=on_backlog)
+        self._health = PersistenceHealth(high_water_rows=config.high_water_rows, on_backlog=on_backlog, clock=clock)
 
         self._queue: deque[Any] = deque()
         self._batches: deque[_Batch] = deque()  # formed, in order: in flight (a prefix), then waiting
@@ -160,7 +166,8 @@ class PersistenceActor(SingletonActor):
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Write everything queued (both lanes) and return ``True``; ``False`` if ``timeout_s`` ran out first
         (the database stayed down). Blocks this actor's thread meanwhile: for shutdown, the composition
-        root and tests (``proxy.flush().get()``), never on the hot path."""
+        root and tests (``proxy.flush().get()``), never on the hot path. Its timeout and its pause after a failed
+        attempt are real time, not the engine's clock: they bound how long a thread is blocked."""
         deadline = time.monotonic() + timeout_s
         try:
             while True:
@@ -410,4 +417,4 @@ class PersistenceActor(SingletonActor):
 
     def _after(self, delay_s: float, message: Any) -> None:
         ref = self.actor_ref
-        self._io.call_soon(lambda: self._io.loop.call_later(delay_s, _tell, ref, message))
+        self._clock.call_later(delay_s, lambda: _tell(ref, message))

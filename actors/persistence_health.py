@@ -8,11 +8,11 @@ actor's thread.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 from adapters import database as db
+from engine.clock import Clock
 from engine.logs import get_logger
 
 log = get_logger(__name__)
@@ -21,11 +21,12 @@ log = get_logger(__name__)
 class PersistenceHealth:
     """Counters, gauges and health log events of one ``PersistenceActor`` (see the module docstring)."""
 
-    def __init__(self, *, high_water_rows: int, on_backlog: Callable[[bool], None] | None) -> None:
+    def __init__(self, *, high_water_rows: int, on_backlog: Callable[[bool], None] | None, clock: Clock) -> None:
         """``on_backlog(True)`` is called when the write queue reaches ``high_water_rows``, ``on_backlog(False)``
-        when it is back under half of it."""
+        when it is back under half of it. ``clock`` times how long the database was away."""
         self._high_water_rows = high_water_rows
         self._on_backlog = on_backlog
+        self._clock = clock
         self._above_high_water = False
         self._db_reachable = True
         self._down_since = 0.0
@@ -74,13 +75,13 @@ class PersistenceHealth:
             log.error("persistence.write_failed", lane=lane, rows=rows, error=error)
         elif self._db_reachable:
             self._db_reachable = False
-            self._down_since = time.monotonic()
+            self._down_since = self._clock.monotonic()
             log.warning("database.unreachable", lane=lane, error=error)
 
     def succeeded(self) -> None:
         if not self._db_reachable:
             self._db_reachable = True
-            log.info("database.recovered", down_ms=round((time.monotonic() - self._down_since) * 1000))
+            log.info("database.recovered", down_ms=round((self._clock.monotonic() - self._down_since) * 1000))
 
     def check_high_water(self, depth: int) -> None:
         if not self._above_high_water and depth >= self._high_water_rows:

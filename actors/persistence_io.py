@@ -16,6 +16,7 @@ import asyncpg
 
 from actors import persistence_sql
 from adapters import database as db
+from engine.clock import Clock
 from engine.control import BatchDone, IntentsDone, RunWrite
 
 # How batches reach the tables: "json" (the default, ``actors.persistence_sql``), or the older COPY into a
@@ -31,8 +32,11 @@ class PreviousBatchFailed(Exception):
 class PersistenceIo:
     """The pool and the writes of one persistence actor (loop thread only)."""
 
-    def __init__(self, *, dsn: str, pool_max_size: int, write_method: WriteMethod, durable_timeout_s: float) -> None:
+    def __init__(
+        self, *, dsn: str, pool_max_size: int, write_method: WriteMethod, durable_timeout_s: float, clock: Clock
+    ) -> None:
         self._dsn = dsn
+        self._clock = clock  # the older writers stamp a timeless event row with its time
         self._pool_max_size = pool_max_size
         self._write_method: WriteMethod = write_method
         self._durable_timeout_s = durable_timeout_s
@@ -120,7 +124,8 @@ class PersistenceIo:
             return await persistence_sql.write_with_bisect(conn, rows, intents=intents, before_commit=before_commit)
         # The older writers have no hook inside their transaction: the actor sends them one batch at a time.
         use_copy = self._write_method == "copy"
-        return await db.write_with_bisect(conn, rows, use_copy=use_copy, intents=intents)
+        stored_at = self._clock.now()
+        return await db.write_with_bisect(conn, rows, use_copy=use_copy, intents=intents, stored_at=stored_at)
 
     # -- pool ------------------------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import hashlib
 import importlib.resources
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -238,10 +238,11 @@ class RowSpec(NamedTuple):
     def natural_key(self, row: Any) -> tuple[Any, ...]:
         return tuple(getattr(row, k) for k in self.key)
 
-    def record(self, row: Any) -> tuple[Any, ...]:
+    def record(self, row: Any, *, stored_at: datetime) -> tuple[Any, ...]:
+        """``row``'s column values; ``stored_at`` (the caller's clock) stamps an event row that has no time."""
         if type(row) is DomainEventRow and row.occurred_at is None:
             # An explicit NULL would defeat the column default: a timeless fact gets the time it is stored.
-            row = msgspec.structs.replace(row, occurred_at=datetime.now(UTC))
+            row = msgspec.structs.replace(row, occurred_at=stored_at)
         return tuple(getattr(row, c) for c in self.columns)
 
 
@@ -294,14 +295,20 @@ def collapse(rows: Iterable[Any]) -> list[Any]:
 
 
 async def write_rows(
-    conn: asyncpg.Connection, rows: Sequence[Any], *, use_copy: bool = True, intents: bool = False
+    conn: asyncpg.Connection,
+    rows: Sequence[Any],
+    *,
+    stored_at: datetime,
+    use_copy: bool = True,
+    intents: bool = False,
 ) -> None:
     """Upsert ``rows`` (already collapsed) in one transaction. ``intents``: trade intents, inserted once
-    (ON CONFLICT DO NOTHING) so an existing row, whatever its state, is left alone."""
+    (ON CONFLICT DO NOTHING) so an existing row, whatever its state, is left alone. ``stored_at``: the time
+    an event row without one is stamped with (the caller's clock)."""
     by_spec: dict[RowSpec, list[tuple[Any, ...]]] = {}
     for row in rows:
         spec = INTENT_SPEC if intents else ROW_SPECS[type(row)]
-        by_spec.setdefault(spec, []).append(spec.record(row))
+        by_spec.setdefault(spec, []).append(spec.record(row, stored_at=stored_at))
     async with conn.transaction():
         for spec, records in by_spec.items():
             if use_copy:
@@ -339,10 +346,17 @@ async def bisect_writes(
 
 
 async def write_with_bisect(
-    conn: asyncpg.Connection, rows: Sequence[Any], *, use_copy: bool = True, intents: bool = False
+    conn: asyncpg.Connection,
+    rows: Sequence[Any],
+    *,
+    stored_at: datetime,
+    use_copy: bool = True,
+    intents: bool = False,
 ) -> list[tuple[Any, str]]:
     """``write_rows`` under ``bisect_writes``."""
-    return await bisect_writes(rows, lambda chunk: write_rows(conn, chunk, use_copy=use_copy, intents=intents))
+    return await bisect_writes(
+        rows, lambda chunk: write_rows(conn, chunk, stored_at=stored_at, use_copy=use_copy, intents=intents)
+    )
 
 
 def _storable(value: Any) -> Any:

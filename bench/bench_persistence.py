@@ -12,6 +12,7 @@ import asyncio
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from actors.persistence_io import WriteMethod
 from adapters import database as db
 from adapters.embedded_pg import EmbeddedPostgres
 from adapters.ioloop import IoLoop
+from engine.clock import SYSTEM_CLOCK
 from engine.config import DatabaseConfig, PersistenceConfig
 from engine.messages import IntentAck, PersistIntent, PersistRows, Side, TradeRow, TradeStatus, TradeType
 
@@ -47,7 +49,7 @@ async def _single_row_autocommit(dsn: str, n: int) -> float:
     sql = spec.upsert_sql(spec.values_source())
     started = time.perf_counter()
     for i in range(n):
-        await conn.execute(sql, *spec.record(_trade(f"single-{i}")))
+        await conn.execute(sql, *spec.record(_trade(f"single-{i}"), stored_at=datetime.now(UTC)))
     elapsed = time.perf_counter() - started
     await conn.close()
     return n / elapsed
@@ -63,7 +65,7 @@ async def _batched(dsn: str, n: int, batch: int, *, method: WriteMethod, tag: st
             if method == "json":
                 await persistence_sql.write_rows(conn, rows[k : k + batch])
             else:
-                await db.write_rows(conn, rows[k : k + batch], use_copy=method == "copy")
+                await db.write_rows(conn, rows[k : k + batch], stored_at=datetime.now(UTC), use_copy=method == "copy")
         out[phase] = n / (time.perf_counter() - started)
     await conn.close()
     return out
@@ -86,7 +88,9 @@ class _Acks:
 
 
 def _group_commit(io_loop: IoLoop, dsn: str, threads_n: int, per_thread: int) -> dict[str, float]:
-    ref = PersistenceActor.start(io_loop=io_loop, dsn=dsn, config=PersistenceConfig(), database=DatabaseConfig())
+    ref = PersistenceActor.start(
+        io_loop=io_loop, dsn=dsn, config=PersistenceConfig(), database=DatabaseConfig(), clock=SYSTEM_CLOCK
+    )
     try:
         ref.proxy().flush().get()  # pool warm
         acks = _Acks(threads_n * per_thread)
@@ -114,7 +118,12 @@ def _group_commit(io_loop: IoLoop, dsn: str, threads_n: int, per_thread: int) ->
 
 def _actor_batched(io_loop: IoLoop, dsn: str, n: int, *, method: WriteMethod) -> float:
     ref = PersistenceActor.start(
-        io_loop=io_loop, dsn=dsn, config=PersistenceConfig(), database=DatabaseConfig(), write_method=method
+        io_loop=io_loop,
+        dsn=dsn,
+        config=PersistenceConfig(),
+        database=DatabaseConfig(),
+        clock=SYSTEM_CLOCK,
+        write_method=method,
     )
     try:
         proxy = ref.proxy()

@@ -24,6 +24,7 @@ from bench import configure_logs
 from bench._engine import new_database
 from bench._report import row
 from bench.bench_persistence import _single_row_autocommit
+from engine.clock import SYSTEM_CLOCK
 from engine.config import DatabaseConfig, PersistenceConfig
 from engine.events import PositionOpened
 from engine.messages import (
@@ -63,7 +64,7 @@ def _rows(tag: str, i: int, now: datetime) -> tuple[Any, ...]:
 
 def _through_actor(io_loop: IoLoop, dsn: str, messages: int, tag: str, **actor_kw: Any) -> float:
     ref = PersistenceActor.start(
-        io_loop=io_loop, dsn=dsn, config=PersistenceConfig(), database=DatabaseConfig(), **actor_kw
+        io_loop=io_loop, dsn=dsn, config=PersistenceConfig(), database=DatabaseConfig(), clock=SYSTEM_CLOCK, **actor_kw
     )
     try:
         proxy = ref.proxy()

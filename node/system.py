@@ -108,6 +108,7 @@ class EngineSystem:
             dsn=self.dsn,
             config=cfg.persistence,
             database=cfg.database,
+            clock=self.clock,
             on_backlog=self._persistence_backlog,
         )
         self.venues = build_venues(cfg.venues, self._venue_adapters, io=self.io, clock=self.clock)

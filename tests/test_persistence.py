@@ -23,6 +23,7 @@ from actors.persistence_io import PersistenceIo, PreviousBatchFailed
 from adapters.database import apply_schema, connect, create_database
 from adapters.embedded_pg import EmbeddedPostgres
 from adapters.ioloop import IoLoop
+from engine.clock import SYSTEM_CLOCK
 from engine.config import DatabaseConfig, PersistenceConfig
 from engine.control import BatchDone
 from engine.messages import (
@@ -116,7 +117,9 @@ def start_persistence(io_loop: IoLoop, *, dsn: str, **kw: Any) -> pykka.ActorRef
     """A persistence actor on ``_TEST_PERSISTENCE``, with the test's deviations (config fields or actor args)."""
     args = {k: v for k, v in kw.items() if k in _ACTOR_ARGS}
     config = msgspec.structs.replace(_TEST_PERSISTENCE, **{k: v for k, v in kw.items() if k not in _ACTOR_ARGS})
-    return PersistenceActor.start(io_loop=io_loop, dsn=dsn, config=config, database=_TEST_DATABASE, **args)
+    return PersistenceActor.start(
+        io_loop=io_loop, dsn=dsn, config=config, database=_TEST_DATABASE, clock=SYSTEM_CLOCK, **args
+    )
 
 
 @pytest.fixture
@@ -553,7 +556,9 @@ def test_insert_only_events_dead_letter_a_bad_row(pg_dsn: str, start_actor: Call
 
 
 def test_a_batch_commits_only_after_the_one_before(pg_dsn: str, io_loop: IoLoop) -> None:
-    writer = PersistenceIo(dsn=pg_dsn, pool_max_size=3, write_method="json", durable_timeout_s=5)
+    writer = PersistenceIo(
+        dsn=pg_dsn, pool_max_size=3, write_method="json", durable_timeout_s=5, clock=SYSTEM_CLOCK
+    )
     tag = f"o{uid()}"
 
     def count(part: str) -> int:

@@ -13,6 +13,8 @@ database, with the markets and helpers of ``tests/test_snapshots.py``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -24,27 +26,45 @@ from engine.ids import position_id_for
 from engine.portfolio import Portfolio, day_end
 from node.stats import take_snapshots
 from node.system import EngineSystem
-from tests.kit import engine_config, fetch, settle, wait_for
+from tests.kit import SHORT_WINDOWS, engine_config, fetch, settle, short_timers, wait_for
 from tests.kit.snapshots import PRICES, copied, figures, follow, markets, signal, status, tick
 
 D = Decimal
 VENUES = '[{name = "paper", price_poll_interval_ms = 600000, price_stale_after_ms = 600000}]'
 
 
-def start_engine(dsn: str, data_dir: Path, venue: PaperVenue, clock: Any = None, **env: str) -> EngineSystem:
-    cfg = engine_config(dsn, data_dir, ENGINE_VENUES=VENUES, ENGINE_PERSISTENCE__FLUSH_INTERVAL_MS="10", **env)
-    system = EngineSystem(cfg, venue_adapters={"paper": venue}, **({"clock": clock} if clock else {}))
+def start_engine(dsn: str, data_dir: Path, venue: PaperVenue, **env: str) -> EngineSystem:
+    """An engine on the real clock."""
+    env = {"ENGINE_VENUES": VENUES, "ENGINE_PERSISTENCE__FLUSH_INTERVAL_MS": "10", **env}
+    cfg = engine_config(dsn, data_dir, **env)
+    system = EngineSystem(cfg, venue_adapters={"paper": venue})
     system.start()
     return system
 
 
-def ten_to_midnight(dsn: str, data_dir: Path) -> tuple[datetime, FakeClock, PaperVenue, EngineSystem]:
+@contextlib.contextmanager
+def engine_on(clock: FakeClock, dsn: str, data_dir: Path, venue: PaperVenue, **env: str) -> Iterator[EngineSystem]:
+    """An engine on ``clock``, stopped on the way out. Its persistence windows are timers of that clock: the
+    kit's ``short_timers`` runs them (a nanosecond each), the test moves the clock past everything longer."""
+    with short_timers(clock):
+        cfg = engine_config(dsn, data_dir, **{"ENGINE_VENUES": VENUES, **SHORT_WINDOWS, **env})
+        system = EngineSystem(cfg, venue_adapters={"paper": venue}, clock=clock)
+        system.start()
+        try:
+            yield system
+        finally:
+            system.stop()
+
+
+@contextlib.contextmanager
+def ten_to_midnight(dsn: str, data_dir: Path) -> Iterator[tuple[datetime, FakeClock, PaperVenue, EngineSystem]]:
     """Today's midnight (the loader's "today" starts there), an engine whose clock reads 23:50 the day before,
     and its paper venue. The periodic snapshot timer is off (an hour): a test takes that snapshot itself."""
     midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     clock = FakeClock(midnight - timedelta(minutes=10))
     venue = PaperVenue(markets=markets(), initial_marks=PRICES, latency_ms=0)
-    return midnight, clock, venue, start_engine(dsn, data_dir, venue, clock, ENGINE_SNAPSHOT_INTERVAL_S="3600")
+    with engine_on(clock, dsn, data_dir, venue, ENGINE_SNAPSHOT_INTERVAL_S="3600") as system:
+        yield midnight, clock, venue, system
 
 
 def signal_on(clock: FakeClock, dsn: str, whale_id: int, symbol: str, **kwargs: Any) -> int:
@@ -97,8 +117,7 @@ def test_periodic_job_writes_snapshots_on_its_own(pg_dsn: str, tmp_path: Path) -
     user, whale = 4001, 401
     venue = PaperVenue(markets=markets(), initial_marks=PRICES, latency_ms=0)
     clock = FakeClock(datetime.now(UTC))
-    system = start_engine(pg_dsn, tmp_path, venue, clock, ENGINE_SNAPSHOT_INTERVAL_S="0.2")
-    try:
+    with engine_on(clock, pg_dsn, tmp_path, venue, ENGINE_SNAPSHOT_INTERVAL_S="0.2") as system:
         follow(system, pg_dsn, user, whale)
         assert copied(system, pg_dsn, signal_on(clock, pg_dsn, whale, "SNF/USDT:USDT"))["copied"] == 1
         settle(system)
@@ -110,8 +129,6 @@ def test_periodic_job_writes_snapshots_on_its_own(pg_dsn: str, tmp_path: Path) -
             return snapshots(pg_dsn, user)
 
         rows = wait_for(lambda: (r := after_an_interval()) and len(r) >= 3 and r)
-    finally:
-        system.stop()
     assert len({r["taken_at"] for r in rows}) == len(rows)
     # A copy of 100 USDT of margin at x5 on SNF @ 100: fee 0.25; the mark has not moved.
     assert figures(rows[-1]) == {
@@ -127,8 +144,7 @@ def test_periodic_job_writes_snapshots_on_its_own(pg_dsn: str, tmp_path: Path) -
 
 def test_day_roll_closes_the_day_and_a_restart_counts_only_today(pg_dsn: str, tmp_path: Path) -> None:
     user, whale = 4002, 402
-    midnight, clock, venue, system = ten_to_midnight(pg_dsn, tmp_path)
-    try:
+    with ten_to_midnight(pg_dsn, tmp_path) as (midnight, clock, venue, system):
         follow(system, pg_dsn, user, whale, stop_loss_pct=D(10), daily_loss_limit_usdt=D(20))
         a, b = signal_on(clock, pg_dsn, whale, "DLA/USDT:USDT"), signal_on(clock, pg_dsn, whale, "DLB/USDT:USDT")
         assert copied(system, pg_dsn, a)["copied"] == 1 and copied(system, pg_dsn, b)["copied"] == 1
@@ -152,8 +168,6 @@ def test_day_roll_closes_the_day_and_a_restart_counts_only_today(pg_dsn: str, tm
         assert copied(system, pg_dsn, close)["copied"] == 1
         wait_for(lambda: status(pg_dsn, position_id_for(b, user)) == "closed")
         settle(system)
-    finally:
-        system.stop()
 
     # The next engine runs on the real clock: today is the same day. Yesterday's -55.7225, even the part
     # realised after the last periodic snapshot, is not today's; the exit fee is, and stays under the limit.
@@ -171,16 +185,14 @@ def test_clean_stop_snapshots_so_a_restart_the_next_day_counts_nothing_from_yest
     pg_dsn: str, tmp_path: Path
 ) -> None:
     user, whale = 4003, 403
-    midnight, clock, venue, system = ten_to_midnight(pg_dsn, tmp_path)
-    try:
+    with ten_to_midnight(pg_dsn, tmp_path) as (midnight, clock, venue, system):
         follow(system, pg_dsn, user, whale, stop_loss_pct=D(10), daily_loss_limit_usdt=D(20))
         a = signal_on(clock, pg_dsn, whale, "DLA/USDT:USDT")
         assert copied(system, pg_dsn, a)["copied"] == 1
 
         snapshot_then_stop_loss(system, pg_dsn, venue, clock, midnight, position_id_for(a, user))
         assert [r["taken_at"] for r in snapshots(pg_dsn, user)] == [midnight - timedelta(minutes=5)]
-    finally:
-        system.stop()  # still yesterday on the engine's clock: no day roll wrote the loss down
+    # Stopped: still yesterday on the engine's clock, no day roll wrote the loss down.
 
     rows = {r["taken_at"]: r["realized_pnl_usdt"] for r in snapshots(pg_dsn, user)}
     assert rows == {

@@ -1,6 +1,8 @@
 """The test kit: what tests and benchmarks share, so no test module imports another (like ``structlog.testing``).
 
 * waiting: ``wait_for`` / ``wait_for_async`` (poll a predicate; ``GENEROUS_S`` deadline for a loaded machine);
+* clock: ``short_timers`` (runs an engine's short timers on a ``FakeClock``: its persistence windows at
+  ``SHORT_WINDOWS``), so the test advances only the long ones;
 * logs: ``capture_logs`` (context manager; the ``captured_logs`` fixture), ``events``;
 * recorders: ``Recorder`` (a ref that records what it is told; ``wait(n)``), ``RecorderActor`` (a pykka one);
 * PostgreSQL: ``fetch`` / ``fetchval`` / ``execute``, ``HeldConnection``, ``TcpProxy`` (fault injection),
@@ -14,6 +16,7 @@
   ``trades_of`` and ``check_trades`` (one venue order per client order id, fills as the venue booked them).
 """
 
+from tests.kit.clock import SHORT_WINDOWS, short_timers
 from tests.kit.emulator import (
     API_KEY,
     CCXT_TIMEOUT_MS,
@@ -53,6 +56,7 @@ __all__ = [
     "MARKS",
     "PASSPHRASE",
     "SECRET",
+    "SHORT_WINDOWS",
     "START_USDT",
     "VENUES",
     "CcxtHarness",
@@ -81,6 +85,7 @@ __all__ = [
     "seed_whale",
     "server_dir",
     "settle",
+    "short_timers",
     "signal_row",
     "trades_of",
     "wait_for",

@@ -27,7 +27,9 @@ Helpers for assertions and fault injection: ``tests.kit`` (``fetch``, ``fetchval
 
     def test_something(pg_dsn, io_loop):
         config, database = PersistenceConfig(), DatabaseConfig()
-        actor = PersistenceActor.start(io_loop=io_loop, dsn=pg_dsn, config=config, database=database)
+        actor = PersistenceActor.start(
+            io_loop=io_loop, dsn=pg_dsn, config=config, database=database, clock=SYSTEM_CLOCK
+        )
         ...
         assert fetchval(pg_dsn, "SELECT count(*) FROM trades") == 3
 """
