@@ -51,6 +51,7 @@ class FollowsWatcher:
         self._reload = reload
         self._poll_interval_s = poll_interval_ms / 1000
         self._pending: set[int] = set()
+        self.notifications_received = 0  # NOTIFYs delivered to this watcher (loop thread; tests wait on it)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
@@ -75,6 +76,7 @@ class FollowsWatcher:
             await self._conn.close(timeout=2)
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        self.notifications_received += 1
         with contextlib.suppress(ValueError):
             self._pending.add(int(payload))
         self._wake.set()

@@ -8,7 +8,6 @@ which notification the watcher gets and when.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +61,11 @@ def test_notification_during_a_poll_is_kept_for_the_next_round(pg_dsn: str, tmp_
                 30,
             )
             # The poll is stuck behind the lock: this notification arrives while it is in flight.
+            watcher = system.follows_watcher
+            assert watcher is not None
+            received = watcher.notifications_received
             execute(pg_dsn, "SELECT pg_notify('follows_changed', '930102')")
-            time.sleep(0.5)  # delivered to the watcher's connection (a delivery after the poll passes either way)
+            wait_for(lambda: watcher.notifications_received > received, 30)  # delivered to the watcher
             lock.execute("COMMIT")
         wait_for(lambda: 930_102 in _follows(system, 9301), 30)
         assert 930_102 in system.follower_refs()

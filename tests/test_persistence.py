@@ -6,7 +6,6 @@ import asyncio
 import collections
 import concurrent.futures
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -168,7 +167,9 @@ def test_group_commit_many_threads(pg_dsn: str, start_actor: Callable[..., Any])
     for t in threads:
         t.join()
     acks = replies.wait(threads_n * per_thread)
-    time.sleep(0.1)  # a duplicate answer would arrive right after
+    # The actor answers this after everything it had to do for the groups already answered: a duplicate
+    # answer to any of them would be in by now.
+    assert actor.flush().get(timeout=60)
 
     counts = collections.Counter(a.client_order_id for a in replies.acks)
     assert len(counts) == 2000 and set(counts.values()) == {1}  # each requester answered exactly once
@@ -555,6 +556,16 @@ def test_insert_only_events_dead_letter_a_bad_row(pg_dsn: str, start_actor: Call
     assert actor.stats().get()["dead_letters"] == 2
 
 
+def waiting_in_transaction(dsn: str) -> bool:
+    """Whether a session has written to ``trades`` and sits in its open transaction (the batch's hook waits)."""
+    value = fetchval(
+        dsn,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND state = 'idle in transaction' AND query ILIKE '%trades%'",
+    )
+    return bool(value)
+
+
 def test_a_batch_commits_only_after_the_one_before(pg_dsn: str, io_loop: IoLoop) -> None:
     writer = PersistenceIo(
         dsn=pg_dsn, pool_max_size=3, write_method="json", durable_timeout_s=5, clock=SYSTEM_CLOCK
@@ -571,7 +582,7 @@ def test_a_batch_commits_only_after_the_one_before(pg_dsn: str, io_loop: IoLoop)
             previous: concurrent.futures.Future[BatchDone] = concurrent.futures.Future()
             rows = [trade(f"{tag}-{part}-{i}") for i in range(20)]
             future = io_loop.submit(writer.write_batch(1, rows, previous))
-            time.sleep(0.3)
+            wait_for(lambda: waiting_in_transaction(pg_dsn), message="the batch written, waiting to commit")
             assert not future.done() and count(part) == 0  # written, waiting inside its transaction
             previous.set_result(BatchDone(0, 0, error=outcome))
             done = future.result(10)
