@@ -3,8 +3,13 @@
 For a signal it sizes the copy and applies every limit (``engine.sizing.decide``): a skip with a named reason,
 or an intent. It reserves funds, asks the persistence actor to make the intent durable (group-commit lane), and
 only then sends the order to the exchange actor. Outcomes update positions and balances (``engine.ledger``).
-Prices from the feed drive mark-to-market, stop-loss / take-profit and liquidation: a ``PriceProtection``
-(``actors/follower_protection.py``).
+Prices from the feed drive mark-to-market, stop-loss / take-profit and liquidation.
+
+This module holds the copy flow (signal, intent, order, outcome) and routes the rest to what the actor composes:
+``FollowerBooks`` (``actors/follower_books.py``: the portfolio, the orders in flight, their rows and events),
+``PriceProtection`` (``actors/follower_protection.py``: marks, triggers, liquidation, engine closes) and
+``StartupRecovery`` (``actors/follower_recovery.py``: the books rebuilt at start, orders of unknown outcome
+reconciled). The helpers get what they use through their constructors and never read the actor.
 
 Handlers never block: the persistence actor answers ``IntentAck``, the exchange actor ``OrderOutcome``.
 """
@@ -17,10 +22,13 @@ from typing import Any
 
 import msgspec
 
-from actors.follower_base import FollowerBase
+from actors.follower_books import FollowerBooks
+from actors.follower_protection import PriceProtection
+from actors.follower_recovery import StartupRecovery
 from engine import metrics
 from engine.control import ReconcileNow, SetPaused, TakeSnapshot, UpdateSettings
 from engine.events import FollowerSkipped, TradeNeedsReconciliation
+from engine.follower_state import FollowerContext, FollowerState
 from engine.ledger import OrderContext, settle_entry, settle_exit, undo_order
 from engine.logs import get_logger
 from engine.messages import (
@@ -30,7 +38,6 @@ from engine.messages import (
     OrderOutcome,
     PlaceOrder,
     PriceUpdate,
-    ResolveOrder,
     Signal,
     SkipReason,
     TradeRow,
@@ -38,6 +45,8 @@ from engine.messages import (
     TradeType,
     VenuePositions,
 )
+from engine.portfolio import Portfolio
+from engine.runtime import PooledActor
 from engine.sizing import EntryPlan, ExitPlan, Skip, decide
 from engine.trades import Trade
 
@@ -46,13 +55,45 @@ log = get_logger(__name__)
 __all__ = ["FollowerActor"]
 
 
-class FollowerActor(FollowerBase):
+class FollowerActor(PooledActor):
     """See the module docstring. Constructed from its persisted ``FollowerState``."""
+
+    def __init__(self, state: FollowerState, ctx: FollowerContext) -> None:
+        super().__init__()
+        self._ctx = ctx
+        self._user_id = state.user.user_id
+        now = ctx.clock.now()
+        portfolio = Portfolio(self._user_id, now=now, realized_total_usdt=state.realized_total_usdt)
+        portfolio.trades_today = state.trades_today
+        portfolio.realized_today_usdt = state.realized_today_usdt
+        self._books = FollowerBooks(portfolio, persistence=ctx.persistence, publish=ctx.publish)
+        self._paused_override: bool | None = None
+        self._current: Any = None
+        self._protection = PriceProtection(
+            self._books,
+            self._user_id,
+            dict(state.close_attempts),
+            clock=ctx.clock,
+            exchanges=ctx.exchanges,
+            liquidation_checks=ctx.liquidation_checks,
+            reply_to=self.actor_ref,
+        )
+        self._apply_state_settings(state)
+        self._recovery().restore(state, ctx.markets, now)
+
+    def _recovery(self) -> StartupRecovery:
+        # Built when used (here, at start, on ReconcileNow), not kept: it holds nothing of its own, and a kept
+        # one would cost every idle follower ~70 bytes (bench scenario 4).
+        return StartupRecovery(self._books, self._user_id, exchanges=self._ctx.exchanges, reply_to=self.actor_ref)
+
+    def _apply_state_settings(self, state: FollowerState) -> None:
+        self._user = state.user
+        self._follows = {f.whale_id: f for f in state.follows}
 
     def on_start(self) -> None:
         if self._books.orders:
             # Start-up recovery: ask the venue about every order left open by the last run.
-            self._reconcile()
+            self._recovery().reconcile()
 
     def on_receive(self, message: Any) -> Any:
         self._current = message
@@ -67,7 +108,7 @@ class FollowerActor(FollowerBase):
         elif isinstance(message, VenuePositions):
             self._protection.on_venue_positions(message)
         elif isinstance(message, ReconcileNow):
-            self._reconcile()
+            self._recovery().reconcile()
         elif isinstance(message, UpdateSettings):
             self._apply_state_settings(message.state)
         elif isinstance(message, SetPaused):
@@ -316,34 +357,35 @@ class FollowerActor(FollowerBase):
         created = order.created_at or now
         return (now - created).total_seconds() >= self._ctx.unknown_grace_s
 
-    def _reconcile(self) -> None:
-        """Ask the venue by client order id about every order whose outcome we do not know."""
-        for order in list(self._books.orders.values()):
-            trade = order.trade
-            if trade.status not in (TradeStatus.UNKNOWN, TradeStatus.SUBMITTED, TradeStatus.PENDING):
-                continue
-            exchange = self._ctx.exchanges.get(trade.venue)
-            if exchange is None:
-                continue
-            if trade.status is TradeStatus.PENDING and not self._recovered_pending(order):
-                continue  # a live intent waiting for its IntentAck, not a leftover
-            exchange.tell(
-                ResolveOrder(
-                    user_id=self._user_id,
-                    symbol=trade.symbol,
-                    trade_type=trade.trade_type,
-                    client_order_id=trade.client_order_id,
-                    reply_to=self.actor_ref,
-                )
-            )
+    # ---- failures and introspection -------------------------------------------------------------------
 
-    def _recovered_pending(self, order: OrderContext) -> bool:
-        # A PENDING trade loaded at start-up may or may not have reached the venue before the crash; treat it
-        # as UNKNOWN so the resolution rules apply (found -> apply; not found after the grace -> FAILED).
-        if order.trade.client_order_id in self._books.recovered:
-            order.trade.transition(TradeStatus.UNKNOWN, error="recovered at start-up")
-            return True
-        return False
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        """Runs on a pool worker when a handler raised: tell the supervisor which message caused it."""
+        message = type(self._current).__name__ if self._current is not None else "?"
+        self._ctx.on_failure(self._user_id, message, f"{getattr(exception_type, '__name__', '?')}: {exception_value}")
+
+    def describe(self) -> dict[str, Any]:
+        """The follower's live state for admin ``user ID``."""
+        return {
+            "user_id": self._user_id,
+            "paused": self._paused_override if self._paused_override is not None else self._user.paused,
+            "preferred_exchange": self._user.preferred_exchange,
+            "follows": sorted(self._follows),
+            "balances": [_plain(b) for b in self._books.portfolio.balance_rows()],
+            "open_positions": [_plain(p.to_row()) for p in self._books.portfolio.positions.values()],
+            "orders_in_flight": [
+                {"client_order_id": cid, "status": o.trade.status.value, "kind": o.kind}
+                for cid, o in self._books.orders.items()
+            ],
+            "trades_today": self._books.portfolio.trades_today,
+            "realized_pnl_today_usdt": self._books.portfolio.realized_today_usdt,
+        }
+
+    def snapshot(self) -> Any:
+        """Persist and return a portfolio snapshot at the current marks."""
+        row = self._books.portfolio.snapshot(self._ctx.clock.now(), self._protection.marks)
+        self._books.persist(row)
+        return row
 
     # ---- admin closes (same path as SL/TP: ``PriceProtection.start_close``) ---------------------------------
 
@@ -354,3 +396,8 @@ class FollowerActor(FollowerBase):
     def close_all(self) -> list[dict[str, Any]]:
         """Close every open position (admin ``close-all``)."""
         return [self._protection.start_close(pid, "manual") for pid in list(self._books.portfolio.positions)]
+
+
+def _plain(row: Any) -> Any:
+    """A row as builtins, Decimals kept (the admin encoder prints them in fixed point)."""
+    return msgspec.to_builtins(row, builtin_types=(Decimal,))

@@ -1,68 +1,51 @@
-"""The FollowerActor's state and plumbing: construction from persisted rows, introspection. Its books are a
-``FollowerBooks`` (``actors/follower_books.py``).
-
-Split from ``actors/follower.py`` so that file reads as the copy flow. ``FollowerContext`` is what the system
-gives every follower: refs to the singletons and read-only views; nothing in it is mutable shared state.
+"""A follower's recovery: its books rebuilt from the rows of the last run, and the venue asked about every order
+whose outcome it does not know. One ``StartupRecovery``, composed by ``FollowerActor`` (``actors/follower.py``):
+``restore`` runs while the actor is built, ``reconcile`` at its start (orders left open by the last run) and on
+each ``ReconcileNow`` (outcomes that came back UNKNOWN).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import msgspec
-
 from actors.follower_books import FollowerBooks
-from actors.follower_protection import PriceProtection
-from engine.follower_state import FollowerContext, FollowerState
+from engine.follower_state import FollowerState
 from engine.ledger import OrderContext
 from engine.logs import get_logger
-from engine.messages import (
-    PositionRow,
-    PositionStatus,
-    TradeRow,
-    TradeStatus,
-)
-from engine.portfolio import Portfolio
+from engine.messages import MarketInfo, PositionRow, PositionStatus, ResolveOrder, TradeRow, TradeStatus
 from engine.positions import Position
-from engine.runtime import PooledActor
 from engine.trades import Trade
 
 log = get_logger(__name__)
 
+Markets = Mapping[str, Mapping[str, MarketInfo]]
 
-class FollowerBase(PooledActor):
-    """State and helpers; the message handling is in ``FollowerActor``."""
 
-    def __init__(self, state: FollowerState, ctx: FollowerContext) -> None:
-        super().__init__()
-        self._ctx = ctx
-        self._user_id = state.user.user_id
-        now = ctx.clock.now()
-        portfolio = Portfolio(self._user_id, now=now, realized_total_usdt=state.realized_total_usdt)
-        portfolio.trades_today = state.trades_today
-        portfolio.realized_today_usdt = state.realized_today_usdt
-        self._books = FollowerBooks(portfolio, persistence=ctx.persistence, publish=ctx.publish)
-        self._paused_override: bool | None = None
-        self._current: Any = None
-        self._protection = PriceProtection(
-            self._books,
-            self._user_id,
-            dict(state.close_attempts),
-            clock=ctx.clock,
-            exchanges=ctx.exchanges,
-            liquidation_checks=ctx.liquidation_checks,
-            reply_to=self.actor_ref,
-        )
-        self._apply_state_settings(state)
+class StartupRecovery:
+    """Restores a follower's books from its ``FollowerState`` and reconciles orders of unknown outcome."""
+
+    __slots__ = ("_books", "_exchanges", "_reply_to", "_user_id")
+
+    def __init__(self, books: FollowerBooks, user_id: int, *, exchanges: Mapping[str, Any], reply_to: Any) -> None:
+        """``reply_to`` is the follower's ref: the exchange actors answer its ``ResolveOrder``s there."""
+        self._books = books
+        self._user_id = user_id
+        self._exchanges = exchanges
+        self._reply_to = reply_to
+
+    def restore(self, state: FollowerState, markets: Markets, now: datetime) -> None:
+        """Balances, open and closing positions and open trades as persisted; then the repairs a crash can need
+        (closes abandoned before their intent was durable, reservations out of step with the open trades)."""
         for bal in state.balances:
             self._books.portfolio.restore_balance(
                 bal.venue, bal.asset, free=bal.free, reserved=bal.reserved, version=bal.version
             )
         for position_row in state.positions:
             if position_row.status in (PositionStatus.OPEN, PositionStatus.CLOSING):
-                self._books.portfolio.add_position(self._restore_position(position_row))
+                self._books.portfolio.add_position(self._restore_position(position_row, markets))
         for trade_row in state.open_trades:
             self._recover_trade(trade_row, state.trade_created_at.get(trade_row.client_order_id, now))
         self._reopen_abandoned_closes()
@@ -99,12 +82,8 @@ class FollowerBase(PooledActor):
                 balance.free, balance.reserved = total - reserved, reserved
                 balance.version += 1
 
-    def _apply_state_settings(self, state: FollowerState) -> None:
-        self._user = state.user
-        self._follows = {f.whale_id: f for f in state.follows}
-
-    def _restore_position(self, row: PositionRow) -> Position:
-        market = self._ctx.markets.get(row.venue, {}).get(row.symbol)
+    def _restore_position(self, row: PositionRow, markets: Markets) -> Position:
+        market = markets.get(row.venue, {}).get(row.symbol)
         position = Position.from_row(row)
         if market is not None:
             position.maintenance_margin_rate = market.maintenance_margin_rate
@@ -126,37 +105,31 @@ class FollowerBase(PooledActor):
             self._books.recovered.add(trade.client_order_id)
         self._books.track(order)
 
-    # ---- failures and introspection -------------------------------------------------------------------
+    def reconcile(self) -> None:
+        """Ask the venue by client order id about every order whose outcome we do not know."""
+        for order in list(self._books.orders.values()):
+            trade = order.trade
+            if trade.status not in (TradeStatus.UNKNOWN, TradeStatus.SUBMITTED, TradeStatus.PENDING):
+                continue
+            exchange = self._exchanges.get(trade.venue)
+            if exchange is None:
+                continue
+            if trade.status is TradeStatus.PENDING and not self._recovered_pending(order):
+                continue  # a live intent waiting for its IntentAck, not a leftover
+            exchange.tell(
+                ResolveOrder(
+                    user_id=self._user_id,
+                    symbol=trade.symbol,
+                    trade_type=trade.trade_type,
+                    client_order_id=trade.client_order_id,
+                    reply_to=self._reply_to,
+                )
+            )
 
-    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
-        """Runs on a pool worker when a handler raised: tell the supervisor which message caused it."""
-        message = type(self._current).__name__ if self._current is not None else "?"
-        self._ctx.on_failure(self._user_id, message, f"{getattr(exception_type, '__name__', '?')}: {exception_value}")
-
-    def describe(self) -> dict[str, Any]:
-        """The follower's live state for admin ``user ID``."""
-        return {
-            "user_id": self._user_id,
-            "paused": self._paused_override if self._paused_override is not None else self._user.paused,
-            "preferred_exchange": self._user.preferred_exchange,
-            "follows": sorted(self._follows),
-            "balances": [_plain(b) for b in self._books.portfolio.balance_rows()],
-            "open_positions": [_plain(p.to_row()) for p in self._books.portfolio.positions.values()],
-            "orders_in_flight": [
-                {"client_order_id": cid, "status": o.trade.status.value, "kind": o.kind}
-                for cid, o in self._books.orders.items()
-            ],
-            "trades_today": self._books.portfolio.trades_today,
-            "realized_pnl_today_usdt": self._books.portfolio.realized_today_usdt,
-        }
-
-    def snapshot(self) -> Any:
-        """Persist and return a portfolio snapshot at the current marks."""
-        row = self._books.portfolio.snapshot(self._ctx.clock.now(), self._protection.marks)
-        self._books.persist(row)
-        return row
-
-
-def _plain(row: Any) -> Any:
-    """A row as builtins, Decimals kept (the admin encoder prints them in fixed point)."""
-    return msgspec.to_builtins(row, builtin_types=(Decimal,))
+    def _recovered_pending(self, order: OrderContext) -> bool:
+        # A PENDING trade loaded at start-up may or may not have reached the venue before the crash; treat it
+        # as UNKNOWN so the resolution rules apply (found -> apply; not found after the grace -> FAILED).
+        if order.trade.client_order_id in self._books.recovered:
+            order.trade.transition(TradeStatus.UNKNOWN, error="recovered at start-up")
+            return True
+        return False
