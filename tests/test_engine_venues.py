@@ -20,7 +20,6 @@ effects are polled for with generous timeouts.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -34,7 +33,7 @@ from adapters.ccxt_venue import CcxtVenue
 from adapters.credentials import CredentialStore
 from adapters.ioloop import IoLoop
 from adapters.venue_factory import make_adapter
-from engine.clock import SYSTEM_CLOCK
+from engine.clock import SYSTEM_CLOCK, Clock, FakeClock
 from engine.config import VenueConfig
 from engine.messages import OrderOutcome, OrderRequest, PlaceOrder, ResolveOrder, Side, TradeStatus, TradeType
 from tests.kit import (
@@ -222,11 +221,11 @@ class ActorSetup:
     adapter: CcxtVenue
     io: IoLoop
 
-    def start(self, **config_fields: Any) -> Any:
+    def start(self, clock: Clock = SYSTEM_CLOCK, **config_fields: Any) -> Any:
         base: dict[str, Any] = {"orders_per_second_per_account": 1000, "retry_base_ms": 50.0, "retry_max_ms": 500.0}
         config = msgspec.structs.replace(VenueConfig(name=self.venue), **{**base, **config_fields})
         return ExchangeActor.start(
-            self.io, self.adapter, config, weight_per_minute=config.weight_per_minute, clock=SYSTEM_CLOCK
+            self.io, self.adapter, config, weight_per_minute=config.weight_per_minute, clock=clock
         )
 
     def request(self, cid: str, user_id: int, *, side: Side = Side.BUY, reduce_only: bool = False) -> OrderRequest:
@@ -285,7 +284,8 @@ def test_burst_of_2000_orders_stays_within_the_weight_budget(actor_on: ActorSetu
 
 def test_418_stops_traffic_for_the_ban(actor_on: ActorSetup) -> None:
     a = actor_on
-    actor = a.start(breaker_min_requests=1000)
+    clock = FakeClock()  # the engine's: its ban ends when the test says (the emulator's 418 is one answer)
+    actor = a.start(clock, breaker_min_requests=1000)
     inbox = Inbox()
     try:
         for uid in range(1, 7):  # positions to close later; markets and leverage set
@@ -301,9 +301,11 @@ def test_418_stops_traffic_for_the_ban(actor_on: ActorSetup) -> None:
         for n in range(5):  # closes queued during the ban (entries are refused: the ban opens the breaker)
             close = a.request(f"x3u{n + 2}wait", n + 2, side=Side.SELL, reduce_only=True)
             actor.tell(PlaceOrder(request=close, reply_to=inbox))
-        while actor.proxy().status().get(timeout=10)["banned_for_s"] > 0.2:
-            assert a.requests() == seen  # not one request while banned
-            time.sleep(0.05)
+        wait_for(lambda: actor.proxy().status().get(timeout=10)["queued_exits"] == 5)  # held for the ban
+        clock.advance(status["banned_for_s"] - 0.01)  # to the ban's last moment: what would have gone has
+        assert actor.proxy().status().get(timeout=10)["queued_exits"] == 5
+        assert a.requests() == seen  # not one request while banned
+        clock.advance(0.05)  # past the ban (and the actor's timer slack)
         outcomes = inbox.by_id(12)
     finally:
         actor.stop()
