@@ -125,9 +125,10 @@ class FollowerActor(PooledActor):
 
     # ---- ask-able (admin, tests) -------------------------------------------------------------------------
 
-    def dry_run(self, signal: Signal, mark: Decimal | None) -> dict[str, Any]:
-        """What this follower would do with ``signal``; changes nothing."""
-        decision = self._decide(signal, mark)
+    def dry_run(self, signal: Signal, mark: Decimal | None, *, draining: bool = False) -> dict[str, Any]:
+        """What this follower would do with ``signal``; changes nothing. ``draining``: the router's answer (the
+        admin asks it), so a dry run while draining says why nothing would be copied."""
+        decision = self._decide(signal, mark, draining=draining)
         if isinstance(decision, Skip):
             return {"user_id": self._user_id, "action": "skip", "reason": decision.reason, "detail": decision.detail}
         return {
@@ -143,7 +144,9 @@ class FollowerActor(PooledActor):
 
     # ---- signals -----------------------------------------------------------------------------------------
 
-    def _decide(self, signal: Signal, mark: Decimal | None, now: datetime | None = None) -> Skip | EntryPlan | ExitPlan:
+    def _decide(
+        self, signal: Signal, mark: Decimal | None, now: datetime | None = None, *, draining: bool = False
+    ) -> Skip | EntryPlan | ExitPlan:
         venue = self._user.preferred_exchange
         if now is None:
             now = self._ctx.clock.now()
@@ -157,7 +160,7 @@ class FollowerActor(PooledActor):
             busy=(venue, signal.symbol) in self._books.busy,
             opening=sum(1 for o in orders.values() if o.kind == "open") if orders else 0,
             in_flight=len(orders),
-            draining=self._ctx.draining(),
+            draining=draining,
             venue_available=self._ctx.venue_available(venue),
         )
         user = self._user

@@ -12,6 +12,10 @@ answers a copy once its order is sent), or the persistence actor's write queue i
 in follower mailboxes and rows in the write queue: memory stays bounded when signals come faster than the engine
 copies them (``router.backpressure``), and a high-priority signal still overtakes the waiting ones. Without a
 backlog, a signal is always let through when nothing is out, however many followers it has.
+
+Draining: the router is the one owner of "the engine is draining" (``SetDraining``, from the node). While it
+drains, nothing is fanned out: waiting signals stay for a resume or the next run. Copies told before the drain
+began go on (they were decided before it; a drain lets in-flight orders finish). The admin asks ``draining``.
 """
 
 from __future__ import annotations
@@ -147,6 +151,10 @@ class SignalRouterActor(SingletonActor):
 
     # ---- ask-able ----------------------------------------------------------------------------------------
 
+    def draining(self) -> bool:
+        """Whether the engine is draining: this actor is the one that knows (``SetDraining``)."""
+        return self._draining
+
     def in_flight(self) -> int:
         """Signals being copied, and the ones waiting to be (not while draining: those wait for the next run)."""
         return len(self._in_flight) + (0 if self._draining else len(self._queue))
@@ -174,6 +182,7 @@ class SignalRouterActor(SingletonActor):
             "in_flight": self.in_flight(),
             "queued": len(self._queue),
             "pending_copies": self._pending_copies,
+            "draining": self._draining,
         }
 
     # ---- index -------------------------------------------------------------------------------------------

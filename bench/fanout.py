@@ -151,7 +151,6 @@ class Bench:
             markets={VENUE: MARKETS},
             clock=SYSTEM_CLOCK,
             publish=self.publish,
-            draining=lambda: False,
             venue_available=lambda _venue: True,
             needs_reconcile=lambda _uid: None,
             on_failure=lambda *_args: None,

@@ -48,7 +48,8 @@ class RemoveFollower(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SetDraining(msgspec.Struct, frozen=True, kw_only=True):
-    """Stop (or resume) fanning signals out: waiting ones stay for a resume or the next run."""
+    """Stop (or resume) fanning signals out: waiting ones stay for a resume or the next run. The router is the
+    one owner of draining (the admin asks it); copies it told before the drain began go on."""
 
     draining: bool = True
 

@@ -51,7 +51,6 @@ class FollowerContext:
     markets: Mapping[str, Mapping[str, MarketInfo]]
     clock: Clock  # the engine's one clock: stamps, ages, liquidation-check pacing
     publish: Callable[..., None]  # (event, *, persisted=False): see engine.events.EventBus.publish
-    draining: Callable[[], bool]
     venue_available: Callable[[str], bool]
     needs_reconcile: Callable[[int], None]
     on_failure: Callable[[int, str, str], None]

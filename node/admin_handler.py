@@ -90,7 +90,6 @@ class EngineAdminHandler(AdminQueries):
         venues: Mapping[str, Venue],
         clock: Clock,
         started_at: float,
-        draining: Callable[[], bool],
         shutdown: threading.Event,
         max_signal_age_s: float,
         mark_price: Callable[[str, TradeType], Decimal | None],
@@ -109,7 +108,6 @@ class EngineAdminHandler(AdminQueries):
             venues=venues,
             clock=clock,
             started_at=started_at,
-            draining=draining,
             shutdown=shutdown,
         )
         self._max_signal_age_s = max_signal_age_s
@@ -175,6 +173,11 @@ class EngineAdminHandler(AdminQueries):
         except SignalRejected as exc:
             raise CommandError(f"signal rejected: {exc.reason}: {exc.detail}") from None
 
+    async def _draining(self) -> bool:
+        """Asked of the router, the one owner of draining (the ``drain`` command's message is ahead in its
+        mailbox, so a drain is seen by the next command)."""
+        return bool(await self._blocking(lambda: self._get(self._router.proxy().draining())))
+
     async def _require_known_whale(self, whale_id: int) -> None:
         known = await self._blocking(lambda: self._get(self._router.proxy().known_whales()))
         if whale_id not in known:
@@ -185,7 +188,7 @@ class EngineAdminHandler(AdminQueries):
 
     async def _inject(self, payload: dict[str, Any]) -> dict[str, Any]:
         signal = self._parse(payload)
-        if self._draining():
+        if await self._draining():
             raise CommandError("the engine is draining: it takes no new signals")
         await self._require_known_whale(signal.whale_id)
         args = (
@@ -214,7 +217,8 @@ class EngineAdminHandler(AdminQueries):
         mark = self._mark_price(signal.symbol, signal.trade_type)
         router = self._router.proxy()
         user_ids = await self._blocking(lambda: self._get(router.followers_of(signal.whale_id)))
-        results = await self._blocking(lambda: self._ask_dry_run(sorted(user_ids), signal, mark))
+        draining = await self._draining()
+        results = await self._blocking(lambda: self._ask_dry_run(sorted(user_ids), signal, mark, draining=draining))
         actions = Counter(str(r["action"]) for r in results)
         reasons = Counter(str(r["reason"]) for r in results if r["action"] == "skip")
         return {
@@ -228,14 +232,16 @@ class EngineAdminHandler(AdminQueries):
             "capped": len(results) > DRY_RUN_LIST_LIMIT,
         }
 
-    def _ask_dry_run(self, user_ids: list[int], signal: Signal, mark: Decimal | None) -> list[dict[str, Any]]:
+    def _ask_dry_run(
+        self, user_ids: list[int], signal: Signal, mark: Decimal | None, *, draining: bool
+    ) -> list[dict[str, Any]]:
         """Runs in the executor: ask every follower at once, then collect (one timeout for the lot)."""
         refs = self._refs()
         pending: list[tuple[int, Any]] = []
         results: list[dict[str, Any]] = []
         for user_id in user_ids:
             try:
-                pending.append((user_id, refs[user_id].proxy().dry_run(signal, mark)))
+                pending.append((user_id, refs[user_id].proxy().dry_run(signal, mark, draining=draining)))
             except (KeyError, pykka.ActorDeadError):
                 results.append({"user_id": user_id, "action": "unavailable", "reason": None})
         deadline = time.monotonic() + self._ask_timeout_s

@@ -90,20 +90,18 @@ class AdminQueries:
         venues: Mapping[str, Venue],
         clock: Clock,
         started_at: float,
-        draining: Callable[[], bool],
         shutdown: threading.Event,
         ask_timeout_s: float = 30.0,
     ) -> None:
         """``pool`` reads (never writes); ``router``, ``persistence`` and the ``venues``' exchange actors are
         asked for live figures; ``clock`` and ``started_at`` (its monotonic time at start) give the uptime;
-        ``draining`` and ``shutdown`` are the engine's stop controls, read for ``status``."""
+        ``shutdown`` is the engine's stop control, read for ``status`` (draining is the router's: asked of it)."""
         self._pool = pool
         self._router = router
         self._persistence = persistence
         self._venues = venues
         self._clock = clock
         self._started_at = started_at
-        self._draining = draining
         self._shutdown = shutdown
         self._ask_timeout_s = ask_timeout_s
         self.pauses = OperatorPauses()
@@ -142,7 +140,7 @@ class AdminQueries:
         return {
             "uptime_s": self._uptime_s(),
             "version": _version(),
-            "draining": self._draining(),
+            "draining": live["draining"],
             "shutdown_requested": self._shutdown.is_set(),
             **live["counts"],
             "actors": pool.actors,
@@ -180,6 +178,7 @@ class AdminQueries:
                 "whales": counts.get("whales"),
                 "signals_in_flight": counts.get("in_flight"),
             },
+            "draining": bool(counts.get("draining")),
             "persistence": persistence,
             "venues": venues,
         }

@@ -1,6 +1,7 @@
 """The engine's services on the I/O loop: one price feed per venue, the signal intake, the admin socket and the
 demo feed. ``EngineSystem.start`` hands ``start_services`` the parts each one uses (refs, pool, venues, clock,
-config sections, the engine's controls as callables) and keeps the list to pause and stop them.
+config sections, the engine's controls as callables) and keeps the list to pause (``pause_services``, while
+draining) and stop them.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import asyncpg
 import pykka
@@ -27,7 +28,7 @@ from node.intake import signal_intake
 from node.price_feed import PriceFeed
 from node.venues import Venue
 
-__all__ = ["Service", "start_services", "stop_services"]
+__all__ = ["Pausable", "Service", "pause_services", "start_services", "stop_services"]
 
 log = get_logger(__name__)
 
@@ -38,6 +39,13 @@ class Service(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+@runtime_checkable
+class Pausable(Protocol):
+    """A service that takes signals in (the intake): paused while the engine drains."""
+
+    def pause(self, paused: bool = True) -> None: ...
 
 
 def start_services(
@@ -55,7 +63,6 @@ def start_services(
     mark_price: Callable[[str, TradeType], Decimal | None],
     reload: Callable[[], Awaitable[Mapping[str, int]]],
     reconcile_all: Callable[[], int],
-    draining: Callable[[], bool],
     set_draining: Callable[[bool], None],
     shutdown: threading.Event,
 ) -> list[Service]:
@@ -75,7 +82,6 @@ def start_services(
             venues=venues,
             clock=clock,
             started_at=started_at,
-            draining=draining,
             shutdown=shutdown,
             max_signal_age_s=config.signals.max_signal_age_s,
             mark_price=mark_price,
@@ -99,6 +105,13 @@ def start_services(
     for service in services:
         io.run(service.start(), 30)
     return services
+
+
+def pause_services(services: Sequence[Service], paused: bool) -> None:
+    """Pause (or resume) every service that takes signals in; the others run on (feeds keep marking books)."""
+    for service in services:
+        if isinstance(service, Pausable):
+            service.pause(paused)
 
 
 def stop_services(services: Sequence[Service], io: IoLoop) -> None:

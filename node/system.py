@@ -42,7 +42,7 @@ from engine.messages import DomainEventRow, PersistRows
 from node.follows_watcher import FollowsWatcher
 from node.jobs import start_periodic_jobs
 from node.periodic import PeriodicJob
-from node.services import Service, start_services, stop_services
+from node.services import Service, pause_services, start_services, stop_services
 from node.stats import take_snapshots
 from node.supervisor import Supervisor
 from node.venue_accounts import prepare_account, prepare_accounts
@@ -79,7 +79,6 @@ class EngineSystem:
         self.supervisor: Supervisor | None = None
         self.services: list[Service] = []  # on the I/O loop: the follows watcher, feeds, intake, admin, demo
         self.follows_watcher: FollowsWatcher | None = None
-        self.draining = False
         self.shutdown = threading.Event()  # set by the admin ``shutdown``; run_engine's main loop watches it
         self.started_at = clock.monotonic()  # for uptime, on the engine's clock
         self._needs_reconcile: set[int] = set()
@@ -216,7 +215,6 @@ class EngineSystem:
             mark_price=self.mark_price,
             reload=self._reload_all,
             reconcile_all=lambda: self.reconcile(all_followers=True),
-            draining=lambda: self.draining,
             set_draining=self.set_draining,
             shutdown=self.shutdown,
         )
@@ -235,7 +233,6 @@ class EngineSystem:
             markets={name: v.markets for name, v in self.venues.items()},
             clock=self.clock,
             publish=self.events.publish,
-            draining=lambda: self.draining,
             venue_available=self.venue_available,
             needs_reconcile=self.needs_reconcile,
             on_failure=self.on_follower_failure,
@@ -317,13 +314,10 @@ class EngineSystem:
         return len(targets)
 
     def set_draining(self, draining: bool = True) -> None:
-        """Stop (or resume) taking signals; in-flight orders finish."""
-        self.draining = draining
+        """Stop (or resume) taking signals; in-flight orders finish. The router owns the fact (one message: the
+        admin asks it); the services that take signals in pause with it."""
         self.router.tell(SetDraining(draining=draining))
-        for service in self.services:
-            pause = getattr(service, "pause", None)
-            if pause is not None:
-                pause(draining)
+        pause_services(self.services, draining)
         log.info("engine.draining" if draining else "engine.resumed")
 
     def in_flight(self) -> dict[str, int]:

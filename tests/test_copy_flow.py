@@ -422,7 +422,6 @@ def test_intent_is_durable_before_the_order_and_the_submitted_row_is_the_full_tr
         markets={"paper": markets},
         clock=SYSTEM_CLOCK,
         publish=lambda _event, **_: None,
-        draining=lambda: False,
         venue_available=lambda _venue: True,
         needs_reconcile=lambda _uid: None,
         on_failure=lambda *_args: None,

@@ -34,7 +34,7 @@ def _mapping_values(module: str, attribute: str) -> Callable[[], set[str]]:
 
 # (file, source of the first argument) -> the event names that site can log.
 DYNAMIC_SITES: dict[tuple[str, str], Callable[[], set[str]]] = {
-    # SignalRouterActor._finish_without_fanout: FAILED (draining, unknown whale) or EXPIRED.
+    # SignalRouterActor._finish_without_fanout: FAILED (unknown whale) or EXPIRED.
     ("actors/router.py", "'signal.' + status.value"): lambda: {"signal.failed", "signal.expired"},
     # SignalIntake: a claimed row that fails validation, rejected_status() -> FAILED or EXPIRED.
     ("adapters/signal_intake.py", "'signal.' + status.value"): lambda: {"signal.failed", "signal.expired"},
