@@ -8,6 +8,18 @@ start-up the first poll claims whatever arrived while the engine was down.
 Claiming is a write, so it runs through the persistence actor's ``write`` hook (the only writer); this module
 only listens, decodes and hands each row on. Rows that fail validation are marked FAILED / EXPIRED with the
 reason; they never reach the router. Runs on the I/O loop.
+
+Poison rows never block the queue. PostgreSQL stores timestamps Python cannot hold (year 200000, 4000 BC,
+``±infinity``) and numerics it cannot use (``NaN``, ``Infinity``); asyncpg raises while decoding such a value, and
+a claim that returned one would fail as a whole, on every poll, with every good row behind it left pending. So
+the claim decodes nothing it has not checked: in the same statement that claims a batch, a row whose
+``detected_at`` / ``expires_at`` lies outside Python's ``datetime`` range is marked ``failed`` with
+``undecodable: <column> out of range: <value>`` instead of ``processing``, and comes back with those columns
+NULL; numerics come back as text (``parse_signal`` refuses a non-finite one with a reason), and the claim returns
+only the columns the parser reads (never ``created_at`` & co., which another writer could have poisoned too).
+Python then logs ``intake.row_undecodable`` once per such row. As a second line, any error other than
+``SignalRejected`` while turning one row into a ``Signal`` fails that row alone with ``undecodable: ...``; the rest
+of the batch is routed. The schema's CHECKs (migration 2) refuse such rows on insert; this covers rows from before.
 """
 
 from __future__ import annotations
@@ -28,19 +40,35 @@ from engine.signals import EXPIRED, STALE, SignalRejected, parse_signal
 
 log = get_logger(__name__)
 
-CLAIM_SQL = """
+# Python's datetime range, a day inside each end (a UTC value near an end may not survive a time-zone shift).
+_REPRESENTABLE = "BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 00:00:00+00'"
+
+CLAIM_SQL = f"""
 WITH picked AS (
-    SELECT id FROM whale_signals
+    SELECT id, CASE
+        WHEN NOT coalesce(detected_at {_REPRESENTABLE}, false)
+            THEN 'detected_at out of range: ' || detected_at::text
+        WHEN expires_at IS NOT NULL AND NOT coalesce(expires_at {_REPRESENTABLE}, false)
+            THEN 'expires_at out of range: ' || expires_at::text
+    END AS undecodable
+    FROM whale_signals
     WHERE status = 'pending'
     ORDER BY priority_rank, detected_at, id
     FOR UPDATE SKIP LOCKED
     LIMIT $1
 )
 UPDATE whale_signals AS s
-SET status = 'processing', claimed_at = now(), updated_at = now(), version = s.version + 1
-FROM picked WHERE s.id = picked.id
-RETURNING s.*
-"""
+SET status = CASE WHEN p.undecodable IS NULL THEN 'processing' ELSE 'failed' END,
+    error = CASE WHEN p.undecodable IS NULL THEN s.error ELSE 'undecodable: ' || p.undecodable END,
+    processed_at = CASE WHEN p.undecodable IS NULL THEN s.processed_at ELSE now() END,
+    claimed_at = now(), updated_at = now(), version = s.version + 1
+FROM picked AS p WHERE s.id = p.id
+RETURNING s.id, s.external_id, s.whale_id, s.symbol, s.side, s.action, s.trade_type, s.leverage, s.priority,
+    s.price::text AS price, s.size_usdt::text AS size_usdt, s.fraction::text AS fraction,
+    CASE WHEN p.undecodable IS NULL THEN s.detected_at END AS detected_at,
+    CASE WHEN p.undecodable IS NULL THEN s.expires_at END AS expires_at,
+    p.undecodable
+"""  # noqa: S608 - a fixed fragment, no value formatted in
 
 INSERT_SQL = """
 INSERT INTO whale_signals (external_id, whale_id, symbol, side, action, trade_type, price, size_usdt,
@@ -65,6 +93,7 @@ def row_to_signal(row: asyncpg.Record | dict[str, Any], *, now: datetime, max_ag
     """A claimed ``whale_signals`` row as a ``Signal``; raises ``SignalRejected``."""
     data = dict(row)
     data["signal_id"] = data.pop("id")
+    data.pop("undecodable", None)
     return parse_signal(data, now=now, max_age_s=max_age_s)
 
 
@@ -100,6 +129,8 @@ class SignalIntake:
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
         self._paused = False
+        self._failed_rounds = 0  # consecutive failed rounds: an outage is logged when it starts and when it ends
+        self._failing_since = 0.0
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="signal-intake")
@@ -127,11 +158,29 @@ class SignalIntake:
                 raise
             except Exception as exc:  # noqa: BLE001 - the intake must outlive any one failure
                 # A lost connection or a failed claim: the rows stay pending, the next round takes them.
-                log.warning("intake.error", error=f"{type(exc).__name__}: {exc}")
+                self._failed(f"{type(exc).__name__}: {exc}")
                 await self._close_conn()
+            else:
+                self._recovered()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_s)
             self._wake.clear()
+
+    def _failed(self, error: str) -> None:
+        """Logged once per outage (``intake.error``), not once per poll; the rounds are counted."""
+        self._failed_rounds += 1
+        if self._failed_rounds == 1:
+            self._failing_since = self._clock.monotonic()
+            log.warning("intake.error", error=error)
+
+    def _recovered(self) -> None:
+        if self._failed_rounds:
+            log.info(
+                "intake.recovered",
+                failed_rounds=self._failed_rounds,
+                outage_s=round(self._clock.monotonic() - self._failing_since, 3),
+            )
+            self._failed_rounds = 0
 
     async def _ensure_listening(self) -> None:
         if self._conn is not None and not self._conn.is_closed():
@@ -160,6 +209,9 @@ class SignalIntake:
                 return
 
     def _handle_row(self, row: Any, now: datetime) -> None:
+        if (reason := _get(row, "undecodable")) is not None:  # already marked failed by the claim itself
+            self._undecodable(row, reason)
+            return
         try:
             signal = row_to_signal(row, now=now, max_age_s=self._max_age_s)
         except SignalRejected as exc:
@@ -174,4 +226,22 @@ class SignalIntake:
             )
             self._reject(SignalStatusRow(signal_id=row["id"], status=status, error=f"{exc.reason}: {exc.detail}"))
             return
+        except Exception as exc:  # noqa: BLE001 - one row the parser chokes on must not stop the batch
+            reason = f"{type(exc).__name__}: {exc}"
+            self._undecodable(row, reason)
+            failed = SignalStatusRow(signal_id=row["id"], status=SignalStatus.FAILED, error=f"undecodable: {reason}")
+            self._reject(failed)
+            return
         self._route(signal)
+
+    def _undecodable(self, row: Any, reason: str) -> None:
+        metrics.incr("signals.failed")
+        log.error("intake.row_undecodable", signal_id=row["id"], external_id=_get(row, "external_id"), reason=reason)
+
+
+def _get(row: Any, key: str) -> Any:
+    """``row[key]`` or None: an asyncpg Record has no ``.get`` with a default for a missing column."""
+    try:
+        return row[key]
+    except (KeyError, IndexError):
+        return None

@@ -4,6 +4,10 @@
   ``unknown_whale``), past ``expires_at`` (expired), ``detected_at`` older than ``signals.max_signal_age_s``
   (expired, stale), a reduce without a fraction (failed, ``bad_fraction``); a symbol the follower's venue does not
   list is skipped by every follower (``unknown_symbol``). A good signal afterwards is still copied.
+* A row whose timestamp PostgreSQL stores but Python cannot represent (year 200000, 4000 BC, ``-infinity``,
+  ``infinity``) is failed by itself with ``undecodable: ...`` and logged once; the rows behind it are taken, and the
+  claim never fails as a whole (today's ``intake.error`` every poll). Such rows predate the schema's CHECKs (the
+  test drops them, as a database from before migration 2 would not have them).
 * A follower actor whose handler raises is restarted by the supervisor from its persisted state; the others keep
   running untouched, and the restarted one copies the next signal.
 """
@@ -12,13 +16,24 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from adapters.paper import PaperVenue
 from engine.ids import client_order_id, position_id_for
 from engine.messages import PriceUpdate
-from tests.kit import fetchval, insert_signal, running_engine, wait_for, wait_signal_done
+from tests.kit import (
+    capture_logs,
+    events,
+    execute,
+    fetch,
+    fetchval,
+    insert_signal,
+    running_engine,
+    wait_for,
+    wait_signal_done,
+)
 from tests.kit.copying import PAPER_START_USDT as START_USDT
 from tests.kit.copying import event_count, position, seed_simple, signal_and_wait, trade, usdt
 
@@ -110,3 +125,65 @@ def test_failed_follower_is_restarted_from_its_books_others_untouched(pg_dsn: st
         assert position(pg_dsn, position_id_for(later, uid))["qty"] == D("1666.6")
         assert position(pg_dsn, position_id_for(opened, uid))["status"] == "open"
         assert usdt(pg_dsn, uid) == (START_USDT - D("90.45") - D("99.996") - D("0.49998"), D(0))
+
+
+POISON = {
+    "year_200000": ("detected_at", "200000-01-01 00:00:00+00"),
+    "4000_bc": ("detected_at", "4000-01-01 00:00:00+00 BC"),
+    "minus_infinity": ("detected_at", "-infinity"),
+    "expires_infinity": ("expires_at", "infinity"),
+}
+
+
+def _insert_poison(dsn: str, whale: int, symbol: str, column: str, value: str) -> int:
+    """A row an unconstrained database holds: the timestamp is written as text, so no Python value is involved."""
+    other = "expires_at" if column == "detected_at" else "detected_at"
+    signal_id: int = fetchval(
+        dsn,
+        f"""INSERT INTO whale_signals (external_id, whale_id, symbol, side, action, trade_type, price, size_usdt,
+               leverage, priority, {column}, {other})
+           VALUES ('poison-' || gen_random_uuid(), $1, $2, 'buy', 'open', 'futures', 3000, 10000, 1, 'high',
+                   $3::text::timestamptz, {"now()" if other == "detected_at" else "NULL"})
+           RETURNING id""",
+        whale,
+        symbol,
+        value,
+    )
+    return signal_id
+
+
+def _status(dsn: str, signal_id: int) -> tuple[str, str | None]:
+    row = fetch(dsn, "SELECT status, error FROM whale_signals WHERE id = $1", signal_id)[0]
+    return row["status"], row["error"]
+
+
+def _failed(dsn: str, signal_id: int) -> tuple[str, str | None] | None:
+    status = _status(dsn, signal_id)
+    return status if status[0] == "failed" else None
+
+
+def test_undecodable_rows_are_failed_alone_and_the_rows_behind_them_are_taken(pg_dsn: str, tmp_path: Path) -> None:
+    whale, users, symbol = 4003, range(40_201, 40_203), "ETH/USDT:USDT"
+    seed_simple(pg_dsn, whale, users)
+    for constraint in ("whale_signals_detected_at_sane", "whale_signals_expires_at_sane"):
+        execute(pg_dsn, f"ALTER TABLE whale_signals DROP CONSTRAINT IF EXISTS {constraint}")
+    # At the head of the queue (priority high) before the engine starts; a good row behind them.
+    poison = {name: _insert_poison(pg_dsn, whale, symbol, column, value) for name, (column, value) in POISON.items()}
+    waiting = insert_signal(pg_dsn, whale_id=whale, symbol=symbol, price=3000, leverage=10)
+    venue = PaperVenue(initial_marks={symbol: D(3000)})
+    with capture_logs() as logs, running_engine(pg_dsn, tmp_path, venue=venue) as system:
+        assert wait_signal_done(pg_dsn, waiting)["status"] == "processed"
+        for name, signal_id in poison.items():
+            _, error = wait_for(partial(_failed, pg_dsn, signal_id))
+            column = POISON[name][0]
+            assert error is not None and error.startswith(f"undecodable: {column}"), (name, error)
+        # More poison while running, then a good signal: taken, copied.
+        late = _insert_poison(pg_dsn, whale, symbol, "detected_at", "-infinity")
+        good = signal_and_wait(pg_dsn, system, whale_id=whale, symbol=symbol, price=3000, leverage=10)
+        assert _status(pg_dsn, late)[0] == "failed"
+    for uid in users:
+        assert trade(pg_dsn, client_order_id(waiting, uid))["status"] == "filled"
+        assert trade(pg_dsn, client_order_id(good, uid))["status"] == "filled"
+    undecodable = events(logs, "intake.row_undecodable")
+    assert sorted(e["signal_id"] for e in undecodable) == sorted([*poison.values(), late])
+    assert events(logs, "intake.error") == []

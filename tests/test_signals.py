@@ -1,15 +1,21 @@
-"""Signal parsing and validation."""
+"""Signal parsing and validation; the intake's outage logging on the real PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal as D
 from typing import Any
 
+import asyncpg
 import pytest
 
-from engine.messages import Priority, Side, SignalAction, TradeType
+from adapters.database import connect
+from adapters.signal_intake import CLAIM_SQL, SignalIntake
+from engine.clock import SystemClock
+from engine.messages import Priority, Side, Signal, SignalAction, SignalStatusRow, TradeType
 from engine.signals import SignalRejected, normalize_symbol, parse_signal
+from tests.kit import TcpProxy, capture_logs, events, insert_signal, wait_for_async
 
 NOW = datetime(2025, 1, 2, 12, 0, tzinfo=UTC)
 
@@ -128,3 +134,47 @@ def test_max_age_is_configurable() -> None:
 )
 def test_normalize_symbol(raw: str, tt: TradeType | None, expected: str) -> None:
     assert normalize_symbol(raw, tt)[1] == expected
+
+
+def test_intake_error_is_logged_once_per_outage_not_per_poll(pg_dsn: str) -> None:
+    """The claim's database goes away for many polls: one ``intake.error`` when it starts, one
+    ``intake.recovered`` when it ends (was one ``intake.error`` per poll), and the row waiting is then taken."""
+    proxy = TcpProxy.for_dsn(pg_dsn)
+    attempts: list[str] = []
+    routed: list[Signal] = []
+
+    async def claim(limit: int) -> list[Any]:
+        attempts.append("claim")
+        conn = await connect(proxy.dsn(pg_dsn), timeout_s=2)
+        try:
+            rows: list[asyncpg.Record] = await conn.fetch(CLAIM_SQL, limit)
+            return rows
+        finally:
+            await conn.close()
+
+    def reject(row: SignalStatusRow) -> None:
+        raise AssertionError(f"nothing is rejected here: {row}")
+
+    async def run() -> None:
+        intake = SignalIntake(
+            dsn=pg_dsn, claim=claim, route=routed.append, reject=reject, poll_interval_ms=20, batch_size=10,
+            max_age_s=60, clock=SystemClock(),
+        )  # fmt: skip
+        proxy.refuse()
+        await intake.start()
+        try:
+            await wait_for_async(lambda: len(attempts) >= 10)  # ten failed polls at least
+            signal_id = await asyncio.to_thread(
+                insert_signal, pg_dsn, whale_id=1, symbol="BTC/USDT:USDT", price=50_000
+            )
+            proxy.resume()
+            await wait_for_async(lambda: any(s.signal_id == signal_id for s in routed))
+        finally:
+            await intake.stop()
+            proxy.close()
+
+    with capture_logs() as logs:
+        asyncio.run(run())
+    assert len(events(logs, "intake.error")) == 1, events(logs, "intake.error")
+    [recovered] = events(logs, "intake.recovered")
+    assert recovered["failed_rounds"] >= 10
