@@ -34,7 +34,7 @@ from adapters.state_loader import load_followers, load_whale_ids
 from engine import metrics, runtime
 from engine.clock import SYSTEM_CLOCK, Clock
 from engine.config import EngineConfig, effective_config
-from engine.control import ReconcileNow, SetBacklog, SetDraining
+from engine.control import SetBacklog, SetDraining
 from engine.events import DomainEvent, EventBus, log_event
 from engine.follower_state import FollowerContext, FollowerState, LiquidationCheck
 from engine.logs import get_logger
@@ -42,6 +42,7 @@ from engine.messages import DomainEventRow, PersistRows
 from node.follows_watcher import FollowsWatcher
 from node.jobs import start_periodic_jobs
 from node.periodic import PeriodicJob
+from node.reconciliation import Reconciliation
 from node.services import Service, pause_services, start_services, stop_services
 from node.stats import take_snapshots
 from node.supervisor import Supervisor
@@ -81,9 +82,7 @@ class EngineSystem:
         self.follows_watcher: FollowsWatcher | None = None
         self.shutdown = threading.Event()  # set by the admin ``shutdown``; run_engine's main loop watches it
         self.started_at = clock.monotonic()  # for uptime, on the engine's clock
-        self._needs_reconcile: set[int] = set()
-        self._needs_lock = threading.Lock()
-        self._reconcile_pending_logged = False
+        self.reconciliation = Reconciliation(self.follower_refs)
         self._timers: list[PeriodicJob] = []  # on the clock: a FakeClock drives them in tests
         self.events = EventBus(write=self._write_event_row)
         self.events.subscribe(log_event)
@@ -234,7 +233,7 @@ class EngineSystem:
             clock=self.clock,
             publish=self.events.publish,
             venue_available=self.venue_available,
-            needs_reconcile=self.needs_reconcile,
+            needs_reconcile=self.reconciliation.needs_reconcile,
             on_failure=self.on_follower_failure,
             unknown_grace_s=min((v.config.unknown_grace_s for v in self.venues.values()), default=60.0),
             liquidation_checks={
@@ -281,17 +280,6 @@ class EngineSystem:
     def _write_event_row(self, row: DomainEventRow) -> None:
         self.persistence.tell(PersistRows(rows=(row,)))
 
-    def needs_reconcile(self, user_id: int) -> None:
-        """A follower has orders whose outcome is unknown. Logged once when the engine goes from none to some
-        (not per order): ``reconciliation.needed``; the stats line counts the unknowns."""
-        with self._needs_lock:
-            first = not self._needs_reconcile and not self._reconcile_pending_logged
-            self._needs_reconcile.add(user_id)
-            if first:
-                self._reconcile_pending_logged = True
-        if first:
-            log.warning("reconciliation.needed", user_id=user_id)
-
     def on_follower_failure(self, user_id: int, message: str, error: str) -> None:
         if self.supervisor is not None:
             self.supervisor.on_failure(user_id, message, error)
@@ -299,19 +287,8 @@ class EngineSystem:
     # ---- operations ----------------------------------------------------------------------------------------
 
     def reconcile(self, *, all_followers: bool = False) -> int:
-        """Tell followers with unknown outcomes (or all) to ask their venues again. Returns how many."""
-        refs = self.router.proxy().follower_refs().get(timeout=30)
-        with self._needs_lock:
-            targets = set(refs) if all_followers else set(self._needs_reconcile)
-            self._needs_reconcile.clear()
-            # A follower still unknown after this round asks again (and is logged again only after a clean round).
-            self._reconcile_pending_logged = bool(targets)
-        for user_id in targets:
-            ref = refs.get(user_id)
-            if ref is not None:
-                with contextlib.suppress(pykka.ActorDeadError):
-                    ref.tell(ReconcileNow())
-        return len(targets)
+        """Tell followers with unknown outcomes (or all) to ask their venues again (``Reconciliation``)."""
+        return self.reconciliation.reconcile(all_followers=all_followers)
 
     def set_draining(self, draining: bool = True) -> None:
         """Stop (or resume) taking signals; in-flight orders finish. The router owns the fact (one message: the
