@@ -13,8 +13,16 @@ Security, in layers:
 Protocol: each request line (at most ``max_line_bytes``, newline excluded) gets exactly one reply line,
 ``{"ok": true, ...handler fields}`` or ``{"ok": false, "error": "..."}``. A line over the limit gets an error
 reply and the connection is closed (its rest cannot be framed without buffering it); any other bad line gets
-an error reply and the connection goes on. Connections idle for ``idle_timeout_s`` are closed, and at most
-``max_connections`` are open at once.
+an error reply and the connection goes on. Connections idle for ``idle_timeout_s`` are closed.
+
+Nobody can starve the operator out:
+
+* a line has ``line_deadline_s`` from its first byte to its newline: a connection that starts a line and does not
+  finish it in time is told so and closed (a half-sent line, or one dripped a byte at a time, holds no slot for
+  long);
+* at most ``max_connections`` are open at once, and a new connection past it takes the slot of one that owes
+  nothing: the one idle the longest (or, if none is idle, the one whose partial line started first) is told
+  why and closed. Only when every connection is running a command is a new one refused (commands end).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from adapters.admin_lines import Conn, LineDeadline, LineTooLong, read_line
 from adapters.ioloop import IoLoop
 from engine import jsonenc
 from engine.admin_commands import (
@@ -83,6 +92,7 @@ class AdminServer:
         *,
         max_connections: int = 16,
         idle_timeout_s: float = 300,
+        line_deadline_s: float = 5.0,
         max_line_bytes: int = 65536,
         allow_mutating_uids: Iterable[int] | None = None,
     ) -> None:
@@ -91,12 +101,14 @@ class AdminServer:
         self._handler = handler
         self._max_connections = max_connections
         self._idle_timeout_s = idle_timeout_s
+        self._line_deadline_s = line_deadline_s
         self._max_line_bytes = max_line_bytes
         self._allow_mutating_uids = None if allow_mutating_uids is None else frozenset(allow_mutating_uids)
         self._allowed_uids = frozenset({0, os.geteuid()})
         self._server: asyncio.AbstractServer | None = None
         self._socket_inode: int | None = None
-        self._connections: set[asyncio.Task[Any]] = set()
+        self._connections: dict[asyncio.Task[Any], Conn] = {}
+        self._evicting: set[asyncio.Task[Any]] = set()  # evicted, telling the peer why before they close
         self._conn_ids = itertools.count(1)
 
     @property
@@ -123,6 +135,7 @@ class AdminServer:
             path=str(self._path),
             max_connections=self._max_connections,
             idle_timeout_s=self._idle_timeout_s,
+            line_deadline_s=self._line_deadline_s,
             max_line_bytes=self._max_line_bytes,
             allow_mutating_uids=None
             if self._allow_mutating_uids is None
@@ -137,7 +150,7 @@ class AdminServer:
         if server is None:
             return
         server.close()
-        others = [t for t in self._connections if t is not asyncio.current_task()]
+        others = [t for t in [*self._connections, *self._evicting] if t is not asyncio.current_task()]
         for task in others:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
@@ -178,12 +191,13 @@ class AdminServer:
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn_id = next(self._conn_ids)
         task = asyncio.current_task()
+        conn: Conn | None = None
         try:
             peer = _peer_of(writer)
             refusal = (
-                "permission denied: cannot read peer credentials" if peer is None else self._refusal(peer)
+                "permission denied: cannot read peer credentials" if peer is None else self._refusal(peer, conn_id)
             )
-            if refusal is not None or peer is None:
+            if refusal is not None or peer is None or task is None:
                 _log.warning(
                     "admin.connection_refused",
                     conn_id=conn_id,
@@ -193,56 +207,107 @@ class AdminServer:
                 )
                 await self._send(writer, encode_reply({"ok": False, "error": refusal}))
                 return
-            if task is not None:
-                self._connections.add(task)
+            conn = self._connections[task] = Conn(conn_id=conn_id, task=task, idle_since=self._loop.time())
             _log.debug("admin.connected", conn_id=conn_id, peer_uid=peer.uid, peer_pid=peer.pid)
-            await self._serve(reader, writer, peer, conn_id)
+            await self._serve(reader, writer, peer, conn)
         except (ConnectionError, TimeoutError):
             pass  # the peer went away or stopped reading: nothing left to tell it
         except asyncio.CancelledError:
             # stop() cancels connections; end quietly (asyncio 3.11 logs a cancelled connection task as an
-            # "Exception in callback").
-            pass
+            # "Exception in callback"). An evicted connection is told why first.
+            if conn is not None and conn.evicted_for is not None and task is not None:
+                task.uncancel()
+                await self._tell_evicted(reader, writer, conn)
         finally:
             if task is not None:
-                self._connections.discard(task)
+                self._connections.pop(task, None)
+                self._evicting.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(_CLOSE_TIMEOUT_S):
                     await writer.wait_closed()
 
-    def _refusal(self, peer: Peer) -> str | None:
+    def _refusal(self, peer: Peer, conn_id: int) -> str | None:
         if peer.uid not in self._allowed_uids:
             return f"permission denied: uid {peer.uid} may not use the admin socket"
-        if len(self._connections) >= self._max_connections:
-            return f"too many admin connections (max {self._max_connections}), try again later"
+        if len(self._connections) >= self._max_connections and not self._evict_one(conn_id):
+            return (
+                f"too many admin connections (max {self._max_connections}), each running a command; "
+                "try again in a moment"
+            )
         return None
 
-    async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer, conn_id: int
-    ) -> None:
+    def _evict_one(self, for_conn_id: int) -> bool:
+        """Make room for a new connection: close the one idle the longest, else the one whose unfinished line
+        started first. A connection running a command is never evicted (it owes a reply). False: none found."""
+        waiting = [c for c in self._connections.values() if c.reading]
+        if not waiting:
+            return False
+        # Idle the longest first; else the unfinished line started first. False < True: idle ones sort first.
+        victim = min(waiting, key=lambda c: (c.line_started is not None, c.line_started or c.idle_since))
+        victim.evicted_for = for_conn_id
+        del self._connections[victim.task]  # its slot is the new connection's from now on
+        self._evicting.add(victim.task)
+        victim.task.cancel()
+        _log.warning(
+            "admin.evicted",
+            conn_id=victim.conn_id,
+            for_conn_id=for_conn_id,
+            unfinished_line=victim.line_started is not None,
+            idle_s=round(self._loop.time() - victim.idle_since, 3),
+            max_connections=self._max_connections,
+        )
+        return True
+
+    async def _tell_evicted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Conn) -> None:
+        waiting = "with an unfinished line" if conn.line_started is not None else "idle"
+        error = (
+            f"evicted: the admin socket is full (max {self._max_connections} connections) and this connection "
+            f"was {waiting}, so it was closed to let a new one in; no command of it was running. Reconnect to go on."
+        )
+        with contextlib.suppress(Exception):
+            writer.write(encode_reply({"ok": False, "error": error}))
+            await _lingering_close(reader, writer)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer, conn: Conn) -> None:
+        buffer = bytearray()  # bytes read past the last line: the start of the next one
         while True:
-            last = False
             try:
-                async with asyncio.timeout(self._idle_timeout_s):
-                    line = await reader.readuntil(b"\n")
-            except TimeoutError:
-                _log.info("admin.idle_timeout", conn_id=conn_id, idle_timeout_s=self._idle_timeout_s)
+                got = await read_line(
+                    reader,
+                    buffer,
+                    conn,
+                    idle_timeout_s=self._idle_timeout_s,
+                    line_deadline_s=self._line_deadline_s,
+                    max_line_bytes=self._max_line_bytes,
+                )
+            except LineDeadline:
+                _log.warning(
+                    "admin.line_deadline",
+                    conn_id=conn.conn_id,
+                    line_deadline_s=self._line_deadline_s,
+                    partial_bytes=len(buffer),
+                )
+                error = (
+                    f"line deadline: a line must end with a newline within {self._line_deadline_s:g} s of its "
+                    "first byte; closing the connection"
+                )
+                await self._send(writer, encode_reply({"ok": False, "error": error}))
+                await _lingering_close(reader, writer)
                 return
-            except asyncio.IncompleteReadError as exc:
-                if not exc.partial.strip():
-                    return
-                line, last = exc.partial, True  # a last line without its newline still gets an answer
-            except asyncio.LimitOverrunError:
+            except LineTooLong:
                 # The rest of this line is still coming: we cannot find the next line without reading it.
-                _log.warning("admin.line_too_long", conn_id=conn_id, max_line_bytes=self._max_line_bytes)
+                _log.warning("admin.line_too_long", conn_id=conn.conn_id, max_line_bytes=self._max_line_bytes)
                 error = (
                     f"line too long: at most {self._max_line_bytes} bytes per line; closing the connection"
                 )
                 await self._send(writer, encode_reply({"ok": False, "error": error}))
                 await _lingering_close(reader, writer)
                 return
-            await self._send(writer, await self._reply(line, peer, conn_id))
+            if got is None:
+                return
+            line, last = got
+            await self._send(writer, await self._reply(line, peer, conn.conn_id))
             if last:
                 return
 

@@ -66,8 +66,11 @@ class AdminConfig(_Config, frozen=True, kw_only=True, forbid_unknown_fields=True
     enabled: bool = True
     socket_path: str | None = None  # None: <data_dir>/admin/engine.sock
     allow_mutating_uids: tuple[int, ...] | None = None  # None: every allowed peer may mutate
-    max_connections: PositiveInt = 16
+    max_connections: PositiveInt = 16  # past it, a new connection takes the slot of the one idle the longest
     idle_timeout_s: PositiveFloat = 300.0
+    # From a line's first byte to its newline: a connection that starts a line and does not finish it in time is
+    # told so and closed (a half-sent line cannot hold a slot for the idle timeout).
+    line_deadline_ms: PositiveFloat = 5000.0
 
 
 class VenueConfig(_Config, frozen=True, kw_only=True, forbid_unknown_fields=True):

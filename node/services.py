@@ -97,6 +97,7 @@ def start_services(
                 handler,
                 max_connections=config.admin.max_connections,
                 idle_timeout_s=config.admin.idle_timeout_s,
+                line_deadline_s=config.admin.line_deadline_ms / 1000,
                 allow_mutating_uids=config.admin.allow_mutating_uids,
             )
         )

@@ -428,26 +428,110 @@ def test_endless_line_is_cut_off(make_server: ServerFactory) -> None:
     assert client.at_eof()
 
 
-def test_connection_cap(make_server: ServerFactory) -> None:
-    server = make_server(max_connections=2)
+class GatedHandler(FakeHandler):
+    """``reload`` waits until the test opens the gate: a command that is still running."""
+
+    def __init__(self, io_loop: IoLoop) -> None:
+        super().__init__()
+        self._io_loop = io_loop
+        self.gate = asyncio.Event()
+
+    def open_gate(self) -> None:
+        self._io_loop.loop.call_soon_threadsafe(self.gate.set)
+
+    async def handle(self, cmd: Command, peer: Peer) -> dict[str, Any]:
+        if command_name(cmd) == "reload":
+            self.calls.append((cmd, peer))
+            await self.gate.wait()
+            return {"done": "reload"}
+        return await super().handle(cmd, peer)
+
+
+def test_connection_cap_refuses_only_while_every_connection_runs_a_command(
+    make_server: ServerFactory, io_loop: IoLoop
+) -> None:
+    handler = GatedHandler(io_loop)
+    server = make_server(handler=handler, max_connections=2)
     first, second = Client(server.path), Client(server.path)
-    assert first.request({"cmd": "status"})["ok"] is True
-    assert second.request({"cmd": "status"})["ok"] is True
+    first.send(b'{"cmd": "reload"}\n')
+    second.send(b'{"cmd": "reload"}\n')
+    wait_for(lambda: len(handler.calls) == 2, message="both reloads never started")
     third = Client(server.path)
     reply = third.read_reply()
     assert reply["ok"] is False
     assert "too many admin connections (max 2)" in reply["error"]
     assert third.at_eof()
-    assert second.request({"cmd": "stats"})["ok"] is True  # the others are untouched
-    first.close()
-    def slot_free() -> bool:  # the server notices the close on its own schedule
-        client = Client(server.path)
-        try:
-            return bool(client.request({"cmd": "status"})["ok"])
-        finally:
-            client.close()
+    handler.open_gate()
+    assert first.read_reply() == {"ok": True, "done": "reload"}  # running commands are never cut
+    assert second.read_reply() == {"ok": True, "done": "reload"}
+    assert Client(server.path).request({"cmd": "status"})["ok"] is True  # a slot is taken from an idle one
 
-    wait_for(slot_free, message="a slot never came free after a client left")
+
+def test_new_connection_evicts_the_longest_idle_one(
+    make_server: ServerFactory, captured_logs: LogEntries
+) -> None:
+    server = make_server(max_connections=2)
+    first, second = Client(server.path), Client(server.path)
+    assert first.request({"cmd": "status"})["ok"] is True
+    assert second.request({"cmd": "status"})["ok"] is True
+    assert second.request({"cmd": "stats"})["ok"] is True  # second was busy later: first is idle the longest
+    third = Client(server.path)
+    assert third.request({"cmd": "status"})["ok"] is True
+    reply = first.read_reply()
+    assert reply["ok"] is False
+    assert "evicted" in reply["error"]
+    assert "max 2 connections" in reply["error"]
+    assert first.at_eof()
+    assert second.request({"cmd": "stats"})["ok"] is True  # the others are untouched
+    [entry] = events(captured_logs, "admin.evicted")
+    assert entry["unfinished_line"] is False
+    assert entry["for_conn_id"] == 3
+
+
+def test_half_open_connections_do_not_lock_the_operator_out(
+    make_server: ServerFactory, captured_logs: LogEntries
+) -> None:
+    """40 clients each send part of a line and hold it (the defaults: 16 connections, a 300 s idle timeout):
+    a fresh client still gets in at once, and every holder is told why it was cut."""
+    server = make_server()
+    holders = [Client(server.path) for _ in range(40)]
+    for holder in holders:
+        holder.send(b'{"cmd": "sta')
+    operator = Client(server.path)
+    operator.sock.settimeout(10.0)  # "a few seconds": without eviction it was refused, then 300 s of waiting
+    assert operator.request({"cmd": "status"}) == {"ok": True, "draining": False, "venues": {"paper": "up"}}
+    for holder in holders:  # the rest are cut at the line deadline (5 s by default)
+        reply = holder.read_reply()
+        assert reply["ok"] is False
+        assert "evicted" in reply["error"] or "line deadline" in reply["error"], reply
+        assert holder.at_eof()
+    assert operator.request({"cmd": "stats"})["ok"] is True  # the operator's own connection stays
+    assert len(events(captured_logs, "admin.evicted")) >= 40 - 16 + 1
+    assert events(captured_logs, "admin.line_deadline")
+
+
+def test_unfinished_line_is_cut_at_the_deadline(
+    make_server: ServerFactory, captured_logs: LogEntries
+) -> None:
+    server = make_server(line_deadline_s=0.3)
+    client = Client(server.path)
+    client.send(b'{"cmd": "status"}\n{"cmd": "sta')  # one whole line, then the start of another, held
+    assert client.read_reply()["ok"] is True
+    reply = client.read_reply()
+    assert reply["ok"] is False
+    assert "line deadline" in reply["error"]
+    assert "0.3 s" in reply["error"]
+    assert client.at_eof()
+    [entry] = events(captured_logs, "admin.line_deadline")
+    assert entry["partial_bytes"] == len(b'{"cmd": "sta')
+    assert Client(server.path).request({"cmd": "status"})["ok"] is True  # the server lives
+
+
+def test_idle_connection_is_not_cut_by_the_line_deadline(make_server: ServerFactory) -> None:
+    server = make_server(line_deadline_s=0.05, idle_timeout_s=0.5)
+    client = Client(server.path)
+    assert client.request({"cmd": "status"})["ok"] is True
+    assert client.at_eof()  # closed by the idle timeout, with nothing owed: no error line first
 
 
 def test_idle_connection_is_closed(make_server: ServerFactory, captured_logs: LogEntries) -> None:
