@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.resources
+import re
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
@@ -45,12 +46,16 @@ def schema_sql() -> str:
     return importlib.resources.files("adapters").joinpath("schema.sql").read_text(encoding="utf-8")
 
 
+_STEP_MARK = re.compile(r"^(?=-- Migration step \d+: )", re.MULTILINE)
+
+
 def migrations() -> tuple[Migration, ...]:
-    """Step 1 is ``schema.sql``; add later steps to the tuple below."""
-    return (
-        Migration(1, "initial schema", schema_sql()),
-        # Migration(2, "what it changes", "ALTER TABLE ..."),
-    )
+    """The steps of ``schema.sql``, each starting at a ``-- Migration step N:`` line (so the file alone, replayed
+    by hand, is the whole schema); name a new step below. Never edit a released step: append the next one."""
+    steps = [part for part in _STEP_MARK.split(schema_sql()) if part.strip()]
+    names = ("initial schema", "refuse what the engine cannot represent")
+    assert len(steps) == len(names), "one name per step of schema.sql"
+    return tuple(Migration(n, name, sql) for n, (name, sql) in enumerate(zip(names, steps, strict=True), 1))
 
 
 def json_dumps(value: Any) -> str:

@@ -247,3 +247,41 @@ CREATE OR REPLACE TRIGGER users_touch BEFORE UPDATE ON users FOR EACH ROW EXECUT
 CREATE OR REPLACE TRIGGER whales_touch BEFORE UPDATE ON whales FOR EACH ROW EXECUTE FUNCTION touch_updated_at();
 CREATE OR REPLACE TRIGGER user_whale_follows_touch
     BEFORE UPDATE ON user_whale_follows FOR EACH ROW EXECUTE FUNCTION touch_updated_at();
+
+-- Migration step 2: the schema refuses what the engine cannot represent (issue 13, "poison input").
+-- PostgreSQL stores timestamps Python's datetime cannot hold (year 200000, 4000 BC, ±infinity) and numerics the
+-- engine cannot use (NaN, which PostgreSQL sorts above every number so `x >= 0` lets it through, and Infinity).
+-- Each CHECK is added NOT VALID: new and updated rows are checked, rows already stored are not (a bad one must
+-- not stop start-up; the signal intake and the state loader set such rows aside by themselves).
+-- Idempotent: each constraint is dropped if present, then added.
+ALTER TABLE whale_signals ALTER COLUMN detected_at SET DEFAULT now();
+ALTER TABLE whale_signals
+    DROP CONSTRAINT IF EXISTS whale_signals_detected_at_sane,
+    ADD CONSTRAINT whale_signals_detected_at_sane
+        CHECK (detected_at >= '2000-01-01 00:00:00+00' AND detected_at < '9999-01-01 00:00:00+00') NOT VALID,
+    DROP CONSTRAINT IF EXISTS whale_signals_expires_at_sane,
+    ADD CONSTRAINT whale_signals_expires_at_sane
+        CHECK (expires_at >= '2000-01-01 00:00:00+00' AND expires_at < '9999-01-01 00:00:00+00') NOT VALID,
+    DROP CONSTRAINT IF EXISTS whale_signals_price_sane,
+    ADD CONSTRAINT whale_signals_price_sane CHECK (price > 0 AND price < 1e15) NOT VALID,
+    DROP CONSTRAINT IF EXISTS whale_signals_size_usdt_sane,
+    ADD CONSTRAINT whale_signals_size_usdt_sane CHECK (size_usdt >= 0 AND size_usdt < 1e12) NOT VALID,
+    DROP CONSTRAINT IF EXISTS whale_signals_leverage_sane,
+    ADD CONSTRAINT whale_signals_leverage_sane CHECK (leverage BETWEEN 1 AND 125) NOT VALID;
+-- fraction already refuses NaN and Infinity (`fraction <= 1`).
+
+-- users and user_whale_follows are written by the users' application: the same bounds (125x is the highest
+-- leverage any supported venue offers; amounts below 1e12 USDT, percentages and multipliers below 1e6).
+ALTER TABLE users
+    DROP CONSTRAINT IF EXISTS users_max_leverage_sane,
+    ADD CONSTRAINT users_max_leverage_sane CHECK (max_leverage BETWEEN 1 AND 125) NOT VALID;
+ALTER TABLE user_whale_follows
+    DROP CONSTRAINT IF EXISTS user_whale_follows_max_leverage_sane,
+    ADD CONSTRAINT user_whale_follows_max_leverage_sane CHECK (max_leverage BETWEEN 1 AND 125) NOT VALID,
+    DROP CONSTRAINT IF EXISTS user_whale_follows_amounts_sane,
+    ADD CONSTRAINT user_whale_follows_amounts_sane CHECK (
+        fixed_usdt < 1e12 AND max_usdt_per_trade < 1e12 AND min_notional_usdt < 1e12
+        AND (daily_loss_limit_usdt IS NULL OR daily_loss_limit_usdt < 1e12)
+        AND whale_multiplier < 1e6 AND max_slippage_pct < 1e6
+        AND (stop_loss_pct IS NULL OR stop_loss_pct < 1e6) AND (take_profit_pct IS NULL OR take_profit_pct < 1e6)
+    ) NOT VALID;

@@ -14,7 +14,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from adapters.database import apply_schema, connect, create_database, schema_sql
+from adapters.database import apply_schema, connect, create_database, migrations, schema_sql
 from engine.messages import (
     BalanceRow,
     DomainEventRow,
@@ -62,10 +62,10 @@ def test_apply_schema_twice_is_idempotent_and_records_versions(pg_server: str) -
             await conn.close()
 
     first, second = asyncio.run(run())
-    assert first == [1]
+    assert first == [1, 2]
     assert second == []
-    rows = fetch(dsn, "SELECT version, applied_at FROM schema_migrations")
-    assert [r["version"] for r in rows] == [1]
+    rows = fetch(dsn, "SELECT version, applied_at FROM schema_migrations ORDER BY version")
+    assert [r["version"] for r in rows] == [1, 2]
     assert rows[0]["applied_at"] is not None
 
 
@@ -83,7 +83,7 @@ def test_concurrent_apply_schema_applies_once(pg_server: str) -> None:
         return list(await asyncio.gather(*(one() for _ in range(4))))
 
     results = asyncio.run(race())
-    assert sorted(results) == [[], [], [], [1]]
+    assert sorted(results) == [[], [], [], [1, 2]]
 
 
 @pytest.mark.parametrize(("struct", "table", "renamed"), CONTRACT)
@@ -142,6 +142,91 @@ def test_check_constraints_reject_bad_values(pg_dsn: str) -> None:
             pg_dsn,
             "INSERT INTO balances (user_id, venue, asset, free, reserved) VALUES (1, 'paper', 'USDT', -1, 0)",
         )
+
+
+# (column, value as text) a signal must not carry: the engine cannot represent it (issue 13, poison input).
+BAD_SIGNAL_VALUES = [
+    ("detected_at", "200000-01-01 00:00:00+00"),
+    ("detected_at", "4000-01-01 00:00:00+00 BC"),
+    ("detected_at", "-infinity"),
+    ("detected_at", "infinity"),
+    ("expires_at", "infinity"),
+    ("expires_at", "1970-01-01 00:00:00+00"),
+    ("price", "NaN"),
+    ("price", "Infinity"),
+    ("size_usdt", "NaN"),
+    ("size_usdt", "Infinity"),
+    ("size_usdt", "1e40"),
+    ("fraction", "NaN"),
+    ("leverage", "1000"),
+]
+_SIGNAL_COLUMNS = {"detected_at": "timestamptz", "expires_at": "timestamptz", "leverage": "integer"}
+
+
+def _insert_signal_sql(column: str | None = None) -> str:
+    """A whale_signals INSERT with ``column`` given as $1 (text, cast); ``detected_at`` left to its default."""
+    values = {"price": "3000", "size_usdt": "100", "leverage": "1"}
+    if column is not None:
+        values[column] = f"$1::text::{_SIGNAL_COLUMNS.get(column, 'numeric')}"
+    names = ", ".join(values)
+    return f"""INSERT INTO whale_signals (external_id, whale_id, symbol, side, action, trade_type, {names})
+        VALUES (gen_random_uuid()::text, 1, 'BTC/USDT:USDT', 'buy', 'open', 'futures', {", ".join(values.values())})
+        RETURNING id"""
+
+
+@pytest.mark.parametrize(("column", "value"), BAD_SIGNAL_VALUES)
+def test_check_constraints_refuse_signals_the_engine_cannot_represent(pg_dsn: str, column: str, value: str) -> None:
+    with pytest.raises(asyncpg.CheckViolationError):
+        execute(pg_dsn, _insert_signal_sql(column), value)
+
+
+def test_detected_at_defaults_to_now(pg_dsn: str) -> None:
+    signal_id = fetchval(pg_dsn, _insert_signal_sql())
+    sql = "SELECT now() - detected_at < interval '1 minute' FROM whale_signals WHERE id = $1"
+    assert fetchval(pg_dsn, sql, signal_id)
+
+
+@pytest.mark.parametrize(
+    ("table", "assignment"),
+    [
+        ("users", "max_leverage = 1000"),
+        ("user_whale_follows", "max_leverage = 0"),
+        ("user_whale_follows", "max_leverage = 126"),
+        ("user_whale_follows", "fixed_usdt = 'NaN'"),
+        ("user_whale_follows", "max_usdt_per_trade = 'Infinity'"),
+        ("user_whale_follows", "whale_multiplier = 'NaN'"),
+        ("user_whale_follows", "stop_loss_pct = 'Infinity'"),
+        ("user_whale_follows", "daily_loss_limit_usdt = 'NaN'"),
+    ],
+)
+def test_check_constraints_refuse_settings_the_engine_cannot_use(pg_dsn: str, table: str, assignment: str) -> None:
+    execute(pg_dsn, "INSERT INTO users (id, name) VALUES (9101, 'bounds') ON CONFLICT DO NOTHING")
+    execute(pg_dsn, "INSERT INTO whales (id, name) VALUES (9101, 'bounds') ON CONFLICT DO NOTHING")
+    execute(pg_dsn, "INSERT INTO user_whale_follows (user_id, whale_id) VALUES (9101, 9101) ON CONFLICT DO NOTHING")
+    where = "id = 9101" if table == "users" else "user_id = 9101"
+    with pytest.raises(asyncpg.CheckViolationError):
+        execute(pg_dsn, f"UPDATE {table} SET {assignment} WHERE {where}")
+
+
+def test_existing_database_with_a_bad_row_gets_the_new_checks(pg_server: str) -> None:
+    """A database from before step 2 that holds a row step 2 would refuse: the step applies (NOT VALID), the row
+    stays for the intake to fail by itself, and a new bad row is refused."""
+    dsn = _fresh(pg_server)
+
+    async def run() -> list[int]:
+        conn = await connect(dsn)
+        try:
+            await conn.execute(migrations()[0].sql)
+            await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (1, 'initial schema')")
+            await conn.execute(_insert_signal_sql("detected_at"), "-infinity")
+            return await apply_schema(conn)
+        finally:
+            await conn.close()
+
+    assert asyncio.run(run()) == [2]
+    assert fetchval(dsn, "SELECT count(*) FROM whale_signals WHERE detected_at = '-infinity'") == 1
+    with pytest.raises(asyncpg.CheckViolationError):
+        execute(dsn, _insert_signal_sql("detected_at"), "-infinity")
 
 
 def test_triggers_notify(pg_dsn: str) -> None:
