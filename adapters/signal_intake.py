@@ -70,10 +70,12 @@ RETURNING s.id, s.external_id, s.whale_id, s.symbol, s.side, s.action, s.trade_t
     p.undecodable
 """  # noqa: S608 - a fixed fragment, no value formatted in
 
+# An admin-injected signal, stored 'pending' like a detector's row: the intake claims and routes it (its NOTIFY
+# wakes the intake), so a row that committed is routed even when its inserter never learnt that it did.
 INSERT_SQL = """
 INSERT INTO whale_signals (external_id, whale_id, symbol, side, action, trade_type, price, size_usdt,
-                           leverage, priority, detected_at, expires_at, fraction, status, claimed_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'processing', now())
+                           leverage, priority, detected_at, expires_at, fraction, status)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'pending')
 ON CONFLICT (external_id) DO NOTHING
 RETURNING id
 """

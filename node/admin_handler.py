@@ -6,6 +6,13 @@ Runs on the I/O loop (``AdminServer`` awaits ``handle``), so nothing here blocks
 read-only commands are in the base class, ``node.admin_queries.AdminQueries``. The one write, an injected
 signal, goes through the persistence actor (``run_write``), the only writer to PostgreSQL.
 
+An injected signal's reply says what is durable. It is stored 'pending' and the intake claims and routes it, as
+a detector's row (with ``signals.listen`` off, the handler claims it by id and routes it). ``external_id`` makes
+it idempotent: a retry gets the stored row's id back (``already_existed``). When the INSERT's answer is lost
+(the connection dropped, maybe after the COMMIT reached the server), the row is looked up by ``external_id``
+before answering: found, the reply has its id; not found, the error says nothing was stored and a retry with the
+same ``external_id`` is safe; the lookup failing too, the error says so (a retry is safe either way).
+
 Operator pauses (``pause`` / ``resume``) live in memory and end with the process:
 
 * ``user ID``: that follower gets ``SetPaused(paused=True)``; resume clears the override (``paused=None``),
@@ -66,7 +73,7 @@ from engine.logs import get_logger
 from engine.messages import Signal, TradeType
 from engine.signals import SignalRejected, parse_signal
 from node.admin_queries import AdminQueries, OperatorPauses, position_owner
-from node.persistence_writes import run_write
+from node.persistence_writes import WriteNotStarted, run_write
 from node.price_feed import PriceFeed
 from node.venues import Venue
 
@@ -75,6 +82,15 @@ __all__ = ["DRY_RUN_LIST_LIMIT", "EngineAdminHandler", "OperatorPauses"]
 log = get_logger(__name__)
 
 DRY_RUN_LIST_LIMIT = 1000  # per-follower answers listed in a dry-run reply (the counts cover everyone)
+
+STORED_SIGNAL_SQL = "SELECT id, status, whale_id, symbol, side, action FROM whale_signals WHERE external_id = $1"
+
+# With no intake (``signals.listen`` off) the handler claims its own signal, as the intake would.
+CLAIM_ONE_SQL = """
+UPDATE whale_signals SET status = 'processing', claimed_at = now(), updated_at = now(), version = version + 1
+WHERE id = $1 AND status = 'pending'
+RETURNING id
+"""
 
 
 class EngineAdminHandler(AdminQueries):
@@ -97,10 +113,12 @@ class EngineAdminHandler(AdminQueries):
         reload: Callable[[], Awaitable[Mapping[str, int]]],
         reconcile_all: Callable[[], int],
         set_draining: Callable[[bool], None],
+        intake_claims: bool,
     ) -> None:
         """Besides what the queries take (``AdminQueries``): ``max_signal_age_s`` for injected signals,
         ``mark_price`` for dry runs, the ``price_feeds`` a ``price`` pokes, the supervisor's ``reload``, and the
-        engine's ``reconcile_all`` and ``set_draining`` (both block: run in the executor)."""
+        engine's ``reconcile_all`` and ``set_draining`` (both block: run in the executor); ``intake_claims``:
+        the signal intake runs and routes what is stored 'pending' (else the handler routes what it injects)."""
         super().__init__(
             pool=pool,
             router=router,
@@ -116,6 +134,7 @@ class EngineAdminHandler(AdminQueries):
         self._reload_follows = reload
         self._reconcile_all = reconcile_all
         self._set_draining = set_draining
+        self._intake_claims = intake_claims
 
     async def handle(self, cmd: Command, peer: Peer) -> dict[str, Any]:
         """Run one command (on the I/O loop). ``CommandError`` carries a refusal the operator reads."""
@@ -191,25 +210,71 @@ class EngineAdminHandler(AdminQueries):
         if await self._draining():
             raise CommandError("the engine is draining: it takes no new signals")
         await self._require_known_whale(signal.whale_id)
+        row, created = await self._store(signal)
+        signal = msgspec.structs.replace(signal, signal_id=int(row["id"]))
+        status = row["status"]
+        if not self._intake_claims and status == "pending" and await self._route_own(signal):
+            status = "processing"
+        fields = {"signal_id": signal.signal_id, "external_id": signal.external_id, "symbol": row["symbol"]}
+        if not created:
+            log.info("admin.signal_exists", **fields, status=status)
+            differs = [k for k in ("whale_id", "symbol", "side", "action") if str(row[k]) != str(_field(signal, k))]
+            extra = {"differs_from_request": differs} if differs else {}
+            return {**fields, "already_existed": True, "status": status, **extra}
+        log.info("admin.signal_injected", **fields, whale_id=signal.whale_id, action=signal.action)
+        return {**fields, "already_existed": False, "status": status}
+
+    async def _store(self, signal: Signal) -> tuple[Mapping[str, Any], bool]:
+        """Insert the signal (idempotent on ``external_id``): the stored row and whether this call created it.
+        Raises ``CommandError`` saying whether anything was stored when the INSERT's answer is lost."""
         args = (
             signal.external_id, signal.whale_id, signal.symbol, signal.side.value, signal.action.value,
             signal.trade_type.value, signal.price, signal.size_usdt, signal.leverage, signal.priority.value,
             signal.detected_at, signal.expires_at, signal.fraction,
         )  # fmt: skip
-        signal_id = await run_write(self._persistence, lambda conn: conn.fetchval(INSERT_SQL, *args))
-        if signal_id is None:
-            raise CommandError(f"duplicate external_id {signal.external_id!r}: that signal was already taken")
-        signal = msgspec.structs.replace(signal, signal_id=int(signal_id))
+
+        async def insert(conn: asyncpg.Connection) -> tuple[Mapping[str, Any], bool]:
+            signal_id = await conn.fetchval(INSERT_SQL, *args)
+            row = await conn.fetchrow(STORED_SIGNAL_SQL, signal.external_id)  # ours, or the earlier one
+            return dict(row), signal_id is not None
+
+        retry = f"retrying with the same external_id {signal.external_id!r} is safe (it is idempotent)"
+        try:
+            stored: tuple[Mapping[str, Any], bool] = await run_write(self._persistence, insert)
+            return stored
+        except WriteNotStarted as exc:
+            _store_error(signal, str(exc), "not_stored")
+            raise CommandError(f"signal not stored: the database writer is busy ({exc}); {retry}") from None
+        except Exception as exc:  # noqa: BLE001 - the outcome is read back below, whatever failed
+            error = f"{type(exc).__name__}: {exc}"
+        # The COMMIT may have reached the server and its answer not come back: the database says what is durable.
+        try:
+            async with self._pool.acquire() as conn:
+                found = await conn.fetchrow(STORED_SIGNAL_SQL, signal.external_id, timeout=self._ask_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - the operator is told the outcome is unknown
+            _store_error(signal, error, "unknown")
+            raise CommandError(
+                f"signal outcome unknown: storing it failed ({error}) and the database could not be read back "
+                f"({type(exc).__name__}); if it was stored the engine routes it; {retry}"
+            ) from None
+        if found is None:
+            _store_error(signal, error, "not_stored")
+            raise CommandError(f"signal not stored: {error}; nothing was written; {retry}")
+        _store_error(signal, error, "stored")
+        return dict(found), True  # stored by this request (or by one before it with the same external_id)
+
+    async def _route_own(self, signal: Signal) -> bool:
+        """No intake runs: claim the stored row by id, as the intake would, and route it. False: not claimed
+        (someone else did, or the claim failed: the row stays 'pending', stored, for a retry or the next run)."""
+        try:
+            claimed = await run_write(self._persistence, lambda conn: conn.fetchval(CLAIM_ONE_SQL, signal.signal_id))
+        except Exception as exc:  # noqa: BLE001 - the signal is stored; the reply says it is still pending
+            log.warning("admin.signal_claim_error", signal_id=signal.signal_id, error=f"{type(exc).__name__}: {exc}")
+            return False
+        if claimed is None:
+            return False
         self._router.tell(RouteSignal(signal=signal))
-        log.info(
-            "admin.signal_injected",
-            signal_id=signal.signal_id,
-            external_id=signal.external_id,
-            whale_id=signal.whale_id,
-            symbol=signal.symbol,
-            action=signal.action,
-        )
-        return {"signal_id": signal.signal_id, "external_id": signal.external_id, "symbol": signal.symbol}
+        return True
 
     async def _dry_run(self, payload: dict[str, Any]) -> dict[str, Any]:
         signal = self._parse(payload)
@@ -343,6 +408,15 @@ class EngineAdminHandler(AdminQueries):
             # New followers start without the operator's overrides.
             await self._blocking(lambda: self._apply_user_pauses(_paused_only(self._refs(), self.pauses)))
         return dict(result)
+
+
+def _store_error(signal: Signal, error: str, outcome: str) -> None:
+    log.warning("admin.signal_store_error", external_id=signal.external_id, error=error, outcome=outcome)
+
+
+def _field(signal: Signal, name: str) -> Any:
+    value = getattr(signal, name)
+    return getattr(value, "value", value)  # enums as stored
 
 
 def _paused_only(refs: dict[int, Any], pauses: OperatorPauses) -> dict[int, Any]:

@@ -89,6 +89,7 @@ def start_services(
             reload=reload,
             reconcile_all=reconcile_all,
             set_draining=set_draining,
+            intake_claims=config.signals.listen,
         )
         services.append(
             AdminServer(

@@ -24,6 +24,7 @@ from adapters.admin_socket import AdminServer
 from adapters.ioloop import IoLoop
 from engine.admin_commands import Command, CommandError, Pause, Peer, Status, User, Users, command_name
 from engine.cli_args import AdminArgs, RunArgs, parse_command_line
+from tests.kit import wait_for
 
 GUARD_S = 30.0
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,12 +147,13 @@ def test_socket_option_overrides_the_default(server: AdminServer) -> None:
     assert f"{server.path}.missing" in err
 
 
-def test_refused_connection_shows_the_reason(server: AdminServer) -> None:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as holder:  # takes the only slot
+def test_refused_connection_shows_the_reason(server: AdminServer, handler: FakeHandler) -> None:
+    # Takes the only slot with a command still running (an idle connection would be evicted to let one in).
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as holder:
         holder.settimeout(GUARD_S)
         holder.connect(str(server.path))
-        holder.sendall(b'{"cmd": "status"}\n')
-        assert holder.recv(4096).startswith(b'{"ok":true')
+        holder.sendall(b'{"cmd": "reconcile"}\n')
+        wait_for(lambda: handler.calls, message="the holder's command never started")
         code, _, err = run(["status"], server.path)
     assert code == 1
     assert "too many admin connections" in err

@@ -11,12 +11,13 @@ from __future__ import annotations
 import io
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import orjson
 import pytest
 
@@ -24,6 +25,8 @@ from adapters.admin_cli import EXIT_ERROR, EXIT_OK, EXIT_UNREACHABLE, main
 from engine import logs
 from engine.config import load_config
 from engine.ids import close_order_id
+from node import admin_handler
+from node.persistence_writes import run_write as real_run_write
 from node.system import EngineSystem
 from tests.kit import execute, fetch, fetchval, wait_for
 
@@ -115,7 +118,7 @@ def processed(pg_dsn: str, signal_id: int) -> dict[str, Any]:
 
     def probe() -> dict[str, Any] | None:
         rows = fetch(pg_dsn, "SELECT * FROM whale_signals WHERE id = $1", signal_id)
-        return dict(rows[0]) if rows and rows[0]["status"] != "processing" else None
+        return dict(rows[0]) if rows and rows[0]["status"] not in ("pending", "processing") else None
 
     return wait_for(probe, message=f"signal {signal_id} to be processed")
 
@@ -264,9 +267,87 @@ def test_signal_is_copied(engine: EngineSystem, pg_dsn: str) -> None:
     assert [p["symbol"] for p in positions] == ["BTC/USDT:USDT"]
     assert ok(engine, "trades", "--user", str(BOB))["count"] >= 1
 
-    assert "duplicate external_id" in refused(engine, "signal", signal_json(W1, "BTC", external_id="ext-btc-1"))
     assert "signal rejected: missing_field" in refused(engine, "signal", '{"whale_id": 11}')
     assert "unknown whale 999" in refused(engine, "signal", signal_json(999, "BTC"))
+
+
+def test_signal_retry_gets_the_same_id(engine: EngineSystem, pg_dsn: str) -> None:
+    """Idempotent on external_id: a retry is answered with the stored signal's id, never 'duplicate'."""
+    first = ok(engine, "signal", signal_json(W1, "LTC", external_id="ext-ltc-retry"))
+    again = ok(engine, "signal", signal_json(W1, "LTC", external_id="ext-ltc-retry"))
+    assert again["signal_id"] == first["signal_id"]
+    assert first["already_existed"] is False
+    assert again["already_existed"] is True
+    assert "differs_from_request" not in again
+    other = ok(engine, "signal", signal_json(W1, "LTC", external_id="ext-ltc-retry", side="sell"))
+    assert other["signal_id"] == first["signal_id"]
+    assert other["differs_from_request"] == ["side"]  # told, not stored a second time
+    assert processed(pg_dsn, first["signal_id"])["status"] == "processed"
+    assert fetchval(pg_dsn, "SELECT count(*) FROM whale_signals WHERE external_id = 'ext-ltc-retry'") == 1
+
+
+LostAnswer = Callable[..., Awaitable[Any]]
+
+
+def _lose_first_answer(*, after_commit: bool) -> LostAnswer:
+    """``run_write`` whose first call loses its answer the way a dropped connection does: after the write
+    committed (``after_commit``), or before it ran at all."""
+    calls = 0
+
+    async def write(persistence: Any, fn: Any, timeout_s: float = 30.0) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            return await real_run_write(persistence, fn, timeout_s)
+        if after_commit:
+            await real_run_write(persistence, fn, timeout_s)
+        raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+
+    return write
+
+
+def test_signal_committed_but_answer_lost_reports_its_id_and_is_routed(
+    engine: EngineSystem, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The INSERT committed, its answer never came back: the reply has the stored id (read back by
+    external_id), and the row is routed, not left 'processing' until the next restart."""
+    monkeypatch.setattr(admin_handler, "run_write", _lose_first_answer(after_commit=True))
+    reply = ok(engine, "signal", signal_json(W1, "AVAX", external_id="ext-avax-lost"))
+    stored = fetchval(pg_dsn, "SELECT id FROM whale_signals WHERE external_id = 'ext-avax-lost'")
+    assert reply["signal_id"] == stored
+    row = processed(pg_dsn, stored)
+    assert (row["status"], row["copied"]) == ("processed", 2)
+    again = ok(engine, "signal", signal_json(W1, "AVAX", external_id="ext-avax-lost"))
+    assert (again["signal_id"], again["already_existed"]) == (stored, True)
+
+
+def test_signal_not_stored_says_a_retry_is_safe(
+    engine: EngineSystem, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(admin_handler, "run_write", _lose_first_answer(after_commit=False))
+    error = refused(engine, "signal", signal_json(W1, "ADA", external_id="ext-ada-lost"))
+    assert "signal not stored" in error
+    assert "'ext-ada-lost' is safe" in error
+    assert "internal error" not in error
+    assert fetchval(pg_dsn, "SELECT count(*) FROM whale_signals WHERE external_id = 'ext-ada-lost'") == 0
+    reply = ok(engine, "signal", signal_json(W1, "ADA", external_id="ext-ada-lost"))
+    assert reply["already_existed"] is False
+    assert processed(pg_dsn, reply["signal_id"])["status"] == "processed"
+
+
+def test_signal_outcome_unknown_says_so(
+    engine: EngineSystem, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The INSERT's answer is lost and the read-back fails too: the reply says the outcome is unknown and a
+    retry is safe; the retry then stores it once."""
+    with monkeypatch.context() as patched:
+        patched.setattr(admin_handler, "run_write", _lose_first_answer(after_commit=False))
+        patched.setattr(admin_handler, "STORED_SIGNAL_SQL", "SELECT no_such_column FROM whale_signals WHERE $1")
+        error = refused(engine, "signal", signal_json(W1, "SOL", external_id="ext-sol-unknown"))
+    assert "signal outcome unknown" in error
+    assert "'ext-sol-unknown' is safe" in error
+    reply = ok(engine, "signal", signal_json(W1, "SOL", external_id="ext-sol-unknown"))
+    assert processed(pg_dsn, reply["signal_id"])["status"] == "processed"
 
 
 # ---- pause / resume ----------------------------------------------------------------------------------------------
