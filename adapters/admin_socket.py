@@ -19,7 +19,7 @@ Nobody can starve the operator out:
 
 * a line has ``line_deadline_s`` from its first byte to its newline: a connection that starts a line and does not
   finish it in time is told so and closed (a half-sent line, or one dripped a byte at a time, holds no slot for
-  long);
+  long); a reply the peer does not take within the same deadline (it stopped reading) closes the connection;
 * at most ``max_connections`` are open at once, and a new connection past it takes the slot of one that owes
   nothing: the one idle the longest (or, if none is idle, the one whose partial line started first) is told
   why and closed. Only when every connection is running a command is a new one refused (commands end).
@@ -307,14 +307,20 @@ class AdminServer:
             if got is None:
                 return
             line, last = got
-            await self._send(writer, await self._reply(line, peer, conn.conn_id))
+            await self._send(writer, await self._reply(line, peer, conn.conn_id), conn.conn_id)
             if last:
                 return
 
-    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+    async def _send(self, writer: asyncio.StreamWriter, data: bytes, conn_id: int | None = None) -> None:
+        """Write and wait until the peer takes it, for at most the line deadline: a peer that stops reading its
+        replies (its buffers full) holds no slot for long either; it is closed (``TimeoutError``)."""
         writer.write(data)
-        async with asyncio.timeout(self._idle_timeout_s):
-            await writer.drain()
+        try:
+            async with asyncio.timeout(self._line_deadline_s):
+                await writer.drain()
+        except TimeoutError:
+            _log.warning("admin.reply_stalled", conn_id=conn_id, line_deadline_s=self._line_deadline_s)
+            raise
 
     async def _reply(self, line: bytes, peer: Peer, conn_id: int) -> bytes:
         if not line.strip():

@@ -8,6 +8,7 @@ never assertions on timing. ``test_other_uid_is_refused`` needs root (it forks a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import random
@@ -15,6 +16,7 @@ import shutil
 import socket
 import stat
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -525,6 +527,35 @@ def test_unfinished_line_is_cut_at_the_deadline(
     [entry] = events(captured_logs, "admin.line_deadline")
     assert entry["partial_bytes"] == len(b'{"cmd": "sta')
     assert Client(server.path).request({"cmd": "status"})["ok"] is True  # the server lives
+
+
+def test_peer_that_stops_reading_replies_loses_its_slot(
+    make_server: ServerFactory, captured_logs: LogEntries
+) -> None:
+    """A peer pipelines commands and never reads a reply: once the socket's buffers are full the server waits on
+    it, running a command, so it is never evicted; the reply deadline frees its slot (was: the 300 s idle timeout)."""
+    server = make_server(max_connections=1, line_deadline_s=0.5)
+    hog = Client(server.path)
+
+    def flood() -> None:
+        with contextlib.suppress(OSError):  # the server hangs up on it: that is the point
+            hog.send(b'{"cmd": "status"}\n' * 200_000)
+
+    threading.Thread(target=flood, daemon=True).start()
+    # Alone it is never evicted (nobody asks for its slot); the reply deadline closes it (old code: 300 s).
+    wait_for(lambda: events(captured_logs, "admin.reply_stalled"), timeout_s=20.0, message="the hog was never cut")
+
+    def operator_served() -> bool:
+        client = Client(server.path)
+        client.sock.settimeout(5.0)
+        try:
+            return bool(client.request({"cmd": "status"})["ok"])
+        except (OSError, AssertionError):
+            return False
+        finally:
+            client.close()
+
+    wait_for(operator_served, timeout_s=20.0, message="the hog kept the only slot")
 
 
 def test_idle_connection_is_not_cut_by_the_line_deadline(make_server: ServerFactory) -> None:
