@@ -22,6 +22,23 @@ _QUERY = re.compile(r"\?[^\s\"']*")
 # ccxt's message for an HTTP status it maps by code: "<exchange> <METHOD> <url> <status> <reason> <body>".
 _HTTP_STATUS = re.compile(r"^\S+ [A-Z]+ \S+ (\d{3}) ")
 _MAX_MESSAGE = 300
+# Venue codes that refuse an order for good (nothing was placed) yet may reach the engine as ccxt's plain
+# ExchangeError, which on create would read as "maybe accepted" (UNKNOWN, reconciled, never a definitive answer).
+# Keyed by ccxt's exchange id, which starts ccxt's error message ("<id> <body>").
+#   bitget 22002 "No position to close", 40757 "Not enough position is available." (reduce-only, one-way mode;
+#     Bitget's error-code table and API update log of Oct 30 2023), 45006 "Insufficient position" (v1's code for
+#     a reduce-only order on a flat position): ccxt 4.5 (ts/src/bitget.ts) maps none of them.
+#   binance -2022 "ReduceOnly Order is rejected.": ccxt maps it (InvalidOrder) only in its USDⓈ-M table, which it
+#     picks by host; on another host it is an ExchangeError.
+#   bybit 110017 "Reduce-only rule not satisfied": InvalidOrder in ccxt (ts/src/bybit.ts); listed for the same
+#     safety should a ccxt release drop it.
+_REFUSAL_CODES: dict[str, frozenset[str]] = {
+    "bitget": frozenset({"22002", "40757", "45006"}),
+    "binance": frozenset({"-2022"}),
+    "binanceusdm": frozenset({"-2022"}),
+    "bybit": frozenset({"110017"}),
+}
+_BODY_CODE = re.compile(r'"(?:code|retCode)"\s*:\s*"?(-?\d+)')
 _DEFAULT_BAN_S = 120.0
 
 
@@ -79,6 +96,14 @@ def _is_server_error(exc: BaseException) -> bool:
     return match is not None and match.group(1).startswith("5")
 
 
+def _is_venue_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` carries a venue code of ``_REFUSAL_CODES`` for the venue that raised it."""
+    venue, _, body = str(exc).partition(" ")
+    codes = _REFUSAL_CODES.get(venue)
+    match = _BODY_CODE.search(body) if codes else None
+    return match is not None and codes is not None and match.group(1) in codes
+
+
 def _is_ban(message: str) -> bool:
     # Binance: HTTP 418 with "banned until <ms>"; Bybit: HTTP 403 "access too frequent" (an IP ban).
     return " 418 " in message or "banned until" in message or "access too frequent" in message
@@ -116,6 +141,8 @@ def classify(
         | ccxt.NotSupported
         | ccxt.ArgumentsRequired,
     ):
+        return OrderRejected(message)
+    if isinstance(exc, ccxt.ExchangeError) and _is_venue_refusal(exc):
         return OrderRejected(message)
     if isinstance(exc, ccxt.ExchangeNotAvailable):
         cause = exc.__cause__

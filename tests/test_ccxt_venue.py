@@ -11,9 +11,11 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
+import ccxt.async_support as ccxt
+import orjson
 import pytest
 
-from adapters.ccxt_errors import CredentialRejected
+from adapters.ccxt_errors import CredentialRejected, classify
 from adapters.credentials import Credential
 from engine.messages import OrderOutcome, Side, TradeStatus, TradeType
 from engine.trades import Trade
@@ -410,3 +412,35 @@ def test_bitget_spot_buy_below_the_hint_fills_more_base_and_the_trade_books_it()
         assert trade.executed_qty == Decimal("0.022")
 
     run(("bitget", TradeType.SPOT), body)
+
+
+_NO_POSITION = '{"code":"22002","msg":"No position to close","requestTime":1,"data":null}'
+_BYBIT_110017 = '{"retCode":110017,"retMsg":"Reduce-only rule not satisfied","result":{},"retExtInfo":{},"time":1}'
+
+
+@pytest.mark.parametrize(
+    ("venue", "status", "body", "ccxt_class"),
+    [
+        # ccxt maps -2022 only in its USDⓈ-M table, which it picks by host: elsewhere a plain ExchangeError.
+        ("binance", 400, '{"code":-2022,"msg":"ReduceOnly Order is rejected."}', ccxt.ExchangeError),
+        ("bybit", 200, _BYBIT_110017, ccxt.InvalidOrder),
+        ("bitget", 400, _NO_POSITION, ccxt.ExchangeError),  # ccxt 4.5 maps no Bitget reduce-only code
+        ("bitget", 400, '{"code":"40757","msg":"Not enough position is available.","data":null}', ccxt.ExchangeError),
+    ],
+    ids=["binance-2022", "bybit-110017", "bitget-22002", "bitget-40757"],
+)
+def test_reduce_only_refusals_are_definitive_whatever_class_ccxt_raises(
+    venue: str, status: int, body: str, ccxt_class: type[Exception]
+) -> None:
+    """ccxt's own error handling of the venue's answer, then the engine's classification: REJECTED, never the
+    "maybe accepted" of a plain ExchangeError on create."""
+    client = getattr(ccxt, venue)()
+    try:
+        with pytest.raises(ccxt.BaseError) as raised:
+            url = "http://127.0.0.1:1/fapi/v1/order"
+            client.handle_errors(status, "", url, "POST", {}, body, orjson.loads(body), {}, None)
+        assert type(raised.value) is ccxt_class
+        outcome = classify(raised.value, order_sent=True, now_s=time.time())
+        assert type(outcome) is OrderRejected, outcome
+    finally:
+        asyncio.run(client.close())
