@@ -6,6 +6,7 @@ Raw HTTP (aiohttp) where the wire matters; ccxt where it is simpler. 127.0.0.1, 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import time
@@ -234,5 +235,84 @@ def test_other_venues_check_signatures_through_ccxt(venue: str) -> None:
                         await client.fetch_balance({"type": "spot"})
             finally:
                 await client.close()
+
+    run(body, venues=(venue,))
+
+
+async def _perp_order(
+    emu: EmulatorServer, session: aiohttp.ClientSession, venue: str, cid: str, side: str, qty: str, reduce_only: bool
+) -> tuple[int, dict[str, Any]]:
+    """A signed BTCUSDT perpetual market order on ``venue``'s wire; its HTTP status and JSON body."""
+    now = str(int(time.time() * 1000))
+    if venue == "binance":
+        params = {"symbol": "BTCUSDT", "side": side.upper(), "type": "MARKET", "quantity": qty, "newClientOrderId": cid}
+        path, data = "/fapi/v1/order", _binance_signed(params | ({"reduceOnly": "true"} if reduce_only else {}))
+        headers = {"X-MBX-APIKEY": KEY, "Content-Type": "application/x-www-form-urlencoded"}
+    elif venue == "bybit":
+        path = "/v5/order/create"
+        order = {"category": "linear", "symbol": "BTCUSDT", "side": side.capitalize(), "orderType": "Market"}
+        data = orjson.dumps(order | {"qty": qty, "orderLinkId": cid, "reduceOnly": reduce_only}).decode()
+        sign = hmac.new(SECRET.encode(), (now + KEY + "5000" + data).encode(), hashlib.sha256).hexdigest()
+        headers = {"X-BAPI-API-KEY": KEY, "X-BAPI-TIMESTAMP": now, "X-BAPI-RECV-WINDOW": "5000", "X-BAPI-SIGN": sign}
+    else:
+        path = "/api/v2/mix/order/place-order"
+        order = {"symbol": "BTCUSDT", "productType": "USDT-FUTURES", "marginCoin": "USDT", "orderType": "market"}
+        order |= {"side": side, "size": qty, "clientOid": cid, "reduceOnly": "YES" if reduce_only else "NO"}
+        data = orjson.dumps(order).decode()
+        digest = hmac.new(SECRET.encode(), (now + "POST" + path + data).encode(), hashlib.sha256).digest()
+        sign = base64.b64encode(digest).decode()
+        headers = {"ACCESS-KEY": KEY, "ACCESS-PASSPHRASE": "pp", "ACCESS-TIMESTAMP": now, "ACCESS-SIGN": sign}
+    if venue != "binance":
+        headers["Content-Type"] = "application/json"
+    async with session.post(f"{emu.url_for(venue)}{path}", data=data, headers=headers) as response:
+        return response.status, orjson.loads(await response.read())
+
+
+# Each venue's documented refusal of a reduce-only order that would not only reduce (sources at the emulator's
+# code): HTTP status and body fields, for "flat" (no position), "same_side" (the position's own side) and
+# "oversized" (more than the position; Bybit fixes the quantity to the position instead of refusing).
+_BINANCE_2022 = (400, {"code": -2022, "msg": "ReduceOnly Order is rejected."})
+_BITGET_22002 = (400, {"code": "22002", "msg": "No position to close"})
+REDUCE_ONLY_REFUSALS: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {
+    "binance": {"flat": _BINANCE_2022, "same_side": _BINANCE_2022, "oversized": _BINANCE_2022},
+    "bybit": {
+        "flat": (200, {"retCode": 110017, "retMsg": "current position is zero, cannot fix reduce-only order qty"}),
+        "same_side": (200, {"retCode": 110017, "retMsg": "Reduce-only rule not satisfied"}),
+    },
+    "bitget": {
+        "flat": _BITGET_22002,
+        "same_side": _BITGET_22002,
+        "oversized": (400, {"code": "40757", "msg": "Not enough position is available."}),
+    },
+}
+
+
+@pytest.mark.parametrize("venue", ["binance", "bybit", "bitget"])
+def test_reduce_only_orders_are_refused_as_each_venue_refuses_them(venue: str) -> None:
+    async def body(emu: EmulatorServer, session: aiohttp.ClientSession) -> None:
+        async def refused(case: str, cid: str, side: str, qty: str) -> None:
+            status, answer = await _perp_order(emu, session, venue, cid, side, qty, reduce_only=True)
+            expected_status, fields = REDUCE_ONLY_REFUSALS[venue][case]
+            assert (status, {k: answer.get(k) for k in fields}) == (expected_status, fields)
+            assert emu.order_count(cid, venue) == 0
+
+        def held() -> Decimal | None:
+            position = emu.position(venue, KEY, "BTCUSDT")
+            return None if position is None else position.qty
+
+        await refused("flat", "r1", "sell", "0.01")
+        assert (await _perp_order(emu, session, venue, "o1", "buy", "0.01", reduce_only=False))[0] == 200
+        await refused("same_side", "r2", "buy", "0.01")
+        if venue == "bybit":
+            assert (await _perp_order(emu, session, venue, "r3", "sell", "0.02", reduce_only=True))[0] == 200
+            order = emu.venues[venue].orders[-1]
+            fixed = (order.client_order_id, order.qty, order.filled, order.status)
+            assert fixed == ("r3", Decimal("0.01"), Decimal("0.01"), "filled")
+            assert held() is None  # closed, and no short opened
+        else:
+            await refused("oversized", "r3", "sell", "0.02")
+            assert held() == Decimal("0.01")
+            assert (await _perp_order(emu, session, venue, "r4", "sell", "0.01", reduce_only=True))[0] == 200
+            assert held() is None
 
     run(body, venues=(venue,))

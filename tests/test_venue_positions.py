@@ -16,7 +16,7 @@ import pytest
 from adapters.ccxt_errors import CredentialRejected
 from adapters.emulator import binance as emulator_binance
 from adapters.paper import PaperVenue
-from engine.messages import OrderRequest, PositionSide, Side, TradeType, VenuePosition
+from engine.messages import OrderRequest, PositionSide, Side, TradeStatus, TradeType, VenuePosition
 from engine.positions import Position
 from engine.venue import OrderRejected, RetryableError, VenueBanned
 from tests.kit import API_KEY, ccxt_harness
@@ -238,6 +238,61 @@ def test_a_spot_venue_holds_no_positions(name: str) -> None:
             await body(h)
 
     asyncio.run(main())
+
+
+# A reduce-only order that would not only reduce, as each venue refuses it: (ccxt's exception class, the venue's
+# code in the body) for "flat" (no position), "same_side" (the position's own side) and "oversized" (more than
+# the position; Bybit fixes the quantity to the position instead, so it has no refusal for it).
+REDUCE_ONLY_REFUSALS = {
+    "binance": dict.fromkeys(("flat", "same_side", "oversized"), ("InvalidOrder", '"code":-2022')),
+    "bybit": dict.fromkeys(("flat", "same_side"), ("InvalidOrder", '"retCode":110017')),
+    "bitget": {
+        "flat": ("ExchangeError", '"code":"22002"'),
+        "same_side": ("ExchangeError", '"code":"22002"'),
+        "oversized": ("ExchangeError", '"code":"40757"'),
+    },
+}
+
+
+async def refused(h: Harness, case: str, request: OrderRequest) -> None:
+    """``request`` is refused as the venue refuses ``case``: a definitive rejection (REJECTED in the exchange
+    actor), never an unknown outcome; nothing was placed."""
+    with pytest.raises(OrderRejected) as caught:
+        await h.venue.create_order(request)
+    ccxt_class, code = REDUCE_ONLY_REFUSALS[h.name][case]
+    message = str(caught.value)
+    assert type(caught.value) is OrderRejected, message
+    assert message.startswith(f"{ccxt_class}: {h.name} "), message
+    assert code in message, message
+    assert h.emu.order_count(request.client_order_id) == 0
+
+
+@pytest.mark.parametrize("name", FUTURES)
+def test_a_reduce_only_order_never_exceeds_the_position(name: str) -> None:
+    async def body(h: Harness) -> None:
+        await refused(h, "flat", order(name, "x1u1flat", BTC, Side.SELL, "0.01", 10, reduce_only=True))
+        await h.venue.create_order(order(name, "c1u1long", BTC, Side.BUY, "0.01", 10))
+        await refused(h, "same_side", order(name, "x1u1same", BTC, Side.BUY, "0.01", 10, reduce_only=True))
+        assert await h.venue.fetch_positions(user_id=1, symbols=[BTC]) == [LONG_BTC]
+        oversized = order(name, "x1u1over", BTC, Side.SELL, "0.02", 10, reduce_only=True)
+        if name == "bybit":  # the quantity fixed to the position: it closes the long, and opens nothing
+            closed = await h.venue.create_order(oversized)
+            assert (closed.status, closed.filled_qty) == (TradeStatus.FILLED, Decimal("0.01"))
+            assert await h.venue.fetch_positions(user_id=1, symbols=[BTC]) == []
+            await h.venue.create_order(order(name, "c1u1again", BTC, Side.BUY, "0.01", 10))
+        else:
+            await refused(h, "oversized", oversized)
+        assert await h.venue.fetch_positions(user_id=1, symbols=[BTC]) == [LONG_BTC]
+        within = await h.venue.create_order(order(name, "x1u1part", BTC, Side.SELL, "0.004", 10, reduce_only=True))
+        assert (within.status, within.filled_qty) == (TradeStatus.FILLED, Decimal("0.004"))
+        (left,) = await h.venue.fetch_positions(user_id=1, symbols=[BTC])
+        assert (left.side, left.qty) == (PositionSide.LONG, Decimal("0.006"))
+        rest = await h.venue.create_order(order(name, "x1u1rest", BTC, Side.SELL, "0.006", 10, reduce_only=True))
+        assert (rest.status, rest.filled_qty) == (TradeStatus.FILLED, Decimal("0.006"))
+        assert await h.venue.fetch_positions(user_id=1, symbols=[BTC]) == []
+        await refused(h, "flat", order(name, "x1u1gone", BTC, Side.SELL, "0.006", 10, reduce_only=True))
+
+    run_venue(name, body)
 
 
 # ---- the paper venue -----------------------------------------------------------------------------------------

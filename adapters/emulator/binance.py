@@ -25,6 +25,11 @@ from adapters.emulator.state import STATE_KEY, Account, FillError, Order, Refuse
 WEIGHT_LIMIT = 2400
 WEIGHT_WINDOW_S = 60.0
 TAKER_FEE = Decimal("0.001")
+# USDⓈ-M refuses a reduce-only order that would not only reduce: "rejected [...] the order is in the same
+# direction as the open position, or the order is in the opposite direction and the position size exceeds the
+# open position" (Binance FAQ "Summary of Failed Orders in Binance Futures",
+# https://www.binance.com/en/support/faq/360039707291). So too with no position at all.
+REDUCE_ONLY_EXCESS = "reject"
 
 _WEIGHTS = {  # Binance's documented IP weights
     ("GET", "/api/v3/exchangeInfo"): 20,
@@ -134,6 +139,12 @@ async def create_order(request: web.Request) -> web.Response:
 
 
 def _reject(reason: str, category: str) -> web.Response:
+    if reason.startswith("reduce_only_"):
+        # HTTP 400 {"code":-2022,"msg":"ReduceOnly Order is rejected."}: no position, the position's own side, or
+        # more than the position. Code, text and status as recorded in ccxt's USDⓈ-M table (ccxt/ccxt
+        # ts/src/binance.ts, exceptions.linear.exact: '-2022': InvalidOrder, {"code":-2022,"msg":"ReduceOnly Order
+        # is rejected."}); Binance's 4xx error bodies are {"code", "msg"}.
+        return _error(-2022, "ReduceOnly Order is rejected.")
     if reason == "bad_symbol":
         return _error(-1121, "Invalid symbol.")
     if reason == "insufficient":

@@ -26,6 +26,11 @@ from adapters.emulator.state import STATE_KEY, Account, FillError, Order, Refuse
 WEIGHT_LIMIT = 6000  # Bitget: 6000 requests per minute per IP
 WEIGHT_WINDOW_S = 60.0
 TAKER_FEE = Decimal("0.001")
+# One-way mode with reduceOnly: Bitget refuses an order larger than the position with 40757 "Not enough position
+# is available." and one with no position to close (Bitget API update log, Oct 30 2023,
+# https://bitgetlimited.github.io/apidoc/en/mix/#update-log); v2's code for no position is 22002 "No position to
+# close" (Bitget's error-code table, https://www.bitget.com/api-doc/uta/error-code/websocket).
+REDUCE_ONLY_EXCESS = "reject"
 
 _SPOT_STATUS = {"new": "live", "filled": "filled", "partial_expired": "cancelled", "cancelled": "cancelled"}
 _MIX_STATUS = {"new": "live", "filled": "filled", "partial_expired": "canceled", "cancelled": "canceled"}
@@ -251,6 +256,12 @@ async def place_order(request: web.Request) -> web.Response:
 
 
 def _reject(reason: str, category: str) -> web.Response:
+    # HTTP 400 with Bitget's code string. ccxt (4.5, ts/src/bitget.ts) maps neither code: it raises a plain
+    # ExchangeError, which adapters/ccxt_errors.py reads as a refusal by this table's codes.
+    if reason in ("reduce_only_no_position", "reduce_only_wrong_side"):  # one-way mode: nothing on that side
+        return _error("22002", "No position to close")
+    if reason == "reduce_only_exceeds":
+        return _error("40757", "Not enough position is available.")
     if reason == "insufficient":
         return (
             _error("43012", "Insufficient balance")

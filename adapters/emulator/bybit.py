@@ -24,6 +24,12 @@ from adapters.emulator.state import STATE_KEY, Account, FillError, Order, Refuse
 WEIGHT_LIMIT = 600  # Bybit: 600 requests per 5 s per IP
 WEIGHT_WINDOW_S = 5.0
 TAKER_FEE = Decimal("0.001")
+# Bybit fixes a reduce-only order's quantity to the position when it is larger: its refusal with nothing to reduce
+# reads "current position is zero, cannot fix reduce-only order qty" (retCode 110017), and Place Order's
+# reduceOnly/closeOnTrigger with qty "0" closes the whole position
+# (https://bybit-exchange.github.io/docs/v5/order/create-order). So an oversized reduce-only order fills the
+# position and no more; one with nothing to reduce is refused.
+REDUCE_ONLY_EXCESS = "cap"
 
 _STATUS = {
     "new": "New",
@@ -235,6 +241,13 @@ async def create_order(request: web.Request) -> web.Response:
 
 
 def _reject(reason: str) -> web.Response:
+    # 110017 "Reduce-only rule not satisfied" (https://bybit-exchange.github.io/docs/v5/error; ccxt/ccxt
+    # ts/src/bybit.ts exceptions.exact '110017': InvalidOrder), HTTP 200 like every Bybit answer. Flat, the text
+    # Bybit answers is "current position is zero, cannot fix reduce-only order qty".
+    if reason == "reduce_only_no_position":
+        return _envelope(110017, "current position is zero, cannot fix reduce-only order qty")
+    if reason.startswith("reduce_only_"):
+        return _envelope(110017, "Reduce-only rule not satisfied")
     if reason == "insufficient":
         return _envelope(110007, "ab not enough for new order")
     if reason == "min_notional":

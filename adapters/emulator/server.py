@@ -40,6 +40,7 @@ class VenueModule(Protocol):
     WEIGHT_LIMIT: int
     WEIGHT_WINDOW_S: float
     TAKER_FEE: Decimal
+    REDUCE_ONLY_EXCESS: str  # "reject" | "cap": a reduce-only order larger than the position
 
     def add_routes(self, app: web.Application) -> None: ...
 
@@ -112,6 +113,7 @@ class EmulatorServer:
                 weight_window_s=module.WEIGHT_WINDOW_S,
                 taker_fee=module.TAKER_FEE,
                 client_id_scope=client_id_scope,
+                reduce_only_excess=module.REDUCE_ONLY_EXCESS,
             )
             for name, module in self._modules.items()
         }

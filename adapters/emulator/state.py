@@ -34,6 +34,9 @@ FAULTS = frozenset(
 )
 READ_FAULTS = frozenset({"order_not_found"})  # only a GET takes them (Binance creates and reads on one path)
 CLIENT_ID_SCOPES = frozenset({"all", "open"})
+# What a venue does with a reduce-only order larger than the position (one-way mode): refuse it, or cut it down to
+# the position ("cap"). An order with nothing to reduce (flat, or the same side as the position) is always refused.
+REDUCE_ONLY_EXCESS = frozenset({"reject", "cap"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +115,8 @@ class Refused(Exception):
 
 
 class FillError(Exception):
-    """The venue refuses the order; ``reason`` is venue-neutral ("insufficient", "min_notional", ...)."""
+    """The venue refuses the order; ``reason`` is venue-neutral ("insufficient", "min_notional",
+    "reduce_only_no_position", "reduce_only_wrong_side", "reduce_only_exceeds", ...)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -132,11 +136,15 @@ class VenueState:
         weight_window_s: float,
         taker_fee: Decimal,
         client_id_scope: str = "all",
+        reduce_only_excess: str = "reject",
     ) -> None:
         if client_id_scope not in CLIENT_ID_SCOPES:
             raise ValueError(f"client_id_scope {client_id_scope!r}; one of {sorted(CLIENT_ID_SCOPES)}")
+        if reduce_only_excess not in REDUCE_ONLY_EXCESS:
+            raise ValueError(f"reduce_only_excess {reduce_only_excess!r}; one of {sorted(REDUCE_ONLY_EXCESS)}")
         self.name = name
         self.client_id_scope = client_id_scope
+        self.reduce_only_excess = reduce_only_excess
         self.markets = {m.venue_id: m for m in markets}
         self.marks = marks  # shared with the server: "BTCUSDT" -> price
         self.accounts: dict[str, Account] = {}
@@ -222,6 +230,8 @@ class VenueState:
             raise FillError("no_price")
         if order.qty <= 0 or order.qty < market.min_qty or order.qty % market.qty_step != 0:
             raise FillError("bad_qty")
+        if order.reduce_only and order.category != "spot":
+            self._check_reduce_only(account, order)
         if not order.reduce_only and order.qty * mark < market.min_notional:
             raise FillError("min_notional")
         if fault == "reject_insufficient" or not self._affordable(account, order, market, mark):
@@ -235,6 +245,20 @@ class VenueState:
         else:
             self._fill(order, order.qty)
         return order
+
+    def _check_reduce_only(self, account: Account, order: Order) -> None:
+        """A reduce-only order never grows or flips the position (one-way mode): with nothing to reduce (flat,
+        or an order on the position's own side) it is refused; larger than the position it is refused, or cut
+        down to the position where the venue does that (``reduce_only_excess="cap"``). Raises ``FillError``."""
+        position = account.futures.get((order.category, order.symbol_id))
+        if position is None:
+            raise FillError("reduce_only_no_position")
+        if position.is_long == (order.side == "buy"):
+            raise FillError("reduce_only_wrong_side")
+        if order.qty > position.size:
+            if self.reduce_only_excess != "cap":
+                raise FillError("reduce_only_exceeds")
+            order.qty = position.size  # the order as the venue holds it: its quantity fixed to the position
 
     def cancel(self, order: Order) -> bool:
         if order.status != "new":
