@@ -265,7 +265,7 @@ class AdminServer:
             f"evicted: the admin socket is full (max {self._max_connections} connections) and this connection "
             f"was {waiting}, so it was closed to let a new one in; no command of it was running. Reconnect to go on."
         )
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception, asyncio.CancelledError):  # stop() may cancel it again: end quietly
             writer.write(encode_reply({"ok": False, "error": error}))
             await _lingering_close(reader, writer)
 
