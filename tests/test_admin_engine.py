@@ -8,9 +8,11 @@ asserts on timing: effects are polled for with a generous guard.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import shutil
 import tempfile
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -28,7 +30,7 @@ from engine.ids import close_order_id
 from node import admin_handler
 from node.persistence_writes import run_write as real_run_write
 from node.system import EngineSystem
-from tests.kit import execute, fetch, fetchval, wait_for
+from tests.kit import execute, fetch, fetchval, fresh_database, running_engine, wait_for
 
 T = TypeVar("T")
 GUARD_S = 60.0  # an upper bound for an effect to show, never a measurement
@@ -136,6 +138,27 @@ def open_positions(pg_dsn: str, user_id: int, base: str) -> list[dict[str, Any]]
         f"{base}/USDT:USDT",
     )
     return [dict(r) for r in rows]
+
+
+# ---- without the intake (runs before the module's engine starts) ------------------------------------------------
+
+
+def test_signal_without_intake_is_claimed_and_routed_by_the_handler(pg_server: str) -> None:
+    """``signals.listen`` off: nothing claims 'pending' rows, so the handler claims its own signal and routes it."""
+    dsn = asyncio.run(fresh_database(pg_server, f"t_admin_nolisten_{uuid.uuid4().hex[:8]}"))
+    execute(dsn, SEED_SQL)
+    base = Path(tempfile.mkdtemp(prefix="adml-"))
+    try:
+        env: dict[str, Any] = {"ENGINE_ADMIN__ENABLED": "true", "ENGINE_SIGNALS__LISTEN": "false"}
+        with running_engine(dsn, base, **env) as system:
+            reply = ok(system, "signal", signal_json(W1, "ETH", external_id="ext-eth-nolisten"))
+            assert (reply["already_existed"], reply["status"]) == (False, "processing")
+            row = processed(dsn, reply["signal_id"])
+            assert (row["status"], row["copied"]) == ("processed", 2)
+            again = ok(system, "signal", signal_json(W1, "ETH", external_id="ext-eth-nolisten"))
+            assert (again["signal_id"], again["already_existed"]) == (reply["signal_id"], True)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # ---- read-only ---------------------------------------------------------------------------------------------------
