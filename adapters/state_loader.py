@@ -7,6 +7,14 @@ Start-up reads 100,000 users, follows and balances, so rows become structs cheap
 query selects exactly a struct's fields, a value equal to the struct's default comes back as NULL and is left
 out (the struct then shares its default object instead of holding its own ``Decimal``), numerics come as text
 and equal texts share one ``Decimal``, and on a pool the queries run concurrently on several connections.
+
+A poisoned row never stops the engine from starting. PostgreSQL stores timestamps Python cannot hold (year
+200000, 4000 BC, ``±infinity``) and numerics the engine cannot use (``NaN``, ``Infinity``); asyncpg would raise
+while decoding the whole result, and the engine would not start. So every timestamp is selected through a guard
+(NULL when outside Python's range) and each row carries an ``undecodable`` column naming what the guard hid;
+numerics come as text and are checked finite in Python; a row that still cannot become its struct is caught.
+Such a row's user is not loaded (``state.row_undecodable``: table, user, reason), everyone else is; a caller that
+passes ``skipped`` learns which users were left out (the supervisor keeps their running follower on a reload).
 """
 
 from __future__ import annotations
@@ -22,10 +30,27 @@ import asyncpg
 import msgspec
 
 from engine.follower_state import FollowerState
+from engine.logs import get_logger
 from engine.messages import BalanceRow, FollowSettings, PositionRow, TradeRow, UserSettings
+
+log = get_logger(__name__)
 
 _OPEN_TRADE_STATUSES = ("pending", "submitted", "unknown")
 _ZERO = Decimal(0)
+# Python's datetime range, a day inside each end (a UTC value near an end may not survive a time-zone shift).
+_REPRESENTABLE = "BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 00:00:00+00'"
+
+
+def _guarded(column: str) -> str:
+    """A timestamp column, NULL when Python cannot hold it (``_unrepresentable`` says why)."""
+    return f"CASE WHEN {column} {_REPRESENTABLE} THEN {column} END"
+
+
+def _unrepresentable(column: str) -> str:
+    return (
+        f"CASE WHEN {column} IS NOT NULL AND NOT coalesce({column} {_REPRESENTABLE}, false)"
+        f" THEN '{column} out of range: ' || {column}::text END"
+    )
 
 
 def _literal(value: Any) -> str:
@@ -44,7 +69,14 @@ def _scalar(t: msgspec.inspect.Type) -> msgspec.inspect.Type:
 class _Table:
     """How one struct kind is read from its table: its fields only, defaults as NULL, numerics as text."""
 
-    def __init__(self, kind: type[msgspec.Struct], table: str, *, renames: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        kind: type[msgspec.Struct],
+        table: str,
+        *,
+        renames: dict[str, str] | None = None,
+        timestamps: tuple[str, ...] = (),
+    ) -> None:
         self.kind = kind
         self.table = table
         info = msgspec.inspect.type_info(kind)
@@ -53,33 +85,56 @@ class _Table:
         self.decimals: list[str] = []
         self.enums: list[tuple[str, type[enum.Enum]]] = []
         exprs = []
+        checks = [_unrepresentable(column) for column in timestamps]  # extra columns the query selects
         for f in info.fields:
             expr = (renames or {}).get(f.name, f.name)
             if f.default is not msgspec.NODEFAULT and f.default is not None:
                 expr = f"NULLIF({expr}, {_literal(f.default)})"
             scalar = _scalar(f.type)
-            if isinstance(scalar, msgspec.inspect.DecimalType):
+            if isinstance(scalar, msgspec.inspect.DateTimeType):
+                checks.append(_unrepresentable(expr))
+                expr = _guarded(expr)
+            elif isinstance(scalar, msgspec.inspect.DecimalType):
                 expr = f"({expr})::text"
                 self.decimals.append(f.name)
             elif isinstance(scalar, msgspec.inspect.EnumType):
                 self.enums.append((f.name, scalar.cls))
             exprs.append(expr)
+        # Last of the struct's columns: NULL, or what the timestamp guards hid (the row is then set aside).
+        why = f"NULLIF(concat_ws('; ', {', '.join(checks)}), '')" if checks else "NULL"
+        exprs.append(f"{why} AS undecodable")
         self.columns = ", ".join(exprs)
 
-    def build(self, rows: Iterable[Sequence[Any]], decimal: Callable[[str], Decimal]) -> list[Any]:
-        """Structs from rows of ``SELECT {columns} [, extra columns]`` (extra columns are ignored)."""
+    def build(
+        self, rows: Iterable[Sequence[Any]], decimal: Callable[[str], Decimal], bad: dict[int, str]
+    ) -> list[Any]:
+        """Structs from rows of ``SELECT {columns} [, extra columns]`` (extra columns are ignored). A row that
+        cannot become its struct is left out and its user put in ``bad`` with the reason."""
         kind, names, decimals, enums = self.kind, self.names, self.decimals, self.enums
+        undecodable = len(names)
         out = []
         for row in rows:
             data = {name: value for name, value in zip(names, row, strict=False) if value is not None}
-            for name in decimals:
-                if name in data:
-                    data[name] = decimal(data[name])
-            for name, cls in enums:
-                if name in data:
-                    data[name] = cls(data[name])
-            out.append(kind(**data))
+            try:
+                if (reason := row[undecodable]) is not None:
+                    raise ValueError(reason)
+                for name in decimals:
+                    if name in data:
+                        value = data[name] = decimal(data[name])
+                        if not value.is_finite():
+                            raise ValueError(f"{name} is not a finite number: {value}")
+                for name, cls in enums:
+                    if name in data:
+                        data[name] = cls(data[name])
+                out.append(kind(**data))
+            except Exception as exc:  # noqa: BLE001 - one poisoned row must not stop the engine from starting
+                self.set_aside(data.get("user_id"), f"{type(exc).__name__}: {exc}", bad)
         return out
+
+    def set_aside(self, user_id: Any, reason: str, bad: dict[int, str]) -> None:
+        log.error("state.row_undecodable", table=self.table, user_id=user_id, reason=reason)
+        if isinstance(user_id, int):
+            bad.setdefault(user_id, f"{self.table}: {reason}")
 
 
 def _decimals() -> Callable[[str], Decimal]:
@@ -99,7 +154,8 @@ _USERS = _Table(UserSettings, "users", renames={"user_id": "id"})
 _FOLLOWS = _Table(FollowSettings, "user_whale_follows")
 _BALANCES = _Table(BalanceRow, "balances")
 _POSITIONS = _Table(PositionRow, "positions")
-_TRADES = _Table(TradeRow, "trades")
+_TRADES = _Table(TradeRow, "trades", timestamps=("created_at",))
+_CREATED = _guarded("created_at") + " AS created_at"
 
 
 def _queries(ids: list[int] | None) -> dict[str, tuple[str, list[Any]]]:
@@ -114,7 +170,7 @@ def _queries(ids: list[int] | None) -> dict[str, tuple[str, list[Any]]]:
         "follows": f"SELECT {_FOLLOWS.columns} FROM user_whale_follows {where_uid}",  # noqa: S608
         "balances": f"SELECT {_BALANCES.columns} FROM balances {where_uid}",  # noqa: S608
         "positions": f"SELECT {_POSITIONS.columns} FROM positions WHERE status IN ('open', 'closing') {and_uid}",  # noqa: S608
-        "trades": f"SELECT {_TRADES.columns}, created_at FROM trades WHERE status = ANY({statuses}) {and_uid}",  # noqa: S608
+        "trades": f"SELECT {_TRADES.columns}, {_CREATED} FROM trades WHERE status = ANY({statuses}) {and_uid}",  # noqa: S608
         "failed_closes": f"""SELECT position_id, count(*) AS n FROM trades
             WHERE reduce_only AND position_id IS NOT NULL AND left(client_order_id, 1) IN ('x', 'r')
               AND status IN ('rejected', 'failed', 'cancelled', 'partially_filled', 'filled') {and_uid}
@@ -170,27 +226,31 @@ def _by_user(items: Iterable[Any]) -> dict[int, tuple[Any, ...]]:
 
 
 async def load_followers(
-    conn: asyncpg.Connection | asyncpg.Pool, user_ids: Iterable[int] | None = None
+    conn: asyncpg.Connection | asyncpg.Pool, user_ids: Iterable[int] | None = None, *, skipped: set[int] | None = None
 ) -> list[FollowerState]:
-    """Every user's ``FollowerState`` (or only ``user_ids``), built from a handful of set-based queries."""
+    """Every user's ``FollowerState`` (or only ``user_ids``), built from a handful of set-based queries. A user
+    with a row that cannot be decoded is left out (logged) and added to ``skipped``."""
     ids = list(user_ids) if user_ids is not None else None
     rows = await _fetch(conn, _queries(ids), concurrent=ids is None)
     decimal = _decimals()
-    follows = _by_user(_FOLLOWS.build(rows["follows"], decimal))
-    balances = _by_user(_BALANCES.build(rows["balances"], decimal))
-    positions = _by_user(_POSITIONS.build(rows["positions"], decimal))
-    open_trades = _by_user(_TRADES.build(rows["trades"], decimal))
+    bad: dict[int, str] = {}
+    follows = _by_user(_FOLLOWS.build(rows["follows"], decimal, bad))
+    balances = _by_user(_BALANCES.build(rows["balances"], decimal, bad))
+    positions = _by_user(_POSITIONS.build(rows["positions"], decimal, bad))
+    open_trades = _by_user(_TRADES.build(rows["trades"], decimal, bad))
     created: dict[int, dict[str, datetime]] = {}
     for r in rows["trades"]:
         created.setdefault(r["user_id"], {})[r["client_order_id"]] = r["created_at"]
     attempts: dict[str, int] = {r["position_id"]: int(r["n"]) for r in rows["failed_closes"]}
     trades_today: dict[int, int] = {r["user_id"]: int(r["n"]) for r in rows["today"]}
-    pnl_today = {r[0]: decimal(r[1]) for r in rows["realized_today"]}
-    totals = {r[0]: decimal(r[1]) for r in rows["realized"]}
+    pnl_today = _finite_totals(rows["realized_today"], decimal, bad)
+    totals = _finite_totals(rows["realized"], decimal, bad)
 
     states = []
-    for user in _USERS.build(rows["users"], decimal):
+    for user in _USERS.build(rows["users"], decimal, bad):
         uid = user.user_id
+        if uid in bad:
+            continue
         extra: dict[str, Any] = {}  # only what differs from FollowerState's defaults
         if (held := positions.get(uid)) is not None:
             extra["positions"] = held
@@ -206,7 +266,23 @@ async def load_followers(
         if (pnl := pnl_today.get(uid)) is not None:
             extra["realized_today_usdt"] = pnl
         states.append(FollowerState(user=user, follows=follows.get(uid, ()), balances=balances.get(uid, ()), **extra))
+    if skipped is not None:
+        skipped.update(bad)
     return states
+
+
+def _finite_totals(
+    rows: Iterable[Sequence[Any]], decimal: Callable[[str], Decimal], bad: dict[int, str]
+) -> dict[int, Decimal]:
+    """``user_id -> realised PnL`` from ``(user_id, sum::text)`` rows; a non-finite sum sets its user aside."""
+    totals = {}
+    for user_id, text in rows:
+        value = decimal(text)
+        if value.is_finite():
+            totals[user_id] = value
+        else:
+            _POSITIONS.set_aside(user_id, f"realised PnL is not a finite number: {value}", bad)
+    return totals
 
 
 async def load_whale_ids(conn: asyncpg.Connection | asyncpg.Pool) -> frozenset[int]:

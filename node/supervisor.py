@@ -119,9 +119,10 @@ class Supervisor:
 
     async def reload(self, user_ids: list[int] | None = None) -> dict[str, int]:
         """Apply users / follows as they are in the database now (NOTIFY, polling or admin ``reload``)."""
-        states = await load_followers(self._pool, user_ids)
+        skipped: set[int] = set()  # users with a row that cannot be decoded: keep what runs, do not stop it
+        states = await load_followers(self._pool, user_ids, skipped=skipped)
         refs = await self._follower_refs()
-        seen = {s.user.user_id for s in states}
+        seen = {s.user.user_id for s in states} | skipped
         added = updated = removed = 0
         for state in states:
             uid = state.user.user_id

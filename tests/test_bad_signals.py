@@ -187,3 +187,31 @@ def test_undecodable_rows_are_failed_alone_and_the_rows_behind_them_are_taken(pg
     undecodable = events(logs, "intake.row_undecodable")
     assert sorted(e["signal_id"] for e in undecodable) == sorted([*poison.values(), late])
     assert events(logs, "intake.error") == []
+
+
+def test_a_poisoned_state_row_does_not_stop_start_up(pg_dsn: str, tmp_path: Path) -> None:
+    """An open position whose ``opened_at`` Python cannot hold (``-infinity``): the engine starts without that
+    user (``state.row_undecodable``) and copies for everyone else (was: start-up failed with OverflowError)."""
+    whale, users, symbol = 4004, range(40_301, 40_304), "BNB/USDT:USDT"
+    seed_simple(pg_dsn, whale, users)
+    victim = users[0]
+    execute(
+        pg_dsn,
+        "INSERT INTO positions (position_id, user_id, venue, symbol, trade_type, side, qty, entry_price, leverage,"
+        " margin_usdt, status, opened_at) VALUES ('p-poison', $1, 'paper', $2, 'futures', 'long', 1, 600, 1, 600,"
+        " 'open', '-infinity')",
+        victim,
+        symbol,
+    )
+    venue = PaperVenue(initial_marks={symbol: D(600)})
+    try:
+        with capture_logs() as logs, running_engine(pg_dsn, tmp_path, venue=venue) as system:
+            good = signal_and_wait(pg_dsn, system, whale_id=whale, symbol=symbol, price=600, leverage=10)
+            assert victim not in system.follower_refs()
+    finally:
+        execute(pg_dsn, "DELETE FROM positions WHERE position_id = 'p-poison'")
+    for uid in users[1:]:
+        assert trade(pg_dsn, client_order_id(good, uid))["status"] == "filled"
+    assert fetchval(pg_dsn, "SELECT count(*) FROM trades WHERE user_id = $1", victim) == 0
+    [undecodable] = events(logs, "state.row_undecodable")
+    assert (undecodable["table"], undecodable["user_id"]) == ("positions", victim)

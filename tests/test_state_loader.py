@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -10,7 +11,7 @@ from adapters.database import connect, connect_pool
 from adapters.state_loader import load_followers, load_whale_ids
 from engine.follower_state import FollowerState
 from engine.messages import FollowSettings, PositionStatus, SizingMode, TradeStatus
-from tests.kit import execute
+from tests.kit import capture_logs, events, execute, fresh_database
 
 
 def _load(dsn: str, user_ids: list[int] | None = None) -> tuple[list[FollowerState], frozenset[int]]:
@@ -138,3 +139,60 @@ def test_defaults_are_shared_and_a_pool_loads_the_same_as_a_connection(pg_dsn: s
             await pool.close()
 
     assert sorted(asyncio.run(via_pool()), key=lambda s: s.user.user_id) == [a, b]
+
+
+def test_a_poisoned_row_sets_its_user_aside_and_everyone_else_loads(pg_server: str) -> None:
+    """A value PostgreSQL stores but the engine cannot represent, in each table the loader reads: that user is
+    left out with ``state.row_undecodable`` (table, user, reason), the others load (was: the whole load raised
+    ``OverflowError: date value out of range``, and the engine could not start)."""
+    dsn = asyncio.run(fresh_database(pg_server, f"t_state_poison_{uuid.uuid4().hex[:8]}"))
+    # As in a database from before schema step 2 (or edited by hand): the follows' bounds are not there.
+    execute(dsn, "ALTER TABLE user_whale_follows DROP CONSTRAINT user_whale_follows_amounts_sane")
+    execute(dsn, "INSERT INTO whales (id, name) VALUES (1, 'w')")
+    users = {"good": 700, "opened_at": 701, "created_at": 702, "follow_nan": 703, "balance_inf": 704, "pnl_nan": 705}
+    balance = "INSERT INTO balances (user_id, venue, asset, free, reserved) VALUES ($1, 'paper', 'USDT', 1, 0)"
+    for uid in users.values():
+        execute(dsn, "INSERT INTO users (id, name) VALUES ($1, 'u')", uid)
+        execute(dsn, balance, uid)
+    execute(dsn, "INSERT INTO user_whale_follows (user_id, whale_id) VALUES (700, 1)")
+    execute(dsn, "INSERT INTO user_whale_follows (user_id, whale_id, fixed_usdt) VALUES (703, 1, 'NaN')")
+    execute(dsn, "UPDATE balances SET free = 'Infinity' WHERE user_id = 704")
+    position = (
+        "INSERT INTO positions (position_id, user_id, venue, symbol, trade_type, side, qty, entry_price, leverage,"
+        " margin_usdt, status, realized_pnl_usdt, opened_at)"
+        " VALUES ($1, $2, 'paper', 'BTC/USDT:USDT', 'futures', 'long', 1, 100, 5, 20, $3, $4::text::numeric,"
+        " $5::text::timestamptz)"
+    )
+    execute(dsn, position, "p-good", 700, "open", "0", "2026-01-01 00:00:00+00")
+    execute(dsn, position, "p-inf", 701, "open", "0", "-infinity")
+    execute(dsn, position, "p-nan", 705, "closed", "NaN", "2026-01-01 00:00:00+00")
+    execute(
+        dsn,
+        "INSERT INTO trades (client_order_id, user_id, venue, symbol, trade_type, side, qty, price, status,"
+        " created_at) VALUES ('c-far', 702, 'paper', 'BTC/USDT:USDT', 'futures', 'buy', 1, 100, 'unknown',"
+        " '200000-01-01 00:00:00+00')",
+    )
+    skipped: set[int] = set()
+
+    async def run() -> list[FollowerState]:
+        conn = await connect(dsn)
+        try:
+            return await load_followers(conn, skipped=skipped)
+        finally:
+            await conn.close()
+
+    with capture_logs() as logs:
+        states = asyncio.run(run())
+    assert [s.user.user_id for s in states] == [700]
+    assert [p.position_id for p in states[0].positions] == ["p-good"]
+    poisoned = {uid for name, uid in users.items() if name != "good"}
+    assert skipped == poisoned
+    by_user = {e["user_id"]: e for e in events(logs, "state.row_undecodable")}
+    assert set(by_user) == poisoned
+    assert by_user[701]["table"] == "positions" and "opened_at out of range" in by_user[701]["reason"]
+    assert by_user[702]["table"] == "trades" and "created_at out of range" in by_user[702]["reason"]
+    assert by_user[703]["table"] == "user_whale_follows" and "fixed_usdt" in by_user[703]["reason"]
+    assert by_user[704]["table"] == "balances" and "free" in by_user[704]["reason"]
+    assert "realised PnL" in by_user[705]["reason"]
+    # One user at a time (the supervisor's restart) behaves the same.
+    assert [s.user.user_id for s in _load(dsn, [701, 700])[0]] == [700]
