@@ -190,7 +190,7 @@ def test_undecodable_rows_are_failed_alone_and_the_rows_behind_them_are_taken(pg
 
 
 def test_a_poisoned_state_row_does_not_stop_start_up(pg_dsn: str, tmp_path: Path) -> None:
-    """An open position whose ``opened_at`` Python cannot hold (``-infinity``): the engine starts without that
+    """An open position whose ``opened_at`` Python cannot hold (year 200000): the engine starts without that
     user (``state.row_undecodable``) and copies for everyone else (was: start-up failed with OverflowError)."""
     whale, users, symbol = 4004, range(40_301, 40_304), "BNB/USDT:USDT"
     seed_simple(pg_dsn, whale, users)
@@ -199,7 +199,7 @@ def test_a_poisoned_state_row_does_not_stop_start_up(pg_dsn: str, tmp_path: Path
         pg_dsn,
         "INSERT INTO positions (position_id, user_id, venue, symbol, trade_type, side, qty, entry_price, leverage,"
         " margin_usdt, status, opened_at) VALUES ('p-poison', $1, 'paper', $2, 'futures', 'long', 1, 600, 1, 600,"
-        " 'open', '-infinity')",
+        " 'open', '200000-01-01 00:00:00+00')",
         victim,
         symbol,
     )
