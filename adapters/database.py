@@ -53,7 +53,11 @@ def migrations() -> tuple[Migration, ...]:
     """The steps of ``schema.sql``, each starting at a ``-- Migration step N:`` line (so the file alone, replayed
     by hand, is the whole schema); name a new step below. Never edit a released step: append the next one."""
     steps = [part for part in _STEP_MARK.split(schema_sql()) if part.strip()]
-    names = ("initial schema", "refuse what the engine cannot represent")
+    names = (
+        "initial schema",
+        "refuse what the engine cannot represent",
+        "configuration rows' updated_at representable",
+    )
     assert len(steps) == len(names), "one name per step of schema.sql"
     return tuple(Migration(n, name, sql) for n, (name, sql) in enumerate(zip(names, steps, strict=True), 1))
 

@@ -285,3 +285,16 @@ ALTER TABLE user_whale_follows
         AND whale_multiplier < 1e6 AND max_slippage_pct < 1e6
         AND (stop_loss_pct IS NULL OR stop_loss_pct < 1e6) AND (take_profit_pct IS NULL OR take_profit_pct < 1e6)
     ) NOT VALID;
+
+-- Migration step 3: updated_at of the configuration rows another application writes stays representable.
+-- The follows watcher polls users / user_whale_follows on updated_at; a row stamped in year 200000 (PostgreSQL
+-- stores it, Python cannot) would fail every poll. NOT VALID, as in step 2: an old row does not block start-up
+-- (the watcher clamps what it reads).
+ALTER TABLE users
+    DROP CONSTRAINT IF EXISTS users_updated_at_sane,
+    ADD CONSTRAINT users_updated_at_sane
+        CHECK (updated_at >= '2000-01-01 00:00:00+00' AND updated_at < '9999-01-01 00:00:00+00') NOT VALID;
+ALTER TABLE user_whale_follows
+    DROP CONSTRAINT IF EXISTS user_whale_follows_updated_at_sane,
+    ADD CONSTRAINT user_whale_follows_updated_at_sane
+        CHECK (updated_at >= '2000-01-01 00:00:00+00' AND updated_at < '9999-01-01 00:00:00+00') NOT VALID;

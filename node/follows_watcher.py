@@ -25,10 +25,12 @@ log = get_logger(__name__)
 # notification was lost. Rows already applied at the same ``updated_at`` are not reloaded twice.
 FOLLOWS_POLL_OVERLAP_S = 60.0
 
+# least(): a row stamped beyond Python's datetime (year 200000, 'infinity') must not fail every poll (issue 13).
 _CHANGED_SQL = """
-SELECT 'u' AS kind, id AS user_id, 0::bigint AS whale_id, updated_at FROM users WHERE updated_at >= $1
+SELECT 'u' AS kind, id AS user_id, 0::bigint AS whale_id, least(updated_at, '9999-12-30+00') AS updated_at
+FROM users WHERE updated_at >= $1
 UNION ALL
-SELECT 'f', user_id, whale_id, updated_at FROM user_whale_follows WHERE updated_at >= $1"""
+SELECT 'f', user_id, whale_id, least(updated_at, '9999-12-30+00') FROM user_whale_follows WHERE updated_at >= $1"""
 
 
 class FollowsWatcher:

@@ -24,6 +24,7 @@ from adapters.paper import PaperVenue
 from engine.ids import client_order_id, position_id_for
 from engine.messages import PriceUpdate
 from tests.kit import (
+    HeldConnection,
     capture_logs,
     events,
     execute,
@@ -215,3 +216,26 @@ def test_a_poisoned_state_row_does_not_stop_start_up(pg_dsn: str, tmp_path: Path
     assert fetchval(pg_dsn, "SELECT count(*) FROM trades WHERE user_id = $1", victim) == 0
     [undecodable] = events(logs, "state.row_undecodable")
     assert (undecodable["table"], undecodable["user_id"]) == ("positions", victim)
+
+
+def test_a_far_future_updated_at_does_not_stop_the_follows_poll(pg_dsn: str, tmp_path: Path) -> None:
+    """A ``users`` row stamped in year 200000 (from before schema step 3): the follows watcher's poll still finds
+    a new follower written without a notification (was: every poll failed decoding that row)."""
+    whale, symbol = 4005, "ADA/USDT:USDT"
+    seed_simple(pg_dsn, whale, range(40_401, 40_402))
+    execute(pg_dsn, "ALTER TABLE users DROP CONSTRAINT IF EXISTS users_updated_at_sane")
+    with HeldConnection(pg_dsn) as conn:  # no trigger: the stamp stays as written
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("UPDATE users SET updated_at = '200000-01-01 00:00:00+00' WHERE id = 40401")
+    slow_poll: dict[str, Any] = {"ENGINE_SIGNALS__FOLLOWS_POLL_INTERVAL_MS": "600000"}  # ** binds venues too
+    try:
+        with running_engine(pg_dsn, tmp_path, venue=PaperVenue(initial_marks={symbol: D(1)}), **slow_poll) as system:
+            assert 40_401 in system.follower_refs()
+            with HeldConnection(pg_dsn) as conn:
+                conn.execute("SET session_replication_role = replica")  # no NOTIFY: only the poll can find it
+                conn.execute("INSERT INTO users (id, name) VALUES (40402, 'late')")
+                conn.execute(f"INSERT INTO user_whale_follows (user_id, whale_id) VALUES (40402, {whale})")
+            execute(pg_dsn, "SELECT pg_notify('follows_changed', '0')")  # a poll now, not in 10 minutes
+            wait_for(lambda: 40_402 in system.follower_refs(), 30)
+    finally:
+        execute(pg_dsn, "UPDATE users SET updated_at = now() WHERE id = 40401")

@@ -62,10 +62,10 @@ def test_apply_schema_twice_is_idempotent_and_records_versions(pg_server: str) -
             await conn.close()
 
     first, second = asyncio.run(run())
-    assert first == [1, 2]
+    assert first == [1, 2, 3]
     assert second == []
     rows = fetch(dsn, "SELECT version, applied_at FROM schema_migrations ORDER BY version")
-    assert [r["version"] for r in rows] == [1, 2]
+    assert [r["version"] for r in rows] == [1, 2, 3]
     assert rows[0]["applied_at"] is not None
 
 
@@ -83,7 +83,7 @@ def test_concurrent_apply_schema_applies_once(pg_server: str) -> None:
         return list(await asyncio.gather(*(one() for _ in range(4))))
 
     results = asyncio.run(race())
-    assert sorted(results) == [[], [], [], [1, 2]]
+    assert sorted(results) == [[], [], [], [1, 2, 3]]
 
 
 @pytest.mark.parametrize(("struct", "table", "renamed"), CONTRACT)
@@ -208,6 +208,19 @@ def test_check_constraints_refuse_settings_the_engine_cannot_use(pg_dsn: str, ta
         execute(pg_dsn, f"UPDATE {table} SET {assignment} WHERE {where}")
 
 
+def test_check_constraints_refuse_an_unrepresentable_updated_at(pg_dsn: str) -> None:
+    """The follows watcher polls on ``updated_at`` (an UPDATE is stamped by trigger; an INSERT keeps what it is
+    given)."""
+    execute(pg_dsn, "INSERT INTO whales (id, name) VALUES (9102, 'stamps') ON CONFLICT DO NOTHING")
+    with pytest.raises(asyncpg.CheckViolationError):
+        execute(pg_dsn, "INSERT INTO users (id, name, updated_at) VALUES (9102, 'x', '200000-01-01 00:00:00+00')")
+    execute(pg_dsn, "INSERT INTO users (id, name) VALUES (9102, 'x')")
+    with pytest.raises(asyncpg.CheckViolationError):
+        execute(
+            pg_dsn, "INSERT INTO user_whale_follows (user_id, whale_id, updated_at) VALUES (9102, 9102, 'infinity')"
+        )
+
+
 def test_existing_database_with_a_bad_row_gets_the_new_checks(pg_server: str) -> None:
     """A database from before step 2 that holds a row step 2 would refuse: the step applies (NOT VALID), the row
     stays for the intake to fail by itself, and a new bad row is refused."""
@@ -223,7 +236,7 @@ def test_existing_database_with_a_bad_row_gets_the_new_checks(pg_server: str) ->
         finally:
             await conn.close()
 
-    assert asyncio.run(run()) == [2]
+    assert asyncio.run(run()) == [2, 3]
     assert fetchval(dsn, "SELECT count(*) FROM whale_signals WHERE detected_at = '-infinity'") == 1
     with pytest.raises(asyncpg.CheckViolationError):
         execute(dsn, _insert_signal_sql("detected_at"), "-infinity")
