@@ -26,7 +26,7 @@ from actors.follower_books import FollowerBooks
 from actors.follower_protection import PriceProtection
 from actors.follower_recovery import StartupRecovery
 from engine import metrics
-from engine.control import ReconcileNow, SetPaused, TakeSnapshot, UpdateSettings
+from engine.control import CopyHeld, ReconcileNow, SetPaused, TakeSnapshot, UpdateSettings
 from engine.events import FollowerSkipped, TradeNeedsReconciliation
 from engine.follower_state import FollowerContext, FollowerState
 from engine.ledger import OrderContext, settle_entry, settle_exit, undo_order
@@ -47,6 +47,7 @@ from engine.messages import (
 )
 from engine.portfolio import Portfolio
 from engine.runtime import PooledActor
+from engine.signals import EXIT_ACTIONS
 from engine.sizing import EntryPlan, ExitPlan, Skip, decide
 from engine.trades import Trade
 
@@ -117,6 +118,8 @@ class FollowerActor(PooledActor):
             self.snapshot()
         else:
             log.warning("follower.unknown_message", user_id=self._user_id, message_type=type(message).__name__)
+        if self._books.held is not None:
+            self._release_held()
         self._current = None
 
     def _on_prices(self, update: PriceUpdate) -> None:
@@ -129,6 +132,10 @@ class FollowerActor(PooledActor):
         """What this follower would do with ``signal``; changes nothing. ``draining``: the router's answer (the
         admin asks it), so a dry run while draining says why nothing would be copied."""
         decision = self._decide(signal, mark, draining=draining)
+        busy = isinstance(decision, Skip) and decision.reason is SkipReason.POSITION_BUSY
+        key = (self._user.preferred_exchange, signal.symbol)
+        if busy and signal.action in EXIT_ACTIONS and key in self._books.busy:  # held until that order is final
+            return {"user_id": self._user_id, "action": "hold", "reason": "order in flight on the symbol"}
         if isinstance(decision, Skip):
             return {"user_id": self._user_id, "action": "skip", "reason": decision.reason, "detail": decision.detail}
         return {
@@ -171,10 +178,12 @@ class FollowerActor(PooledActor):
             mark = self._protection.marks.get(signal.symbol)
         return decide(signal, user=user, follow=follow, market=market, mark=mark, now=now, account=account)
 
-    def _on_signal(self, message: CopySignal) -> None:
+    def _on_signal(self, message: CopySignal, *, released: bool = False) -> None:
         signal = message.signal
         now = self._ctx.clock.now()  # one reading per signal: the decision's and the order's creation time
         decision = self._decide(signal, message.mark_price, now)
+        if signal.action in EXIT_ACTIONS and self._must_hold(message, decision, released):
+            return
         if isinstance(decision, Skip):
             self._skip(signal, decision.reason, decision.detail, now)
             return
@@ -203,6 +212,29 @@ class FollowerActor(PooledActor):
         # The row carries the reservation: after a crash it is what start-up recovery releases or settles.
         order.intent_row = self._books.trade_row(order)
         self._books.persist_intent(order.intent_row, self.actor_ref)
+
+    def _must_hold(self, message: CopySignal, decision: Skip | EntryPlan | ExitPlan, released: bool) -> bool:
+        """A whale exit while an order on its symbol is in flight (the entry it closes, most often) waits for that
+        order's outcome, then is decided against what filled (``_release_held``); exits held on a symbol go in
+        arrival order. Held only while the symbol is busy: a position CLOSING with nothing in flight is skipped."""
+        signal = message.signal
+        key = (self._user.preferred_exchange, signal.symbol)
+        busy = isinstance(decision, Skip) and decision.reason is SkipReason.POSITION_BUSY and key in self._books.busy
+        if not busy and (released or not self._books.holds(key)):
+            return False
+        # The mark of the fan-out is old by the time it is decided: the follower's own marks are newer.
+        self._books.hold(key, msgspec.structs.replace(message, mark_price=None))
+        log.info(
+            "copy.held", signal_id=signal.signal_id, user_id=self._user_id, symbol=signal.symbol, action=signal.action
+        )
+        self._ctx.router.tell(CopyHeld(signal_id=signal.signal_id, user_id=self._user_id))
+        return True
+
+    def _release_held(self) -> None:
+        """Decide the held exits whose symbol has no order in flight any more, oldest first; one that sends an
+        order makes its symbol busy again, so the next exit there waits for that order in turn."""
+        while (message := self._books.next_held()) is not None:
+            self._on_signal(message, released=True)
 
     def _skip(self, signal: Signal, reason: SkipReason, detail: str, now: datetime | None = None) -> None:
         metrics.incr(f"skips.{reason.value}")
@@ -380,6 +412,7 @@ class FollowerActor(PooledActor):
                 {"client_order_id": cid, "status": o.trade.status.value, "kind": o.kind}
                 for cid, o in self._books.orders.items()
             ],
+            "held_exits": [m.signal.signal_id for queue in (self._books.held or {}).values() for m in queue],
             "trades_today": self._books.portfolio.trades_today,
             "realized_pnl_today_usdt": self._books.portfolio.realized_today_usdt,
         }

@@ -36,9 +36,11 @@ class FollowerBooks:
 
     ``orders``: client order id -> the order; ``busy``: the (venue, symbol) pairs those orders are on;
     ``recovered``: client order ids of PENDING trades loaded at start-up (their intent may or may not have
-    reached the venue: reconciliation treats them as UNKNOWN)."""
+    reached the venue: reconciliation treats them as UNKNOWN); ``held``: whale exits (``CopySignal``) waiting,
+    in arrival order per (venue, symbol), for the orders in flight there to be final (None while there are none:
+    most followers never hold one)."""
 
-    __slots__ = ("_persistence", "_publish", "busy", "orders", "portfolio", "recovered")
+    __slots__ = ("_persistence", "_publish", "busy", "held", "orders", "portfolio", "recovered")
 
     def __init__(self, portfolio: Portfolio, *, persistence: Any, publish: Callable[..., None]) -> None:
         """``persistence`` is the persistence actor's ref; ``publish`` the node's ``(event, *, persisted=False)``."""
@@ -46,6 +48,7 @@ class FollowerBooks:
         self.orders: dict[str, OrderContext] = {}
         self.busy: KeySet[tuple[str, str]] = KeySet()
         self.recovered: KeySet[str] = KeySet()
+        self.held: dict[tuple[str, str], list[Any]] | None = None
         self._persistence = persistence
         self._publish = publish
 
@@ -57,6 +60,30 @@ class FollowerBooks:
         """Stop tracking an order without writing anything (a duplicate whose trade row is the truth)."""
         self.orders.pop(order.trade.client_order_id, None)
         self.busy.discard((order.trade.venue, order.trade.symbol))
+
+    def hold(self, key: tuple[str, str], message: Any) -> None:
+        """Hold a whale exit for ``key`` (venue, symbol) until no order is in flight there (``next_held``)."""
+        if self.held is None:
+            self.held = {}
+        self.held.setdefault(key, []).append(message)
+
+    def holds(self, key: tuple[str, str]) -> bool:
+        return self.held is not None and key in self.held
+
+    def next_held(self) -> Any:
+        """The oldest held exit on a (venue, symbol) with no order in flight any more, taken off; None if none."""
+        held = self.held
+        if held is None:
+            return None
+        for key, queue in held.items():
+            if key not in self.busy:
+                message = queue.pop(0)
+                if not queue:
+                    del held[key]
+                if not held:
+                    self.held = None
+                return message
+        return None
 
     def finish(self, order: OrderContext, events: list[DomainEvent], position: Position | None = None) -> None:
         """The order reached a final state: stop tracking it, persist the books, publish the events.

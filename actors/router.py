@@ -1,10 +1,12 @@
-"""SignalRouterActor: takes signals, drops duplicates and expired ones, fans out one message per follower.
+"""SignalRouterActor: takes signals, drops duplicates and expired entries, fans out one message per follower.
 
 Runs as a ``pykka.ThreadingActor`` (one long-lived singleton). It keeps an in-memory index
 whale_id -> follower refs (the ``FollowerDirectory``, rebuilt from the database at start and on follow changes),
 orders queued signals by priority then age (never one ahead of an earlier one of the same whale and symbol: see
 ``_WaitingSignals``), and marks a signal PROCESSED with its counts once every follower
-answered (``FollowerDecision``). Nothing here blocks: followers answer with messages.
+answered (``FollowerDecision``). Nothing here blocks: followers answer with messages. An expired exit is fanned
+out all the same (an exit of any age closes a copy); a follower holding an exit for its entry's outcome says so
+(``CopyHeld``), and the stale sweep waits for it (``actors/router_holds.py``).
 
 Back-pressure: while ``max_pending_copies`` follower copies are out (told and not yet answered; a follower
 answers a copy once its order is sent), or the persistence actor's write queue is past its high-water mark
@@ -28,10 +30,12 @@ from typing import Any
 
 import pykka
 
+from actors.router_holds import HeldCopies
 from actors.router_queue import WaitingSignals
 from engine import metrics
 from engine.clock import Clock
 from engine.control import (
+    CopyHeld,
     RemoveFollower,
     RouterDrain,
     RouteSignal,
@@ -54,6 +58,7 @@ from engine.messages import (
     SignalStatusRow,
 )
 from engine.runtime import SingletonActor
+from engine.signals import EXIT_ACTIONS
 
 log = get_logger(__name__)
 
@@ -111,6 +116,7 @@ class SignalRouterActor(SingletonActor):
         self._draining = False
         self._drain_scheduled = False
         self._paused_whales: set[int] = set()
+        self._held = HeldCopies()  # exits followers hold for their entry's outcome: the stale sweep waits for them
 
     # ---- messages ---------------------------------------------------------------------------------------
 
@@ -122,7 +128,11 @@ class SignalRouterActor(SingletonActor):
 
     def _dispatch(self, message: Any) -> None:
         if isinstance(message, FollowerDecision):
+            self._held.release(message.signal_id, message.user_id)
             self._on_decision(message)
+        elif isinstance(message, CopyHeld):
+            if message.signal_id in self._in_flight:
+                self._held.hold(message.signal_id, message.user_id, self._clock.monotonic_ns())
         elif isinstance(message, RouteSignal):
             self._enqueue(message)
         elif isinstance(message, RouterDrain):
@@ -145,7 +155,7 @@ class SignalRouterActor(SingletonActor):
             if self._queue:
                 self._schedule_drain()
         elif isinstance(message, SweepStale):
-            self._sweep(message.answer_timeout_s)
+            self._sweep(message.answer_timeout_s, message.held_timeout_s)
         else:
             log.warning("router.unknown_message", message_type=type(message).__name__)
 
@@ -194,12 +204,16 @@ class SignalRouterActor(SingletonActor):
         self._rebuild_index()
 
     def _update_follower(self, message: UpdateFollower) -> None:
+        old = self._refs.get(message.user_id)
+        if old is not None and getattr(old, "actor_urn", old) != getattr(message.ref, "actor_urn", message.ref):
+            self._held.forget_user(message.user_id)  # a restarted follower lost what it held: the sweep counts it
         self._refs[message.user_id] = message.ref
         self._follows[message.user_id] = message.whale_ids
         self._known_whales = self._known_whales | frozenset(message.whale_ids)
         self._rebuild_index()
 
     def _remove_follower(self, user_id: int) -> None:
+        self._held.forget_user(user_id)
         self._refs.pop(user_id, None)
         self._follows.pop(user_id, None)
         self._rebuild_index()
@@ -290,7 +304,8 @@ class SignalRouterActor(SingletonActor):
     def _fan_out(self, message: RouteSignal) -> None:
         signal = message.signal
         now = self._clock.now()
-        if signal.expires_at is not None and signal.expires_at <= now:
+        expired = signal.expires_at is not None and signal.expires_at <= now
+        if expired and signal.action not in EXIT_ACTIONS:  # an exit of any age goes out: it closes a copy
             metrics.incr("signals.expired")
             self._finish_without_fanout(signal, SignalStatus.EXPIRED, "expired")
             self._publish(SignalExpired(signal_id=signal.signal_id, occurred_at=now, detail="expired before routing"))
@@ -358,10 +373,15 @@ class SignalRouterActor(SingletonActor):
             state.reasons[str(decision.reason or "failed")] += 1
         self._maybe_done(state)
 
-    def _sweep(self, answer_timeout_s: float) -> None:
-        cutoff = self._clock.monotonic_ns() - int(answer_timeout_s * 1e9)
+    def _sweep(self, answer_timeout_s: float, held_timeout_s: float = 900.0) -> None:
+        now_ns = self._clock.monotonic_ns()
+        cutoff = now_ns - int(answer_timeout_s * 1e9)
+        held_cutoff = now_ns - int(held_timeout_s * 1e9)
         for state in [s for s in self._in_flight.values() if s.fanned_out_ns < cutoff]:
-            missing = state.expected - state.answered
+            # A copy its follower holds (an exit waiting for its entry's outcome) is not late while it runs.
+            missing = state.expected - state.answered - self._held.live(state.signal.signal_id, held_cutoff)
+            if missing <= 0:
+                continue
             log.warning("signal.answers_missing", signal_id=state.signal.signal_id, missing=missing)
             state.failed += missing
             state.reasons["no_answer"] += missing

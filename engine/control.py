@@ -25,6 +25,15 @@ class RouteSignal(msgspec.Struct, frozen=True, kw_only=True):
     received_at_ns: int = 0
 
 
+class CopyHeld(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Follower -> router: it holds its copy of this exit until the order in flight on the symbol (the entry) is
+    final, and answers ``FollowerDecision`` then. The stale sweep does not count a held copy as ``no_answer``
+    while its follower runs, up to ``SweepStale.held_timeout_s``."""
+
+    signal_id: int
+    user_id: int
+
+
 class SetFollowers(msgspec.Struct, frozen=True, kw_only=True):
     """Replace the follower index: ``refs`` by user id and the whale ids each user follows."""
 
@@ -83,6 +92,7 @@ class SweepStale(msgspec.Struct, frozen=True, kw_only=True):
     mid-signal never answers): the missing answers count as failed with reason ``no_answer``."""
 
     answer_timeout_s: float = 60.0
+    held_timeout_s: float = 900.0  # a copy its follower holds (``CopyHeld``) is waited for this long
 
 
 # ---- follower ---------------------------------------------------------------------------------------------------

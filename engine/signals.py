@@ -18,6 +18,9 @@ Accepted shapes:
 * enums case-insensitive (``"BUY"``); ``external_id`` defaults to ``str(signal_id)``;
 * ``fraction``: required in (0, 1] for REDUCE; forced to 1 for CLOSE; dropped for OPEN/INCREASE (but still
   ``bad_fraction`` when given out of range).
+
+``stale`` (older than ``max_age_s``) and ``expired`` (``expires_at`` passed) refuse ENTRIES only (OPEN, INCREASE):
+an exit (REDUCE, CLOSE) of any age is accepted, so a whale's close copied after an outage still closes the copy.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ __all__ = [
     "BAD_FIELD",
     "BAD_FRACTION",
     "DEFAULT_MAX_SIGNAL_AGE_S",
+    "EXIT_ACTIONS",
     "EXPIRED",
     "MAX_CLOCK_SKEW_S",
     "MISSING_FIELD",
@@ -57,6 +61,9 @@ STALE = "stale"
 EXPIRED = "expired"
 UNKNOWN_WHALE = "unknown_whale"  # checked by the router
 UNKNOWN_SYMBOL = "unknown_symbol"  # checked by the router
+
+# A whale's exit: never refused for its age or expiry, anywhere (intake, router, follower).
+EXIT_ACTIONS = frozenset({SignalAction.REDUCE, SignalAction.CLOSE})
 
 DEFAULT_MAX_SIGNAL_AGE_S = 300
 MAX_CLOCK_SKEW_S = 60
@@ -115,11 +122,12 @@ def parse_signal(
     expires_at = _timestamp("expires_at", wire.expires_at)
     if detected_at - now > timedelta(seconds=MAX_CLOCK_SKEW_S):
         raise SignalRejected(BAD_FIELD, f"detected_at {detected_at.isoformat()} is in the future")
-    if expires_at is not None and expires_at <= now:
-        raise SignalRejected(EXPIRED, f"expired at {expires_at.isoformat()}")
-    age_s = (now - detected_at).total_seconds()
-    if age_s > max_age_s:
-        raise SignalRejected(STALE, f"detected {age_s:.3f}s ago > {max_age_s}s")
+    if wire.action not in EXIT_ACTIONS:  # an exit of any age closes: age and expiry limit entries only
+        if expires_at is not None and expires_at <= now:
+            raise SignalRejected(EXPIRED, f"expired at {expires_at.isoformat()}")
+        age_s = (now - detected_at).total_seconds()
+        if age_s > max_age_s:
+            raise SignalRejected(STALE, f"detected {age_s:.3f}s ago > {max_age_s}s")
     return Signal(
         signal_id=wire.signal_id,
         external_id=wire.external_id or str(wire.signal_id),

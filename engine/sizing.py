@@ -20,8 +20,9 @@ margin + fee. Margin and fee are rounded up to 1e-8 so that a reservation is nev
 Order of checks, first failure wins (so the reported reason is stable):
 
 1. draining; user copy disabled; user paused; not following (no follow, or another whale's); auto-copy off;
-   follow paused; signal expired (``expires_at <= now``). These apply to EVERY signal, exits included:
-   the user (or the operator) said "do not act". Positions stay protected by SL/TP, which are not signals.
+   follow paused. These apply to EVERY signal, exits included: the user (or the operator) said "do not act".
+   Positions stay protected by SL/TP, which are not signals. Then, for entries only: signal expired
+   (``expires_at <= now``).
 2. unknown symbol (no market); trade type mismatch or spot sell-to-open → ``TRADE_TYPE_UNSUPPORTED``.
 3. exits (REDUCE/CLOSE) branch off here, see below.
 4. entries: position on the symbol from another whale → ``SYMBOL_HELD``; same whale, other side →
@@ -31,11 +32,12 @@ Order of checks, first failure wins (so the reported reason is stable):
    price × 100 > max_slippage_pct); breaker open; daily realised loss (realised PnL today ≤ -limit); max open
    positions (NEW positions only); max trades per day; then sizing, minimums, balance.
 
-Exits (REDUCE/CLOSE) skip the entry limits: age, slippage, breaker, daily loss, max positions, trades per day
+Exits (REDUCE/CLOSE) skip the entry limits: expiry, age, slippage, breaker, daily loss, max positions, trades per day
 and balance. Blocking an exit traps a follower in risk, so they only need a position to exit:
 
 * ``NO_POSITION`` when the follower holds nothing from that whale on the symbol; ``POSITION_BUSY`` when an
-  order on it is in flight;
+  order on it is in flight (the follower actor then holds the exit until that order is final and decides it
+  again against what filled: ``actors/follower.py``);
 * qty = held × fraction (1 for CLOSE; a REDUCE without a fraction is treated as a close, said in ``detail``),
   rounded down to the lot. If the remainder would fall below min qty or the market's min notional, the whole
   position is closed instead (``ExitPlan.closes_position``); a reduce that rounds below min qty is skipped;
@@ -66,6 +68,7 @@ from engine.messages import (
 )
 from engine.positions import protection_prices
 from engine.precision import check_minimums, money_up, notional, round_qty_down
+from engine.signals import EXIT_ACTIONS
 
 __all__ = ["AccountView", "Decision", "EntryPlan", "ExitPlan", "HeldPosition", "Skip", "decide"]
 
@@ -161,9 +164,12 @@ def decide(
     account: AccountView,
 ) -> Decision:
     """What follower ``user`` does with ``signal``. Pure; see the module docstring for every rule."""
-    skip = _gates(signal, user, follow, now, account)
+    skip = _gates(signal, user, follow, account)
     if skip is not None:
         return skip
+    is_exit = signal.action in EXIT_ACTIONS
+    if not is_exit and signal.expires_at is not None and signal.expires_at <= now:
+        return Skip(reason=SkipReason.SIGNAL_EXPIRED, detail=f"expired at {signal.expires_at.isoformat()}")
     assert follow is not None  # _gates returned NOT_FOLLOWING otherwise
     if market is None:
         return Skip(reason=SkipReason.UNKNOWN_SYMBOL, detail=f"no market {signal.symbol}")
@@ -172,16 +178,14 @@ def decide(
             reason=SkipReason.TRADE_TYPE_UNSUPPORTED,
             detail=f"{signal.symbol} is {market.trade_type}, signal is {signal.trade_type}",
         )
-    if signal.action in (SignalAction.REDUCE, SignalAction.CLOSE):
+    if is_exit:
         return _decide_exit(signal, user, market, mark, account)
     if signal.trade_type is TradeType.SPOT and signal.side is Side.SELL:
         return Skip(reason=SkipReason.TRADE_TYPE_UNSUPPORTED, detail="spot cannot sell to open")
     return _decide_entry(signal, user=user, follow=follow, market=market, mark=mark, now=now, account=account)
 
 
-def _gates(
-    signal: Signal, user: UserSettings, follow: FollowSettings | None, now: datetime, account: AccountView
-) -> Skip | None:
+def _gates(signal: Signal, user: UserSettings, follow: FollowSettings | None, account: AccountView) -> Skip | None:
     """The checks that apply to every signal, entries and exits alike."""
     if account.draining:
         return Skip(reason=SkipReason.DRAINING, detail="engine is draining")
@@ -195,8 +199,6 @@ def _gates(
         return Skip(reason=SkipReason.AUTO_COPY_DISABLED, detail=f"auto-copy off for whale {signal.whale_id}")
     if follow.paused:
         return Skip(reason=SkipReason.PAUSED, detail=f"follow of whale {signal.whale_id} paused")
-    if signal.expires_at is not None and signal.expires_at <= now:
-        return Skip(reason=SkipReason.SIGNAL_EXPIRED, detail=f"expired at {signal.expires_at.isoformat()}")
     return None
 
 

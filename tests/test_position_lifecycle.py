@@ -19,6 +19,7 @@ import asyncio
 import threading
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,13 @@ from adapters.database import apply_schema, connect, create_database
 from adapters.paper import PaperVenue
 from engine import metrics
 from engine.events import DomainEvent, PositionClosed, PositionLiquidated
-from engine.ids import close_attempt_id, close_order_id, position_id_for
-from engine.messages import MarketInfo, PositionSide, PriceUpdate, TradeType
+from engine.ids import client_order_id, close_attempt_id, close_order_id, position_id_for
+from engine.messages import MarketInfo, OrderRequest, PositionSide, PriceUpdate, TradeType, VenueOrder
 from engine.positions import Position
 from node.price_feed import PriceFeed
 from node.system import EngineSystem
 from tests.kit import (
+    GENEROUS_S,
     TcpProxy,
     execute,
     fetch,
@@ -44,6 +46,7 @@ from tests.kit import (
     seed_followers,
     seed_whale,
     settle,
+    signal_row,
     wait_for,
     wait_signal_done,
 )
@@ -54,7 +57,7 @@ FAR_MS = "600000"  # the feed never ticks by itself during a test
 
 BASES = (
     "SLL", "SLS", "TPL", "TPS", "SPL", "GAP", "STL", "LQL", "LQS", "MAN", "MAA", "MAB", "RST", "BRK", "BRE", "LQR",
-    "PCL", "PCR", "PCA", "PCD",
+    "PCL", "PCR", "PCA", "PCD", "XOL", "XEX", "XSL", "HLD", "HLR",
 )  # fmt: skip
 
 
@@ -78,8 +81,30 @@ def markets(bases: tuple[str, ...] = BASES) -> list[MarketInfo]:
     return out
 
 
-def new_venue() -> PaperVenue:
-    return PaperVenue(markets=markets(), initial_marks={b: D(100) for b in BASES}, latency_ms=0)
+class GatedVenue(PaperVenue):
+    """The paper venue, where a test can hold the entries (orders that are not reduce-only) on one symbol at the
+    venue's door until it opens the gate: an entry still at the venue, for as long as the test needs, no sleep."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gates: dict[str, threading.Event] = {}
+        self.arrived: dict[str, threading.Event] = {}
+
+    def gate(self, symbol: str) -> threading.Event:
+        self.arrived[symbol] = threading.Event()
+        self.gates[symbol] = gate = threading.Event()
+        return gate
+
+    async def create_order(self, request: OrderRequest) -> VenueOrder:
+        gate = self.gates.get(request.symbol)
+        if gate is not None and not request.reduce_only:
+            self.arrived[request.symbol].set()
+            await asyncio.to_thread(gate.wait, GENEROUS_S)
+        return await super().create_order(request)
+
+
+def new_venue() -> GatedVenue:
+    return GatedVenue(markets=markets(), initial_marks={b: D(100) for b in BASES}, latency_ms=0)
 
 
 def engine_env(**venue: str) -> dict[str, Any]:  # Any: mypy lets a ** of dict[str, str] bind running_engine's venues
@@ -105,7 +130,7 @@ class Events:
 
 
 @pytest.fixture(scope="module")
-def venue() -> PaperVenue:
+def venue() -> GatedVenue:
     return new_venue()
 
 
@@ -699,3 +724,84 @@ def test_close_goes_through_an_open_breaker(private_dsn: str, tmp_path: Path) ->
         row = wait_signal_done(private_dsn, skipped)
         assert (row["copied"], row["skip_reasons"]) == (0, {"venue_unavailable": 1})
         assert [c for c in venue.calls()[calls_before:] if c[1] == "create_order"] == []
+
+
+# ---- whale exits always follow -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("base", "late"),
+    [
+        # detected an hour ago: past signals.max_signal_age_s (300 s) and the follow's max_signal_age_s
+        ("XOL", {"detected_at": timedelta(hours=-1)}),
+        # expires_at in the past
+        ("XEX", {"detected_at": timedelta(minutes=-2), "expires_at": timedelta(minutes=-1)}),
+        # the whale's price 50 % from the mark: past the follow's max_slippage_pct (5 %)
+        ("XSL", {"price": 150}),
+    ],
+)
+def test_a_late_whale_exit_still_closes_the_copy(
+    engine: EngineSystem, pg_dsn: str, venue: PaperVenue, base: str, late: dict[str, Any]
+) -> None:
+    """Age, expiry and slippage limit entries; an exit of any age, or far from the whale's price, closes (a few
+    minutes of downtime must not leave the follower holding what the whale closed)."""
+    whale, user = 100 + BASES.index(base), 1000 + BASES.index(base)
+    symbol = f"{base}/USDT:USDT"
+    follow([user], whale, pg_dsn, engine, max_signal_age_s=30)
+    pid = position_id_for(open_copy(engine, pg_dsn, whale_id=whale, symbol=symbol, leverage=5), user)
+    wait_position(pg_dsn, pid, "open")
+
+    now = datetime.now(UTC)
+    detected, expires = late.get("detected_at"), late.get("expires_at")
+    close = insert_signal(
+        pg_dsn, whale_id=whale, symbol=symbol, action="close", price=late.get("price", 100), leverage=5,
+        detected_at=now + detected if detected else None, expires_at=now + expires if expires else None,
+    )  # fmt: skip
+    row = wait_signal_done(pg_dsn, close)
+    assert (row["status"], row["copied"], row["skipped"]) == ("processed", 1, 0), row
+    closed = wait_position(pg_dsn, pid, "closed")
+    assert closed["qty"] == 0
+    assert venue.position_qty(user, symbol) == 0
+
+
+def held_exits(system: EngineSystem, user_id: int) -> list[int]:
+    return list(ref(system, user_id).proxy().describe().get(timeout=30).get("held_exits", []))
+
+
+@pytest.mark.parametrize("entry", ["filled", "rejected"])
+def test_a_close_while_the_entry_is_at_the_venue_waits_for_it(
+    engine: EngineSystem, pg_dsn: str, venue: GatedVenue, entry: str
+) -> None:
+    """The whale opens and closes while the follower's entry is still at the venue: the close waits for the
+    entry's outcome, then closes what filled (the signal counts it copied); nothing filled → ``no_position``."""
+    base = "HLD" if entry == "filled" else "HLR"
+    whale, user = 100 + BASES.index(base), 1000 + BASES.index(base)
+    symbol = f"{base}/USDT:USDT"
+    follow([user], whale, pg_dsn, engine)
+    gate = venue.gate(symbol)
+    try:
+        opened = insert_signal(pg_dsn, whale_id=whale, symbol=symbol, price=100, leverage=5)
+        assert venue.arrived[symbol].wait(GENEROUS_S), "the entry never reached the venue"
+        if entry == "rejected":
+            venue.inject("reject", client_order_id=client_order_id(opened, user))
+        close = insert_signal(pg_dsn, whale_id=whale, symbol=symbol, action="close", price=100, leverage=5)
+        # The follower has the close: held (or, before this was built, skipped 'position_busy' at once).
+        wait_for(lambda: held_exits(engine, user) == [close] or signal_row(pg_dsn, close)["status"] == "processed")
+    finally:
+        gate.set()
+        venue.gates.pop(symbol)
+    row = wait_signal_done(pg_dsn, close)
+    settle(engine)
+    pid = position_id_for(opened, user)
+    if entry == "filled":
+        assert (row["status"], row["copied"], row["skipped"], row["failed"]) == ("processed", 1, 0, 0), row
+        closed = wait_position(pg_dsn, pid, "closed")
+        assert closed["qty"] == 0
+        assert venue.position_qty(user, symbol) == 0
+        assert venue.order_count(client_order_id(close, user)) == 1
+    else:
+        assert (row["status"], row["copied"], row["skipped"]) == ("processed", 0, 1), row
+        assert row["skip_reasons"] == {"no_position": 1}
+        assert position(pg_dsn, pid) == {}
+        assert venue.order_count(client_order_id(close, user)) == 0
+    assert held_exits(engine, user) == []

@@ -17,7 +17,16 @@ import pytest
 
 from actors.router import SignalRouterActor
 from engine.clock import SYSTEM_CLOCK, Clock, FakeClock
-from engine.control import RemoveFollower, RouteSignal, SetBacklog, SetDraining, SetFollowers, SweepStale
+from engine.control import (
+    CopyHeld,
+    RemoveFollower,
+    RouteSignal,
+    SetBacklog,
+    SetDraining,
+    SetFollowers,
+    SweepStale,
+    UpdateFollower,
+)
 from engine.messages import (
     CopySignal,
     FollowerDecision,
@@ -222,3 +231,51 @@ def test_a_removed_follower_is_forgotten_and_gets_no_more_copies() -> None:
         answer(ref, 1, range(1, 4, 2))
         wait_for(lambda: ref.proxy().counts().get(timeout=10)["in_flight"] == 0, 10)
         assert followers[1].signal_ids() == []
+
+
+def test_the_stale_sweep_waits_for_exits_their_followers_hold() -> None:
+    """Followers holding a whale's close until their entry's outcome is final (``CopyHeld``) are not counted
+    ``no_answer`` at the answer timeout: the signal waits for their answers, up to ``held_timeout_s``; a follower
+    that restarted lost what it held, so the sweep counts it as before."""
+    clock = FakeClock()
+    with started_router(100, clock) as (ref, followers, persistence):
+
+        def processed(signal_id: int) -> list[SignalStatusRow]:
+            out = [r for m in persistence.messages for r in m.rows if isinstance(r, SignalStatusRow)]
+            return [r for r in out if r.signal_id == signal_id]
+
+        def route_close(signal_id: int, held: tuple[int, ...]) -> None:
+            ref.tell(RouteSignal(signal=signal(signal_id, symbol=f"S{signal_id}/USDT:USDT", action=SignalAction.CLOSE)))
+            wait_for(lambda: all(signal_id in f.signal_ids() for f in followers), 10)
+            answer(ref, signal_id, range(1, 4 - len(held)))
+            for uid in held:
+                ref.tell(CopyHeld(signal_id=signal_id, user_id=uid))
+            ref.proxy().counts().get(timeout=10)  # taken, at this moment of the clock
+
+        def sweep(advance_s: float) -> None:
+            clock.advance(advance_s)
+            ref.tell(SweepStale(answer_timeout_s=60, held_timeout_s=600))
+            ref.proxy().counts().get(timeout=10)  # the sweep is done
+
+        route_close(40, held=(2, 3))
+        route_close(41, held=(3,))
+        restarted: Any = Recorder()  # Any: a Recorder stands in for the follower's ActorRef
+        followers[2] = restarted
+        ref.tell(UpdateFollower(user_id=3, ref=restarted, whale_ids=(WHALE,)))  # what it held is lost
+        sweep(61)
+        assert [(r.failed, r.skip_reasons) for r in processed(41)] == [(1, {"no_answer": 1})]  # user 3's
+        assert processed(40) == []  # user 3 counted no_answer; user 2 still holds its copy: not late
+        ref.tell(FollowerDecision(signal_id=40, user_id=2, outcome="copied"))
+        wait_for(lambda: processed(40), 10)
+        assert [(r.copied, r.failed, r.skip_reasons) for r in processed(40)] == [(2, 1, {"no_answer": 1})]
+
+        route_close(42, held=(2,))
+        sweep(61)
+        assert processed(42) == []  # user 2 holds it: not late
+        ref.tell(FollowerDecision(signal_id=42, user_id=2, outcome="skipped", reason="no_position"))
+        wait_for(lambda: processed(42), 10)
+        assert [(r.copied, r.skipped, r.failed) for r in processed(42)] == [(2, 1, 0)]
+
+        route_close(43, held=(2,))
+        sweep(601)  # held past held_timeout_s: given up as any other missing answer
+        assert [(r.failed, r.skip_reasons) for r in processed(43)] == [(1, {"no_answer": 1})]

@@ -119,6 +119,15 @@ def test_rejections(reason: str, kw: dict[str, Any]) -> None:
     assert err.detail
 
 
+@pytest.mark.parametrize("action", ["close", "reduce"])
+def test_an_exit_of_any_age_is_accepted(action: str) -> None:
+    """Age and ``expires_at`` limit entries only: an hours-old, expired whale exit still parses (a few minutes of
+    downtime must not drop the whale's closes)."""
+    old = data(action=action, fraction="0.5", detected_at="2025-01-02T08:00:00Z", expires_at="2025-01-02T09:00:00Z")
+    signal = parse_signal(old, now=NOW)
+    assert signal.action == action and signal.detected_at == datetime(2025, 1, 2, 8, 0, tzinfo=UTC)
+
+
 def test_max_age_is_configurable() -> None:
     parse_signal(data(detected_at="2025-01-02T11:50:00Z"), now=NOW, max_age_s=3600)
 

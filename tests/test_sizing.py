@@ -300,6 +300,18 @@ def test_exits_skip_entry_limits_and_use_whale_price_without_mark() -> None:
     assert isinstance(plan, ExitPlan) and plan.price == D(50_000)
 
 
+@pytest.mark.parametrize("action", [SignalAction.CLOSE, SignalAction.REDUCE])
+def test_an_expired_exit_still_exits_an_expired_entry_does_not(action: SignalAction) -> None:
+    """``expires_at`` limits entries only: an exit past it (and past every age limit, and far from the whale's
+    price) is planned all the same; an entry past it is ``signal_expired``."""
+    late = {"expires_at": NOW - timedelta(minutes=1), "detected_at": NOW - timedelta(hours=1)}
+    sig = exit_signal(action, D("0.5") if action is SignalAction.REDUCE else None)
+    plan = run(msgspec.structs.replace(sig, **late), mark=D(75_000), account=account(held=held()))
+    assert isinstance(plan, ExitPlan), plan
+    res = run(signal(**late))
+    assert isinstance(res, Skip) and res.reason is SkipReason.SIGNAL_EXPIRED
+
+
 def test_exit_of_other_whales_position_is_no_position() -> None:
     res = run(exit_signal(), account=account(held=held(whale_id=8)))
     assert isinstance(res, Skip) and res.reason is SkipReason.NO_POSITION
