@@ -107,7 +107,7 @@ class SignalsConfig(_Config, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     listen: bool = True  # LISTEN on whale_signals and claim rows inserted by external detectors
     poll_interval_ms: PositiveFloat = 1000.0  # also poll, in case a NOTIFY was missed
     claim_batch_size: PositiveInt = 100
-    max_signal_age_s: PositiveFloat = 300.0  # older rows are marked EXPIRED at claim time (follows may be stricter)
+    max_signal_age_s: PositiveFloat = 300.0  # older entries are marked EXPIRED at claim time (exits never are)
     follows_poll_interval_ms: PositiveFloat = 5000.0
     # Follower copies the router lets be out at once (told, not yet answered); past it, signals wait in the router
     # in priority order instead of piling up in follower mailboxes (bounded memory under overload). Each copy out

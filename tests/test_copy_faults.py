@@ -171,10 +171,10 @@ def test_partial_fill_books_the_filled_quantity(pg_dsn: str, tmp_path: Path) -> 
 
 
 def test_signals_while_an_entry_has_not_filled_yet(pg_dsn: str, tmp_path: Path) -> None:
-    """The entry waits at the venue (injected latency). Meanwhile: a second open on the symbol and the whale's
-    close are skipped as position_busy (not a second position on one symbol, not "no position" that leaves the
-    copy open after the fill), and an open on another symbol meets max_open_positions = 1, which counts the
-    entry on its way."""
+    """The entry waits at the venue (injected latency). Meanwhile: a second open on the symbol is skipped as
+    position_busy (not a second position on one symbol), an open on another symbol meets max_open_positions = 1,
+    which counts the entry on its way, and the whale's close waits for the entry's fill, then closes the copy
+    (not "no position" that leaves the copy open after the fill)."""
     whale, user = 2101, 21_001
     btc, eth = "BTC/USDT:USDT", "ETH/USDT:USDT"
     seed_simple(pg_dsn, whale, range(user, user + 1), max_open_positions=1)
@@ -187,12 +187,15 @@ def test_signals_while_an_entry_has_not_filled_yet(pg_dsn: str, tmp_path: Path) 
         again = insert_signal(pg_dsn, whale_id=whale, symbol=btc, price=60_000, leverage=10)
         close = insert_signal(pg_dsn, whale_id=whale, symbol=btc, side="sell", action="close", price=60_000)
         other = insert_signal(pg_dsn, whale_id=whale, symbol=eth, price=3_000, leverage=10)
-        signals = {"again": again, "close": close, "other": other}
+        signals = {"again": again, "other": other}
         rows = {name: wait_signal_done(pg_dsn, signal_id) for name, signal_id in signals.items()}
         assert trade(pg_dsn, client_order_id(first, user))["status"] == "submitted"  # still no fill
+        rows["close"] = wait_signal_done(pg_dsn, close)
         settle(system)
     assert rows["again"]["skip_reasons"] == {"position_busy": 1}
-    assert rows["close"]["skip_reasons"] == {"position_busy": 1}
+    assert (rows["close"]["copied"], rows["close"]["skip_reasons"]) == (1, {})
     assert rows["other"]["skip_reasons"] == {"max_open_positions": 1}
     assert fetchval(pg_dsn, "SELECT count(*) FROM positions WHERE user_id = $1", user) == 1
+    assert fetchval(pg_dsn, "SELECT status FROM positions WHERE user_id = $1", user) == "closed"
     assert trade(pg_dsn, client_order_id(first, user))["status"] == "filled"
+    assert trade(pg_dsn, client_order_id(close, user))["status"] == "filled"
