@@ -57,7 +57,7 @@ FAR_MS = "600000"  # the feed never ticks by itself during a test
 
 BASES = (
     "SLL", "SLS", "TPL", "TPS", "SPL", "GAP", "STL", "LQL", "LQS", "MAN", "MAA", "MAB", "RST", "BRK", "BRE", "LQR",
-    "PCL", "PCR", "PCA", "PCD", "XOL", "XEX", "XSL", "HLD", "HLR",
+    "PCL", "PCR", "PCA", "PCD", "XOL", "XEX", "XSL", "HLD", "HLR", "HRS",
 )  # fmt: skip
 
 
@@ -83,24 +83,29 @@ def markets(bases: tuple[str, ...] = BASES) -> list[MarketInfo]:
 
 class GatedVenue(PaperVenue):
     """The paper venue, where a test can hold the entries (orders that are not reduce-only) on one symbol at the
-    venue's door until it opens the gate: an entry still at the venue, for as long as the test needs, no sleep."""
+    venue until it opens the gate: an entry still at the venue, for as long as the test needs, no sleep. Held
+    at the door (nothing executed yet), or ``after_fill``: executed, its answer held (lost if the engine stops)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.gates: dict[str, threading.Event] = {}
+        self.gates: dict[str, tuple[threading.Event, bool]] = {}
         self.arrived: dict[str, threading.Event] = {}
 
-    def gate(self, symbol: str) -> threading.Event:
+    def gate(self, symbol: str, *, after_fill: bool = False) -> threading.Event:
         self.arrived[symbol] = threading.Event()
-        self.gates[symbol] = gate = threading.Event()
+        gate = threading.Event()
+        self.gates[symbol] = (gate, after_fill)
         return gate
 
     async def create_order(self, request: OrderRequest) -> VenueOrder:
-        gate = self.gates.get(request.symbol)
-        if gate is not None and not request.reduce_only:
-            self.arrived[request.symbol].set()
-            await asyncio.to_thread(gate.wait, GENEROUS_S)
-        return await super().create_order(request)
+        gate, after_fill = self.gates.get(request.symbol, (None, False))
+        if gate is None or request.reduce_only:
+            return await super().create_order(request)
+        if after_fill:
+            order = await super().create_order(request)
+        self.arrived[request.symbol].set()
+        await asyncio.to_thread(gate.wait, GENEROUS_S)
+        return order if after_fill else await super().create_order(request)
 
 
 def new_venue() -> GatedVenue:
@@ -805,3 +810,40 @@ def test_a_close_while_the_entry_is_at_the_venue_waits_for_it(
         assert position(pg_dsn, pid) == {}
         assert venue.order_count(client_order_id(close, user)) == 0
     assert held_exits(engine, user) == []
+
+
+def test_a_held_close_is_decided_again_after_a_restart(private_dsn: str, tmp_path: Path) -> None:
+    """The entry filled at the venue, its answer never came back, and the whale's close waits for it in the
+    follower when the engine stops: the close lived only in memory. The next engine resolves the entry by its
+    client order id and routes the close again (its row is still 'processing'): the copy is closed."""
+    venue = new_venue()
+    base = "HRS"
+    whale, user = 100 + BASES.index(base), 1000 + BASES.index(base)
+    symbol = f"{base}/USDT:USDT"
+    follow([user], whale, private_dsn)
+    gate = venue.gate(symbol, after_fill=True)
+    try:
+        with running_engine(private_dsn, tmp_path / "a", venue=venue, **engine_env()) as system:
+            opened = insert_signal(private_dsn, whale_id=whale, symbol=symbol, price=100, leverage=5)
+            assert venue.arrived[symbol].wait(GENEROUS_S), "the entry never reached the venue"
+            close = insert_signal(private_dsn, whale_id=whale, symbol=symbol, action="close", price=100)
+
+            def done() -> bool:
+                return bool(signal_row(private_dsn, close)["status"] == "processed")
+
+            wait_for(lambda: held_exits(system, user) == [close] or done())
+            assert not done()
+    finally:
+        gate.set()
+        venue.gates.pop(symbol)
+    pid = position_id_for(opened, user)
+    assert venue.position_qty(user, symbol) == 5  # filled at the venue; the engine never heard
+    with running_engine(private_dsn, tmp_path / "b", venue=venue, **engine_env()) as system:
+        row = wait_signal_done(private_dsn, close)
+        assert (row["status"], row["copied"], row["skipped"]) == ("processed", 1, 0), row
+        closed = wait_position(private_dsn, pid, "closed")
+        assert closed["qty"] == 0
+        settle(system)
+    assert venue.position_qty(user, symbol) == 0
+    assert venue.order_count(client_order_id(opened, user)) == 1
+    assert venue.order_count(client_order_id(close, user)) == 1
