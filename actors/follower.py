@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 
+from actors import follower_answers as answers
 from actors.follower_books import FollowerBooks
 from actors.follower_protection import PriceProtection
 from actors.follower_recovery import StartupRecovery
@@ -190,7 +191,9 @@ class FollowerActor(PooledActor):
         venue = self._user.preferred_exchange
         trade = Trade.for_plan(decision, signal=signal, user_id=self._user_id, venue=venue)
         if trade.client_order_id in self._books.orders:
-            self._skip(signal, SkipReason.POSITION_BUSY, "order for this signal already in flight", now)
+            # This copy's order is still being resolved (the signal was routed again after a restart): the
+            # router counts it when it is final (``tell_outcome``).
+            self._answer_router(self._books.orders[trade.client_order_id], "copied", "in_flight")
             return
         reserved = Decimal(0)
         if isinstance(decision, EntryPlan):
@@ -275,8 +278,9 @@ class FollowerActor(PooledActor):
             if order.kind == "close":
                 self._protection.close_id_taken(order)
             metrics.incr("copies.duplicate")
-            log.info("copy.duplicate", user_id=self._user_id, client_order_id=trade.client_order_id)
-            self._answer_router(order, "copied", "already_copied")
+            cid, status = trade.client_order_id, ack.existing_status
+            log.info("copy.duplicate", user_id=self._user_id, client_order_id=cid, status=status)
+            answers.answer_duplicate(self._ctx.router, self._user_id, order, status)
             return
         if not ack.durable:
             # No durable intent, no order: this is the rule that keeps the books and the venue in agreement.
@@ -290,7 +294,8 @@ class FollowerActor(PooledActor):
             self._answer_router(order, "failed", "not_durable")
             return
         self._send(order)
-        self._answer_router(order, "copied", None)
+        failed = order.trade.is_final  # as it was sent (no exchange actor for its venue); else its outcome follows
+        self._answer_router(order, "failed" if failed else "copied", order.trade.status.value if failed else None)
 
     def _send(self, order: OrderContext) -> None:
         trade = order.trade
@@ -315,10 +320,7 @@ class FollowerActor(PooledActor):
         return msgspec.structs.replace(intent, status=trade.status, version=trade.version)
 
     def _answer_router(self, order: OrderContext, outcome: str, reason: str | None) -> None:
-        if order.trade.signal_id is not None and order.kind in ("open", "increase", "exit"):
-            self._ctx.router.tell(
-                FollowerDecision(signal_id=order.trade.signal_id, user_id=self._user_id, outcome=outcome, reason=reason)
-            )
+        answers.answer(self._ctx.router, self._user_id, order, outcome, reason)  # its outcome: ``tell_outcome``
 
     def _on_outcome(self, outcome: OrderOutcome) -> None:
         order = self._books.orders.get(outcome.client_order_id)
@@ -347,6 +349,7 @@ class FollowerActor(PooledActor):
         position = self._books.portfolio.positions.get(trade.position_id or "")
         if trade.is_final:
             self._protection.spend_close_id(order)
+            answers.tell_outcome(self._ctx.router, self._user_id, order)
         if status in (TradeStatus.FILLED, TradeStatus.PARTIALLY_FILLED):
             metrics.incr("orders.filled")
             if order.kind in ("open", "increase"):

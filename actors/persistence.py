@@ -275,7 +275,7 @@ class PersistenceActor(SingletonActor):
             for intent in group:
                 cid = intent.row.client_order_id
                 if cid in done.existing:
-                    self._ack(intent, durable=False, error="intent already exists", duplicate=True)
+                    self._ack(intent, durable=False, error="intent already exists", existing=done.existing[cid])
                 else:
                     self._ack(intent, durable=cid not in rejected, error=rejected.get(cid))
             self._health.counters["durable_commits"] += 1
@@ -283,10 +283,16 @@ class PersistenceActor(SingletonActor):
         if self._intents:
             self._start_durable()  # they waited at least one commit already: no window
 
-    def _ack(self, intent: PersistIntent, *, durable: bool, error: str | None = None, duplicate: bool = False) -> None:
+    def _ack(
+        self, intent: PersistIntent, *, durable: bool, error: str | None = None, existing: str | None = None
+    ) -> None:
         if intent.reply_to is not None:
             ack = IntentAck(
-                client_order_id=intent.row.client_order_id, durable=durable, error=error, duplicate=duplicate
+                client_order_id=intent.row.client_order_id,
+                durable=durable,
+                error=error,
+                duplicate=existing is not None,
+                existing_status=existing,
             )
             _tell(intent.reply_to, ack)
 

@@ -54,7 +54,7 @@ class PersistenceIo:
                     # An intent whose row already exists is a replay (a signal routed again after a restart):
                     # the order it stands for was already decided, so it must not be acted on twice.
                     existing = await conn.fetch(
-                        "SELECT client_order_id FROM trades WHERE client_order_id = ANY($1::text[])",
+                        "SELECT client_order_id, status FROM trades WHERE client_order_id = ANY($1::text[])",
                         [row.client_order_id for row in rows],
                     )
                     poison = await self._write_with_bisect(conn, rows, intents=True)
@@ -65,7 +65,7 @@ class PersistenceIo:
         return IntentsDone(
             seq,
             poison=tuple(poison),
-            existing=frozenset(r["client_order_id"] for r in existing),
+            existing={r["client_order_id"]: r["status"] for r in existing},
             elapsed_ms=(time.perf_counter() - started) * 1000,
         )
 

@@ -3,10 +3,11 @@
 Runs as a ``pykka.ThreadingActor`` (one long-lived singleton). It keeps an in-memory index
 whale_id -> follower refs (the ``FollowerDirectory``, rebuilt from the database at start and on follow changes),
 orders queued signals by priority then age (never one ahead of an earlier one of the same whale and symbol: see
-``_WaitingSignals``), and marks a signal PROCESSED with its counts once every follower
-answered (``FollowerDecision``). Nothing here blocks: followers answer with messages. An expired exit is fanned
-out all the same (an exit of any age closes a copy); a follower holding an exit for its entry's outcome says so
-(``CopyHeld``), and the stale sweep waits for it (``actors/router_holds.py``).
+``_WaitingSignals``), and marks a signal PROCESSED once every follower answered (``FollowerDecision``) and
+every order it sent is final (``CopyOutcome``): its counts are the venue's outcomes (``actors/router_copies.py``).
+Nothing here blocks: followers answer with messages. An expired exit is fanned out all the same (an exit of any
+age closes a copy); a follower holding an exit for its entry's outcome says so (``CopyHeld``), and the stale
+sweep waits for it (``actors/router_holds.py``).
 
 Back-pressure: while ``max_pending_copies`` follower copies are out (told and not yet answered; a follower
 answers a copy once its order is sent), or the persistence actor's write queue is past its high-water mark
@@ -22,20 +23,21 @@ began go on (they were decided before it; a drain lets in-flight orders finish).
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import pykka
 
+from actors.router_copies import LateOutcomes, SignalCopies
 from actors.router_holds import HeldCopies
 from actors.router_queue import WaitingSignals
 from engine import metrics
 from engine.clock import Clock
 from engine.control import (
     CopyHeld,
+    CopyOutcome,
     RemoveFollower,
     RouterDrain,
     RouteSignal,
@@ -67,20 +69,8 @@ log = get_logger(__name__)
 _DEDUPE_MEMORY = 100_000
 
 
-@dataclass
-class _InFlight:
-    signal: Signal
-    expected: int
-    received_at_ns: int  # when the router took the signal: signal.processed's elapsed_ms includes any hold
-    fanned_out_ns: int  # when the copies were told: the stale sweep's age, so a long hold is not counted as late
-    copied: int = 0
-    skipped: int = 0
-    failed: int = 0
-    reasons: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def answered(self) -> int:
-        return self.copied + self.skipped + self.failed
+# How many signals the router remembers outcomes for while they are not in flight (``LateOutcomes``).
+_LATE_MEMORY = 10_000
 
 
 class SignalRouterActor(SingletonActor):
@@ -112,7 +102,8 @@ class SignalRouterActor(SingletonActor):
         self._known_whales: frozenset[int] = frozenset()
         self._queue = WaitingSignals()
         self._seen: OrderedDict[str, int] = OrderedDict()
-        self._in_flight: dict[int, _InFlight] = {}
+        self._in_flight: dict[int, SignalCopies] = {}
+        self._late = LateOutcomes(_LATE_MEMORY)  # outcomes of signals not in flight
         self._draining = False
         self._drain_scheduled = False
         self._paused_whales: set[int] = set()
@@ -133,6 +124,9 @@ class SignalRouterActor(SingletonActor):
         elif isinstance(message, CopyHeld):
             if message.signal_id in self._in_flight:
                 self._held.hold(message.signal_id, message.user_id, self._clock.monotonic_ns())
+        elif isinstance(message, CopyOutcome):
+            self._held.release(message.signal_id, message.user_id)
+            self._on_copy_outcome(message)
         elif isinstance(message, RouteSignal):
             self._enqueue(message)
         elif isinstance(message, RouterDrain):
@@ -166,8 +160,12 @@ class SignalRouterActor(SingletonActor):
         return self._draining
 
     def in_flight(self) -> int:
-        """Signals being copied, and the ones waiting to be (not while draining: those wait for the next run)."""
-        return len(self._in_flight) + (0 if self._draining else len(self._queue))
+        """Signals being copied, and the ones waiting to be (not while draining: those wait for the next run).
+        Not the ones whose every follower answered and that wait only for orders at the venue (``counts``'s
+        ``awaiting_outcomes``): those are the exchange actors' in-flight orders, or UNKNOWN ones left to the
+        reconciliation, which no drain waits for."""
+        answering = sum(1 for s in self._in_flight.values() if s.answered < s.expected)
+        return answering + (0 if self._draining else len(self._queue))
 
     def follower_refs(self) -> dict[int, Any]:
         """Every follower's ref by user id: the router is their one owner (the supervisor tells it each start,
@@ -190,6 +188,7 @@ class SignalRouterActor(SingletonActor):
             "followers": len(self._refs),
             "whales": len(self._known_whales),
             "in_flight": self.in_flight(),
+            "awaiting_outcomes": sum(1 for s in self._in_flight.values() if s.answered >= s.expected),
             "queued": len(self._queue),
             "pending_copies": self._pending_copies,
             "draining": self._draining,
@@ -317,7 +316,7 @@ class SignalRouterActor(SingletonActor):
         refs = self._by_whale.get(signal.whale_id, [])
         mark: Decimal | None = self._mark_price(signal.symbol, signal.trade_type)
         copy = CopySignal(signal=signal, received_at_ns=message.received_at_ns, mark_price=mark)
-        state = _InFlight(
+        state = SignalCopies(
             signal=signal,
             expected=len(refs),
             received_at_ns=message.received_at_ns,
@@ -334,7 +333,7 @@ class SignalRouterActor(SingletonActor):
         )
         if signal.whale_id in self._paused_whales:
             # Operator pause: answered here for every follower; nothing is sent to them.
-            state.skipped = state.reasons["paused"] = len(refs)
+            state.skipped = state.reasons["paused"] = state.answered = len(refs)
             metrics.incr("skips.paused", len(refs))
             self._maybe_done(state)
             return
@@ -343,8 +342,10 @@ class SignalRouterActor(SingletonActor):
                 ref.tell(copy)
             except pykka.ActorDeadError:
                 # The supervisor is restarting that follower; it will not see this signal.
-                state.failed += 1
-                state.reasons["follower_unavailable"] += 1
+                state.answered += 1
+                state.count("failed", "follower_unavailable")
+        for outcome in self._late.early(signal.signal_id):  # an earlier run's copy, resolved at start-up
+            state.take_outcome(outcome.user_id, outcome.outcome, outcome.reason)
         self._pending_copies += state.expected - state.answered
         self._maybe_done(state)
 
@@ -358,20 +359,34 @@ class SignalRouterActor(SingletonActor):
 
     def _on_decision(self, decision: FollowerDecision) -> None:
         state = self._in_flight.get(decision.signal_id)
-        if state is None:
-            return
+        if state is None or decision.user_id in state.decided:
+            return  # late (after the sweep), or its outcome came first (an order that failed as it was sent)
+        state.decided.add(decision.user_id)
+        state.answered += 1
+        self._copy_answered()
+        if decision.outcome == "copied":
+            state.awaiting.add(decision.user_id)  # counted when its CopyOutcome arrives
+        else:
+            state.count(decision.outcome, decision.reason)
+        self._maybe_done(state)
+
+    def _on_copy_outcome(self, outcome: CopyOutcome) -> None:
+        state = self._in_flight.get(outcome.signal_id)
+        if state is not None:
+            taken = state.take_outcome(outcome.user_id, outcome.outcome, outcome.reason)
+            if taken == "answered":
+                self._copy_answered()
+            self._maybe_done(state)
+        elif (state := self._late.resolve(outcome)) is not None:
+            counts = {"copied": state.copied, "skipped": state.skipped, "failed": state.failed}
+            ids = {"signal_id": outcome.signal_id, "user_id": outcome.user_id, "outcome": outcome.outcome}
+            log.info("signal.counts_updated", **ids, **counts, reasons=dict(state.reasons))
+            self._persistence.tell(PersistRows(rows=(state.status_row(),)))
+
+    def _copy_answered(self) -> None:
         self._pending_copies -= 1
         if self._held_since_ns and (waiting := self._queue.peek()) is not None and self._admissible(waiting):
             self._schedule_drain()
-        if decision.outcome == "copied":
-            state.copied += 1
-        elif decision.outcome == "skipped":
-            state.skipped += 1
-            state.reasons[str(decision.reason or "unspecified")] += 1
-        else:
-            state.failed += 1
-            state.reasons[str(decision.reason or "failed")] += 1
-        self._maybe_done(state)
 
     def _sweep(self, answer_timeout_s: float, held_timeout_s: float = 900.0) -> None:
         now_ns = self._clock.monotonic_ns()
@@ -379,22 +394,24 @@ class SignalRouterActor(SingletonActor):
         held_cutoff = now_ns - int(held_timeout_s * 1e9)
         for state in [s for s in self._in_flight.values() if s.fanned_out_ns < cutoff]:
             # A copy its follower holds (an exit waiting for its entry's outcome) is not late while it runs.
-            missing = state.expected - state.answered - self._held.live(state.signal.signal_id, held_cutoff)
-            if missing <= 0:
-                continue
-            log.warning("signal.answers_missing", signal_id=state.signal.signal_id, missing=missing)
-            state.failed += missing
-            state.reasons["no_answer"] += missing
+            missing, unknown = state.give_up(held=self._held.live(state.signal.signal_id, held_cutoff))
             self._pending_copies -= missing
+            if missing:
+                log.warning("signal.answers_missing", signal_id=state.signal.signal_id, missing=missing)
+            if unknown:
+                # Orders still at the venue (UNKNOWN, resting): neither copied nor failed. The signal is processed
+                # without them; each outcome, when it comes, corrects the counts (``_on_copy_outcome``).
+                log.warning("signal.outcomes_unknown", signal_id=state.signal.signal_id, unknown=unknown)
             self._maybe_done(state)
         if self._queue:
             self._schedule_drain()
 
-    def _maybe_done(self, state: _InFlight) -> None:
-        if state.answered < state.expected:
+    def _maybe_done(self, state: SignalCopies) -> None:
+        if not state.done:
             return
         signal = state.signal
         del self._in_flight[signal.signal_id]
+        self._late.processed(state)
         metrics.incr("signals.processed")
         elapsed_ms = (self._clock.monotonic_ns() - state.received_at_ns) / 1e6 if state.received_at_ns else None
         reasons = dict(state.reasons)
@@ -406,17 +423,10 @@ class SignalRouterActor(SingletonActor):
             skipped=state.skipped,
             failed=state.failed,
             reasons=reasons,
+            summary=state.summary(),
             elapsed_ms=elapsed_ms,
         )
-        row = SignalStatusRow(
-            signal_id=signal.signal_id,
-            status=SignalStatus.PROCESSED,
-            copied=state.copied,
-            skipped=state.skipped,
-            failed=state.failed,
-            skip_reasons=reasons,
-        )
-        self._persistence.tell(PersistRows(rows=(row,)))
+        self._persistence.tell(PersistRows(rows=(state.status_row(),)))
         self._publish(
             SignalProcessed(
                 signal_id=signal.signal_id,

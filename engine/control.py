@@ -87,9 +87,21 @@ class SetBacklog(msgspec.Struct, frozen=True, kw_only=True):
     high: bool
 
 
+class CopyOutcome(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Follower -> router: the final outcome of a copy it answered ``copied`` (order sent), told once the order
+    is final at the venue. ``outcome``: ``filled`` (FILLED or PARTIALLY_FILLED) or ``failed`` (REJECTED, FAILED,
+    CANCELLED; ``reason`` is the status). An order still UNKNOWN is not final: nothing is told until it is."""
+
+    signal_id: int
+    user_id: int
+    outcome: str  # "filled" | "failed"
+    reason: str | None = None
+
+
 class SweepStale(msgspec.Struct, frozen=True, kw_only=True):
     """Finish signals whose followers did not all answer within ``answer_timeout_s`` (a follower that failed
-    mid-signal never answers): the missing answers count as failed with reason ``no_answer``."""
+    mid-signal never answers): the missing answers count as failed with reason ``no_answer``; copies whose order
+    is still at the venue count under ``outcome_unknown`` until their ``CopyOutcome`` arrives."""
 
     answer_timeout_s: float = 60.0
     held_timeout_s: float = 900.0  # a copy its follower holds (``CopyHeld``) is waited for this long
@@ -201,7 +213,7 @@ class IntentsDone(msgspec.Struct, frozen=True):
 
     seq: int
     poison: tuple[tuple[Any, str], ...] = ()
-    existing: frozenset[str] = frozenset()  # client order ids that had a row before this commit (replays)
+    existing: dict[str, str] = {}  # client order id -> status, of rows that existed before this commit (replays)
     error: BaseException | None = None
     elapsed_ms: float = 0.0
 

@@ -205,7 +205,7 @@ class CopySignal(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 
 class FollowerDecision(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """Follower -> router: what the follower did with a signal."""
+    """Follower -> router: what it did with a signal; ``copied`` (order sent) is followed by a ``CopyOutcome``."""
 
     signal_id: int
     user_id: int
@@ -246,8 +246,8 @@ class IntentAck(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     client_order_id: str
     durable: bool
     error: str | None = None
-    # The row existed before: a replay of an order already decided (its trade row is left untouched).
-    duplicate: bool = False
+    duplicate: bool = False  # the row existed: a replay of an order already decided (its row is left untouched)
+    existing_status: str | None = None  # with ``duplicate``: that row's status when read
 
 
 # Rows for the batched lane. The persistence actor upserts each kind by its natural key.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from adapters.paper import PaperVenue
 from engine.ids import client_order_id, position_id_for
-from tests.kit import fetchval, insert_signal, running_engine, settle, wait_for, wait_signal_done
+from tests.kit import fetch, fetchval, insert_signal, running_engine, settle, signal_row, wait_for, wait_signal_done
 from tests.kit.copying import PAPER_START_USDT as START_USDT
 from tests.kit.copying import (
     event_count,
@@ -29,6 +29,12 @@ from tests.kit.copying import (
 )
 
 D = Decimal
+
+
+def trade_outcomes(dsn: str, signal_id: int) -> dict[str, int]:
+    """The trades table's outcomes for one signal: count by status."""
+    rows = fetch(dsn, "SELECT status, count(*) AS n FROM trades WHERE signal_id = $1 GROUP BY status", signal_id)
+    return {r["status"]: r["n"] for r in rows}
 
 
 def _prepare(pg_dsn: str, whale_id: int, users: range) -> tuple[int, dict[int, str]]:
@@ -47,9 +53,13 @@ def test_reject_releases_the_reservation(pg_dsn: str, tmp_path: Path) -> None:
         venue.inject("reject", client_order_id=cids[uid])
     with running_engine(pg_dsn, tmp_path, venue=venue) as system:
         insert_signal_with_id(pg_dsn, signal_id, whale_id=whale, symbol=symbol, price=60_000, leverage=10)
-        assert wait_signal_done(pg_dsn, signal_id)["status"] == "processed"
+        row = wait_signal_done(pg_dsn, signal_id)
+        # Counted from what the venue did, not when the orders were sent (that read copied=3, failed=0).
+        assert (row["status"], row["copied"], row["skipped"], row["failed"]) == ("processed", 1, 0, 2)
+        assert row["skip_reasons"] == {"rejected": 2}
         settle(system)
         wait_trades_final(pg_dsn, [cids[u] for u in rejected], ("rejected",))
+        assert trade_outcomes(pg_dsn, signal_id) == {"filled": 1, "rejected": 2}
         settle(system)
         assert system.supervisor is not None
         for uid in rejected:
@@ -123,8 +133,8 @@ def test_timeout_after_accept_is_unknown_then_reconciled_never_resent(pg_dsn: st
         venue.inject("timeout_after_accept", client_order_id=cid)
     with running_engine(pg_dsn, tmp_path, venue=venue) as system:
         insert_signal_with_id(pg_dsn, signal_id, whale_id=whale, symbol=symbol, price="0.15", leverage=10)
-        wait_signal_done(pg_dsn, signal_id)
-        # The venue filled the orders but the engine never heard: each trade went UNKNOWN (a stored fact).
+        # The venue filled the orders but the engine never heard: each trade went UNKNOWN (a stored fact), and
+        # the signal waits for their outcomes.
         for uid, cid in cids.items():
             def needs_reconciliation(uid: int = uid) -> bool:
                 return event_count(pg_dsn, "trade_needs_reconciliation", user_id=uid) == 1
@@ -134,6 +144,8 @@ def test_timeout_after_accept_is_unknown_then_reconciled_never_resent(pg_dsn: st
             assert trade(pg_dsn, cid)["status"] in ("unknown", "filled")  # filled if the reconcile timer ran
         system.reconcile(all_followers=True)
         wait_trades_final(pg_dsn, cids.values())
+        row = wait_signal_done(pg_dsn, signal_id)  # counted once the outcomes are known: both filled
+        assert (row["status"], row["copied"], row["failed"], row["skip_reasons"]) == ("processed", 2, 0, {})
         settle(system)
     for uid, cid in cids.items():
         assert venue.create_calls(cid) == 1 and venue.order_count(cid) == 1  # never re-sent
@@ -154,8 +166,10 @@ def test_partial_fill_books_the_filled_quantity(pg_dsn: str, tmp_path: Path) -> 
         venue.inject("partial_fill", client_order_id=cid, fill_fraction=D("0.5"))
     with running_engine(pg_dsn, tmp_path, venue=venue) as system:
         insert_signal_with_id(pg_dsn, signal_id, whale_id=whale, symbol=symbol, price=14, leverage=10)
-        wait_signal_done(pg_dsn, signal_id)
+        row = wait_signal_done(pg_dsn, signal_id)
+        assert (row["copied"], row["failed"]) == (len(users), 0)  # a partial fill copied (what filled)
         wait_trades_final(pg_dsn, cids.values(), ("partially_filled",))
+        assert trade_outcomes(pg_dsn, signal_id) == {"partially_filled": len(users)}
         settle(system)
     for uid, cid in cids.items():
         # Ordered 1000 USDT at 14: 71.42 LINK; half filled, rounded down to the lot: 35.71.
@@ -174,7 +188,8 @@ def test_signals_while_an_entry_has_not_filled_yet(pg_dsn: str, tmp_path: Path) 
     """The entry waits at the venue (injected latency). Meanwhile: a second open on the symbol is skipped as
     position_busy (not a second position on one symbol), an open on another symbol meets max_open_positions = 1,
     which counts the entry on its way, and the whale's close waits for the entry's fill, then closes the copy
-    (not "no position" that leaves the copy open after the fill)."""
+    (not "no position" that leaves the copy open after the fill). The first signal is not processed while its
+    order is at the venue; it is, copied, once the order fills."""
     whale, user = 2101, 21_001
     btc, eth = "BTC/USDT:USDT", "ETH/USDT:USDT"
     seed_simple(pg_dsn, whale, range(user, user + 1), max_open_positions=1)
@@ -183,13 +198,17 @@ def test_signals_while_an_entry_has_not_filled_yet(pg_dsn: str, tmp_path: Path) 
     venue.inject("latency", client_order_id=client_order_id(first, user), delay_ms=8000)
     with running_engine(pg_dsn, tmp_path, venue=venue) as system:
         insert_signal_with_id(pg_dsn, first, whale_id=whale, symbol=btc, price=60_000, leverage=10)
-        assert wait_signal_done(pg_dsn, first)["copied"] == 1  # the order is on its way, not filled
+        wait_for(lambda: trade(pg_dsn, client_order_id(first, user)).get("status") == "submitted", 30)
+        assert signal_row(pg_dsn, first)["status"] == "processing"  # the order is on its way: not counted yet
         again = insert_signal(pg_dsn, whale_id=whale, symbol=btc, price=60_000, leverage=10)
         close = insert_signal(pg_dsn, whale_id=whale, symbol=btc, side="sell", action="close", price=60_000)
         other = insert_signal(pg_dsn, whale_id=whale, symbol=eth, price=3_000, leverage=10)
         signals = {"again": again, "other": other}
         rows = {name: wait_signal_done(pg_dsn, signal_id) for name, signal_id in signals.items()}
         assert trade(pg_dsn, client_order_id(first, user))["status"] == "submitted"  # still no fill
+        assert signal_row(pg_dsn, first)["status"] == "processing"
+        done = wait_signal_done(pg_dsn, first)  # processed once the order is final: filled
+        assert (done["status"], done["copied"], done["failed"]) == ("processed", 1, 0)
         rows["close"] = wait_signal_done(pg_dsn, close)
         settle(system)
     assert rows["again"]["skip_reasons"] == {"position_busy": 1}
@@ -199,3 +218,17 @@ def test_signals_while_an_entry_has_not_filled_yet(pg_dsn: str, tmp_path: Path) 
     assert fetchval(pg_dsn, "SELECT status FROM positions WHERE user_id = $1", user) == "closed"
     assert trade(pg_dsn, client_order_id(first, user))["status"] == "filled"
     assert trade(pg_dsn, client_order_id(close, user))["status"] == "filled"
+
+
+def test_a_signal_every_follower_skipped_for_one_reason_says_so(pg_dsn: str, tmp_path: Path) -> None:
+    """A symbol the followers' venue does not list: each follower skips (``unknown_symbol``, a per-follower skip
+    counted in skip_reasons) and the signal is processed naming that reason (it used to say nothing)."""
+    whale, users = 2106, range(21_501, 21_504)
+    seed_simple(pg_dsn, whale, users)
+    with running_engine(pg_dsn, tmp_path, venue=PaperVenue()):
+        signal_id = insert_signal(pg_dsn, whale_id=whale, symbol="NOSUCH/USDT:USDT", price=1, leverage=10)
+        row = wait_signal_done(pg_dsn, signal_id)
+    assert (row["status"], row["copied"], row["skipped"], row["failed"]) == ("processed", 0, len(users), 0)
+    assert row["skip_reasons"] == {"unknown_symbol": len(users)}
+    assert row["error"] == f"all {len(users)} followers skipped: unknown_symbol"
+    assert trade_outcomes(pg_dsn, signal_id) == {}

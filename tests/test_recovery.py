@@ -95,7 +95,6 @@ def test_restart_resolves_unknown_trades_and_books_them_once(pg_dsn: str, tmp_pa
         venue.inject("timeout_after_accept", client_order_id=cid)
     with running_engine(pg_dsn, tmp_path, venue=venue) as system:
         insert_signal_with_id(pg_dsn, signal_id, whale_id=whale, symbol=symbol, price="0.15", leverage=10)
-        wait_signal_done(pg_dsn, signal_id)
         wait_trades_final(pg_dsn, cids.values(), ("unknown",))
         # Another copy fills meanwhile, so the books are written with the unknown order's funds still reserved.
         other_id = insert_signal_with_id(
@@ -104,7 +103,9 @@ def test_restart_resolves_unknown_trades_and_books_them_once(pg_dsn: str, tmp_pa
         wait_signal_done(pg_dsn, other_id)
         wait_trades_final(pg_dsn, [client_order_id(other_id, uid) for uid in users])
         settle(system)
-    # The engine is gone with the outcomes unknown; the venue filled every order.
+    # The engine is gone with the outcomes unknown; the venue filled every order. The signal was not processed:
+    # its copies were neither filled nor failed as far as the engine knew.
+    assert signal_row(pg_dsn, signal_id)["status"] == "processing"
     for uid, cid in cids.items():
         assert trade(pg_dsn, cid)["status"] == "unknown"
         assert venue.order_count(cid) == 1
@@ -112,6 +113,9 @@ def test_restart_resolves_unknown_trades_and_books_them_once(pg_dsn: str, tmp_pa
     venue.fetch_blocked = False
     with running_engine(pg_dsn, tmp_path, venue=venue) as system:
         wait_trades_final(pg_dsn, cids.values())
+        # Routed again at start: each copy answers with its outcome, resolved by the recovery (counted once).
+        row = wait_signal_done(pg_dsn, signal_id)
+        assert (row["status"], row["copied"], row["skipped"], row["failed"]) == ("processed", len(users), 0, 0)
         settle(system)
         assert system.supervisor is not None
         for uid in users:
@@ -259,3 +263,36 @@ def test_signal_left_processing_by_a_crash_is_finished_once(pg_dsn: str, tmp_pat
     assert {r["status"] for r in fetch(pg_dsn, "SELECT status FROM trades WHERE signal_id = $1", signal_id)} == {
         "filled"
     }
+
+
+def test_a_signal_routed_again_after_a_restart_counts_each_copy_by_its_outcome_once(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """A crash between the copies' outcomes and PROCESSED: the next start routes the signal again and each copy,
+    a duplicate by client order id, answers with its trade row's outcome: the rejected one as failed, the filled
+    ones as copied, none twice, none sent again (it used to count every duplicate as copied)."""
+    whale, users, symbol = 3005, range(30_501, 30_504), "BTC/USDT:USDT"
+    seed_simple(pg_dsn, whale, users)
+    signal_id = next_signal_id(pg_dsn)
+    cids = {uid: client_order_id(signal_id, uid) for uid in users}
+    venue = PaperVenue(initial_marks={symbol: D(60_000)})
+    venue.inject("reject", client_order_id=cids[users[0]])
+    with running_engine(pg_dsn, tmp_path, venue=venue) as system:
+        insert_signal_with_id(pg_dsn, signal_id, whale_id=whale, symbol=symbol, price=60_000, leverage=10)
+        first = wait_signal_done(pg_dsn, signal_id)
+        settle(system)
+    assert (first["copied"], first["failed"], first["skip_reasons"]) == (2, 1, {"rejected": 1})
+    # What a crash between claim and PROCESSED leaves behind.
+    execute(
+        pg_dsn,
+        "UPDATE whale_signals SET status = 'processing', copied = 0, failed = 0, skip_reasons = '{}' WHERE id = $1",
+        signal_id,
+    )
+    with running_engine(pg_dsn, tmp_path, venue=venue) as system:
+        row = wait_signal_done(pg_dsn, signal_id)
+        settle(system)
+    assert (row["status"], row["copied"], row["skipped"], row["failed"]) == ("processed", 2, 0, 1)
+    assert row["skip_reasons"] == {"rejected": 1}
+    outcomes = fetch(pg_dsn, "SELECT status, count(*) AS n FROM trades WHERE signal_id = $1 GROUP BY 1", signal_id)
+    assert {r["status"]: r["n"] for r in outcomes} == {"filled": 2, "rejected": 1}
+    assert all(venue.create_calls(cid) == 1 for cid in cids.values())

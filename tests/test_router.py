@@ -1,7 +1,7 @@
 """SignalRouterActor: back-pressure on follower copies out, priority among waiting signals.
 
-The router runs as the real actor; followers are recorders that the test answers for (``FollowerDecision``),
-so the test decides when copies come back.
+The router runs as the real actor; followers are recorders that the test answers for (``FollowerDecision``,
+then ``CopyOutcome`` for a copy whose order went out), so the test decides when copies come back.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from actors.router import SignalRouterActor
 from engine.clock import SYSTEM_CLOCK, Clock, FakeClock
 from engine.control import (
     CopyHeld,
+    CopyOutcome,
     RemoveFollower,
     RouteSignal,
     SetBacklog,
@@ -102,8 +103,15 @@ def router() -> Iterator[tuple[pykka.ActorRef[Any], list[Recorder]]]:
 
 
 def answer(ref: pykka.ActorRef[Any], signal_id: int, users: range) -> None:
+    """These followers sent their copy's order and it filled."""
     for uid in users:
         ref.tell(FollowerDecision(signal_id=signal_id, user_id=uid, outcome="copied"))
+        ref.tell(CopyOutcome(signal_id=signal_id, user_id=uid, outcome="filled"))
+
+
+def status_rows(persistence: Recorder, signal_id: int) -> list[SignalStatusRow]:
+    rows = [r for m in persistence.messages for r in m.rows if isinstance(r, SignalStatusRow)]
+    return [r for r in rows if r.signal_id == signal_id]
 
 
 def first_signal_out(
@@ -266,6 +274,7 @@ def test_the_stale_sweep_waits_for_exits_their_followers_hold() -> None:
         assert [(r.failed, r.skip_reasons) for r in processed(41)] == [(1, {"no_answer": 1})]  # user 3's
         assert processed(40) == []  # user 3 counted no_answer; user 2 still holds its copy: not late
         ref.tell(FollowerDecision(signal_id=40, user_id=2, outcome="copied"))
+        ref.tell(CopyOutcome(signal_id=40, user_id=2, outcome="filled"))  # its order filled
         wait_for(lambda: processed(40), 10)
         assert [(r.copied, r.failed, r.skip_reasons) for r in processed(40)] == [(2, 1, {"no_answer": 1})]
 
@@ -279,3 +288,100 @@ def test_the_stale_sweep_waits_for_exits_their_followers_hold() -> None:
         route_close(43, held=(2,))
         sweep(601)  # held past held_timeout_s: given up as any other missing answer
         assert [(r.failed, r.skip_reasons) for r in processed(43)] == [(1, {"no_answer": 1})]
+
+
+# ---- counts from outcomes ------------------------------------------------------------------------------------
+
+
+def test_a_signal_is_processed_when_its_orders_are_final_and_counts_their_outcomes() -> None:
+    """A copy whose order went out is counted by its outcome at the venue, not when it was sent: the old router
+    marked the signal processed with copied=3 as soon as the three orders were sent, rejections included."""
+    with started_router(100) as (ref, followers, persistence):
+        ref.tell(RouteSignal(signal=signal(40)))
+        wait_for(lambda: all(f.signal_ids() == [40] for f in followers), 10)
+        for uid in (1, 2, 3):
+            ref.tell(FollowerDecision(signal_id=40, user_id=uid, outcome="copied"))
+        counts = ref.proxy().counts().get(timeout=10)  # every follower answered; every order still out
+        assert (counts["awaiting_outcomes"], counts["pending_copies"]) == (1, 0)  # back-pressure counts answers
+        assert status_rows(persistence, 40) == []
+        ref.tell(CopyOutcome(signal_id=40, user_id=1, outcome="filled"))
+        ref.tell(CopyOutcome(signal_id=40, user_id=2, outcome="failed", reason="rejected"))
+        ref.tell(CopyOutcome(signal_id=40, user_id=2, outcome="failed", reason="rejected"))  # told twice: once
+        assert ref.proxy().counts().get(timeout=10)["awaiting_outcomes"] == 1 and status_rows(persistence, 40) == []
+        ref.tell(CopyOutcome(signal_id=40, user_id=3, outcome="filled"))
+        wait_for(lambda: status_rows(persistence, 40), 10)
+        (row,) = status_rows(persistence, 40)
+        assert (row.status, row.copied, row.skipped, row.failed) == (SignalStatus.PROCESSED, 2, 0, 1)
+        assert row.skip_reasons == {"rejected": 1} and row.error is None
+
+
+def test_an_outcome_before_the_decision_counts_once() -> None:
+    """An order that failed as it was sent may be told before its follower's decision: counted once."""
+    with started_router(100) as (ref, followers, persistence):
+        ref.tell(RouteSignal(signal=signal(41)))
+        wait_for(lambda: all(f.signal_ids() == [41] for f in followers), 10)
+        ref.tell(CopyOutcome(signal_id=41, user_id=1, outcome="failed", reason="failed"))
+        ref.tell(FollowerDecision(signal_id=41, user_id=1, outcome="copied"))
+        answer(ref, 41, range(2, 4))
+        wait_for(lambda: status_rows(persistence, 41), 10)
+        (row,) = status_rows(persistence, 41)
+        assert (row.copied, row.skipped, row.failed, row.skip_reasons) == (2, 0, 1, {"failed": 1})
+        assert ref.proxy().counts().get(timeout=10)["pending_copies"] == 0
+
+
+def test_orders_still_unknown_at_the_sweep_are_not_copied_and_a_late_outcome_corrects_the_counts() -> None:
+    """An order still UNKNOWN at the venue must not keep its signal open for good, nor count as copied: after
+    the answer timeout the signal is processed with it under ``outcome_unknown``; its outcome, when it comes,
+    rewrites the row (processed -> processed, the last write wins)."""
+    clock = FakeClock()
+    with started_router(100, clock) as (ref, followers, persistence):
+        ref.tell(RouteSignal(signal=signal(42)))
+        wait_for(lambda: all(f.signal_ids() == [42] for f in followers), 10)
+        for uid in (1, 2):
+            ref.tell(FollowerDecision(signal_id=42, user_id=uid, outcome="copied"))
+        ref.tell(CopyOutcome(signal_id=42, user_id=1, outcome="filled"))  # user 3 never answers
+        clock.advance(2.0)
+        ref.tell(SweepStale(answer_timeout_s=1.0))
+        wait_for(lambda: status_rows(persistence, 42), 10)
+        (row,) = status_rows(persistence, 42)
+        assert (row.status, row.copied, row.skipped, row.failed) == (SignalStatus.PROCESSED, 1, 0, 1)
+        assert row.skip_reasons == {"no_answer": 1, "outcome_unknown": 1}
+        assert ref.proxy().counts().get(timeout=10)["awaiting_outcomes"] == 0
+        ref.tell(CopyOutcome(signal_id=42, user_id=3, outcome="filled"))  # swept as no_answer: stays so
+        ref.tell(CopyOutcome(signal_id=42, user_id=2, outcome="failed", reason="rejected"))
+        wait_for(lambda: len(status_rows(persistence, 42)) == 2, 10)
+        row = status_rows(persistence, 42)[-1]
+        assert (row.status, row.copied, row.skipped, row.failed) == (SignalStatus.PROCESSED, 1, 0, 2)
+        assert row.skip_reasons == {"no_answer": 1, "rejected": 1}
+        ref.tell(CopyOutcome(signal_id=42, user_id=2, outcome="filled"))  # resolved already: ignored
+        assert ref.proxy().counts().get(timeout=10)["awaiting_outcomes"] == 0
+        assert len(status_rows(persistence, 42)) == 2
+
+
+def test_a_signal_every_follower_skipped_for_one_reason_says_so() -> None:
+    with started_router(100) as (ref, followers, persistence):
+        ref.tell(RouteSignal(signal=signal(43)))
+        wait_for(lambda: all(f.signal_ids() == [43] for f in followers), 10)
+        for uid in (1, 2, 3):
+            ref.tell(FollowerDecision(signal_id=43, user_id=uid, outcome="skipped", reason="unknown_symbol"))
+        wait_for(lambda: status_rows(persistence, 43), 10)
+        (row,) = status_rows(persistence, 43)
+        assert (row.status, row.copied, row.skipped, row.failed) == (SignalStatus.PROCESSED, 0, 3, 0)
+        assert row.skip_reasons == {"unknown_symbol": 3}
+        assert row.error == "all 3 followers skipped: unknown_symbol"
+
+
+def test_an_outcome_told_before_its_signal_is_routed_again_answers_for_that_copy() -> None:
+    """At start-up, recovery may resolve an earlier run's order before its requeued signal is routed again: that
+    outcome answers for the copy at the fan-out; the follower's later answer for the same copy is not counted."""
+    with started_router(100) as (ref, followers, persistence):
+        ref.tell(CopyOutcome(signal_id=44, user_id=2, outcome="failed", reason="rejected"))
+        ref.tell(RouteSignal(signal=signal(44)))
+        wait_for(lambda: all(f.signal_ids() == [44] for f in followers), 10)
+        assert ref.proxy().counts().get(timeout=10)["pending_copies"] == 2
+        ref.tell(FollowerDecision(signal_id=44, user_id=2, outcome="failed", reason="rejected"))
+        answer(ref, 44, range(1, 4, 2))
+        wait_for(lambda: status_rows(persistence, 44), 10)
+        (row,) = status_rows(persistence, 44)
+        assert (row.copied, row.skipped, row.failed, row.skip_reasons) == (2, 0, 1, {"rejected": 1})
+        assert ref.proxy().counts().get(timeout=10)["pending_copies"] == 0
