@@ -278,14 +278,14 @@ def test_the_stale_sweep_waits_for_exits_their_followers_hold() -> None:
         wait_for(lambda: processed(40), 10)
         assert [(r.copied, r.failed, r.skip_reasons) for r in processed(40)] == [(2, 1, {"no_answer": 1})]
 
-        route_close(42, held=(2,))
+        route_close(42, held=(3,))  # a follower answers each copy once: the held one is not among the answers
         sweep(61)
-        assert processed(42) == []  # user 2 holds it: not late
-        ref.tell(FollowerDecision(signal_id=42, user_id=2, outcome="skipped", reason="no_position"))
+        assert processed(42) == []  # user 3 holds it: not late
+        ref.tell(FollowerDecision(signal_id=42, user_id=3, outcome="skipped", reason="no_position"))
         wait_for(lambda: processed(42), 10)
         assert [(r.copied, r.skipped, r.failed) for r in processed(42)] == [(2, 1, 0)]
 
-        route_close(43, held=(2,))
+        route_close(43, held=(3,))
         sweep(601)  # held past held_timeout_s: given up as any other missing answer
         assert [(r.failed, r.skip_reasons) for r in processed(43)] == [(1, {"no_answer": 1})]
 
