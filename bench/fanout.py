@@ -37,7 +37,7 @@ from bench._report import row
 from engine import runtime
 from engine.clock import SYSTEM_CLOCK
 from engine.config import RuntimeConfig
-from engine.control import RouteSignal, SetFollowers
+from engine.control import CopyOutcome, RouteSignal, SetFollowers
 from engine.events import EventBus, log_event
 from engine.follower_state import FollowerContext, FollowerState
 from engine.messages import BalanceRow, CopySignal, FollowerDecision, PersistRows, PlaceOrder, Signal
@@ -126,6 +126,8 @@ class ThreadFollower(pykka.ThreadingActor):
             self.exchange.tell(PlaceOrder(request=trade.to_order_request(), reply_to=self.actor_ref))
             outcome = "copied"
         self.router.tell(FollowerDecision(signal_id=signal.signal_id, user_id=self.user.user_id, outcome=outcome))
+        if outcome == "copied":  # the engine's follower tells the order's outcome when it is final: filled here
+            self.router.tell(CopyOutcome(signal_id=signal.signal_id, user_id=self.user.user_id, outcome="filled"))
 
 
 class Bench:
