@@ -7,6 +7,7 @@ Private: import the public names from :mod:`engine.runtime`. This module drives 
 
 from __future__ import annotations
 
+import atexit
 import collections
 import itertools
 import logging
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pykka
-from pykka import ActorRegistry
+from pykka import ActorDeadError, ActorRegistry, ThreadingFuture
 from pykka._envelope import Envelope
 from pykka.messages import _ActorStop
 
@@ -28,6 +29,45 @@ logger = logging.getLogger("engine.runtime")
 
 _worker_numbers = itertools.count(1)
 _mailbox_creation = threading.Lock()
+
+#: How long interpreter exit waits for pooled actors to handle their queued mail and run ``on_stop``.
+EXIT_STOP_TIMEOUT_S = 30.0
+
+BLOCKING_GET_MESSAGE = "blocking get() inside a pooled actor handler: reply with a message instead"
+
+
+class _WorkerLocal(threading.local):
+    """Per thread: whether it is a pool worker (the class attribute is the default of every other thread)."""
+
+    pooled = False
+
+
+_on_worker = _WorkerLocal()
+
+
+class ReplyFuture(ThreadingFuture[Any]):
+    """The future of an ``ask`` to a pooled or singleton actor: a ``pykka.ThreadingFuture`` whose ``get()``
+    refuses to block a pool worker.
+
+    A pooled handler that waits on a future holds a shared worker; enough of them (one, with one worker) and
+    every pooled actor stalls, the awaited one too if it is pooled: deadlock. So it raises at once, before
+    waiting, whether or not the value is there yet (an error that depended on timing would be worse). Plain
+    threads (the composition root, the admin socket, singletons, tests) block as pykka's do. The check is one
+    thread-local read per ``get()``, nothing per message.
+    """
+
+    __slots__ = ()
+
+    def get(self, *, timeout: float | None = None) -> Any:
+        """Wait for the value, as ``ThreadingFuture.get``.
+
+        Raises:
+            RuntimeError: on a pool worker thread (a pooled actor's handler), instead of blocking it.
+
+        """
+        if _on_worker.pooled:
+            raise RuntimeError(BLOCKING_GET_MESSAGE)
+        return super().get(timeout=timeout)
 
 
 class PoolStats(NamedTuple):
@@ -58,7 +98,7 @@ class PooledInbox:
     deque the worker has dropped.
     """
 
-    __slots__ = ("_actor", "_needs_setup", "_queue", "_schedule", "_token")
+    __slots__ = ("_actor", "_dead_name", "_needs_setup", "_queue", "_schedule", "_token")
 
     def __init__(self) -> None:
         self._queue: collections.deque[Envelope[Any]] | None = None
@@ -66,6 +106,7 @@ class PooledInbox:
         # Held until the actor is started, so mail sent from __init__ waits for the first turn.
         self._token.acquire()
         self._actor: pykka.Actor | None = None
+        self._dead_name = ""  # set when the stopped actor is let go: who the late mail was for
         self._needs_setup = True
         self._schedule: Callable[[PooledInbox], None] = _not_started
 
@@ -110,37 +151,69 @@ class PooledInbox:
     def run_turn(self, budget: int) -> None:
         """Handle up to ``budget`` messages, then release or re-queue. Runs on a pool worker."""
         actor = self._actor
-        assert actor is not None
+        if actor is None:  # stopped and let go: mail that raced the stop is answered as pykka's teardown does
+            self._answer_dead()
+            self._end_turn()
+            return
         stopped = actor.actor_stopped
         mailbox = self._queue  # None until the first put; one created during this turn is seen by _end_turn
         try:
             if self._needs_setup:
                 self._needs_setup = False
                 actor._actor_loop_setup()
-            # Same per-message semantics as pykka's Actor._actor_loop_running, one message at a time.
+            # Same per-message semantics as pykka's Actor._actor_loop_running, one message at a time, except
+            # that a failing reply fails only that message (pykka's thread would die of it; see _reply_failed).
             while budget and mailbox and not stopped.is_set():
                 budget -= 1
                 envelope = mailbox.popleft()
                 try:
                     response = actor._handle_receive(envelope.message)
-                    if envelope.reply_to is not None:
-                        envelope.reply_to.set(response)
                 except Exception:
-                    if envelope.reply_to is not None:
+                    if (reply_to := envelope.reply_to) is not None:
                         logger.info("Exception returned from %s to caller:", actor, exc_info=True)
-                        envelope.reply_to.set_exception()
+                        try:
+                            reply_to.set_exception()
+                        except Exception:  # noqa: BLE001 - the reply's own failure is that message's only
+                            _reply_failed(actor, reply_to)
                     else:
                         _fail_on_tell(actor, sys.exc_info())
+                else:
+                    if (reply_to := envelope.reply_to) is not None:
+                        try:
+                            reply_to.set(response)
+                        except Exception:  # noqa: BLE001 - the reply's own failure is that message's only
+                            _reply_failed(actor, reply_to)
             if stopped.is_set():
                 # Also drains mail that arrived after the stop: those asks get ActorDeadError
                 # instead of hanging (pykka's thread is gone by then and would never answer).
                 actor._actor_loop_teardown()
+                self._let_go(actor)
         except BaseException:  # noqa: BLE001 - SystemExit etc. from a handler: pykka stops everything
             logger.debug("%r in %s. Stopping all actors.", sys.exc_info()[1], actor)
             actor._stop()
+            actor._actor_loop_teardown()
+            self._let_go(actor)
             _stop_everything_without_waiting()
         finally:
             self._end_turn()
+
+    def _let_go(self, actor: pykka.Actor) -> None:
+        # The ActorRef holds this inbox; without this, a stopped actor's whole state lived as long as any
+        # reference to it (for good once gc.freeze() had frozen it). Late mail is answered by _answer_dead.
+        self._dead_name = str(actor.actor_ref)
+        self._actor = None
+
+    def _answer_dead(self) -> None:
+        mailbox = self._queue
+        while mailbox:
+            envelope = mailbox.popleft()
+            if (reply_to := envelope.reply_to) is None:
+                continue
+            if isinstance(envelope.message, _ActorStop):
+                reply_to.set(None)
+            else:
+                error = ActorDeadError(f"{self._dead_name} stopped before handling the message")
+                reply_to.set_exception(exc_info=(ActorDeadError, error, None))
 
     def _end_turn(self) -> None:
         if self._queue:
@@ -150,6 +223,16 @@ class PooledInbox:
         # A put may have appended after our check but failed to take the token: take it for it.
         if self._queue and self._token.acquire(False):
             self._schedule(self)
+
+
+def _reply_failed(actor: pykka.Actor, reply_to: pykka.Future[Any]) -> None:
+    # Setting the reply raised (a future completed by someone else, a reply hook that raises): that message
+    # fails, its future gets the error if it still can, and the actor goes on with its next message.
+    logger.error("Reply from %s failed; the actor goes on:", actor, exc_info=True)
+    try:
+        reply_to.set_exception()
+    except Exception:  # it cannot be told; the error is logged above
+        logger.debug("The failed reply from %s could not be set either", actor, exc_info=True)
 
 
 def _fail_on_tell(actor: pykka.Actor, exc_info: OptExcInfo) -> None:
@@ -168,19 +251,25 @@ class _StopLatch(pykka.Future[Any]):
     instead of one ThreadingFuture (Condition + RLock) per actor keeps 100k stops cheap.
     """
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, then: pykka.Future[Any] | None = None) -> None:
         super().__init__()
         self._lock = threading.Lock()
         self._remaining = count
+        self._then = then  # answered (None) when the count reaches zero
         self.done = threading.Event()
         if count == 0:
-            self.done.set()
+            self._finish()
 
     def set(self, value: Any | None = None) -> None:
         with self._lock:
             self._remaining -= 1
             if self._remaining == 0:
-                self.done.set()
+                self._finish()
+
+    def _finish(self) -> None:
+        self.done.set()
+        if self._then is not None:
+            self._then.set(None)
 
     def set_exception(self, exc_info: OptExcInfo | None = None) -> None:
         self.set()
@@ -198,13 +287,7 @@ def stop_actors(refs: Iterable[pykka.ActorRef[Any]], *, timeout_s: float = 30.0)
 
     """
     alive = [ref for ref in refs if ref.is_alive()]
-    latch = _StopLatch(len(alive))
-    for ref in alive:
-        try:
-            ref.actor_inbox.put(Envelope(_ActorStop(), reply_to=latch))
-        except Exception:  # a full/broken inbox must not block the others' stop
-            logger.exception("could not send stop to %s", ref)
-            latch.set()
+    latch = _send_stops(alive)
     if latch.done.wait(timeout_s):
         return
     # A ThreadingActor that died between the check and the put never answers: judge by liveness.
@@ -212,6 +295,17 @@ def stop_actors(refs: Iterable[pykka.ActorRef[Any]], *, timeout_s: float = 30.0)
     if still_alive:
         msg = f"{still_alive} of {len(alive)} actors still alive after {timeout_s} s"
         raise pykka.Timeout(msg)
+
+
+def _send_stops(alive: list[pykka.ActorRef[Any]], then: pykka.Future[Any] | None = None) -> _StopLatch:
+    latch = _StopLatch(len(alive), then)
+    for ref in alive:
+        try:
+            ref.actor_inbox.put(Envelope(_ActorStop(), reply_to=latch))
+        except Exception:  # a full/broken inbox must not block the others' stop
+            logger.exception("could not send stop to %s", ref)
+            latch.set()
+    return latch
 
 
 class WorkerPool:
@@ -293,6 +387,7 @@ class WorkerPool:
             self._threads.append(thread)
 
     def _work(self) -> None:
+        _on_worker.pooled = True
         get = self._run_queue.get
         budget = self.max_messages_per_turn
         while (inbox := get()) is not None:
@@ -307,9 +402,23 @@ _all_pools: list[WorkerPool] = []
 
 
 def _stop_everything_without_waiting() -> None:
-    # Not blocking: we are on a worker, and waiting for pooled actors here could deadlock the pool.
-    for pool in _all_pools.copy():  # copy: pools may be created meanwhile
-        for ref in pool.get_all():
-            if ref.is_alive():
-                ref.actor_inbox.put(Envelope(_ActorStop()))
+    # Not blocking: we are on a worker, and waiting for pooled actors here could deadlock the pool. The
+    # registry holds a stand-in for the pooled actors (engine.runtime._PooledActorsInRegistry, registered by
+    # every PooledActor.start), so this stops the pooled actors as well as the thread actors.
     ActorRegistry.stop_all(block=False)
+
+
+def _stop_pooled_at_exit() -> None:
+    # Workers are daemon threads: without this, the interpreter's exit dropped queued mail and on_stop. Runs
+    # before the interpreter joins its non-daemon threads, so the singletons (thread actors) are still there
+    # to receive what the pooled actors send while they finish. The stop_all semantics: each pooled actor
+    # handles the mail queued before the stop, then runs on_stop.
+    alive = [ref for pool in _all_pools.copy() for ref in pool.get_all() if ref.is_alive()]
+    if not alive:
+        return
+    if not _send_stops(alive).done.wait(EXIT_STOP_TIMEOUT_S):
+        logger.error("%d pooled actors still running %s s into interpreter exit", len(alive), EXIT_STOP_TIMEOUT_S)
+
+
+# threading's own exit hooks run before non-daemon threads are joined (atexit's only after them).
+getattr(threading, "_register_atexit", atexit.register)(_stop_pooled_at_exit)

@@ -11,23 +11,29 @@ Rules for code running in pooled actors (and, in this engine, in every actor):
 
 * **Handlers never block on another actor's future** (``ask(...).get()``, ``future.get()``), nor on
   I/O. A blocked handler holds a shared worker; with all workers blocked, every pooled actor stalls,
-  and if the awaited actor is pooled too it can never run: deadlock. Replies come back as messages
-  (``reply_to.tell(...)``) or through a future callback that tells a message. ``ask(...).get()`` is for
-  the composition root, the admin socket and tests, i.e. plain threads.
+  and if the awaited actor is pooled too it can never run: deadlock. So ``get()`` on the future of an ask
+  to a pooled or singleton actor (:class:`ReplyFuture`) raises ``RuntimeError`` on a pool worker. Replies
+  come back as messages (``reply_to.tell(...)``). ``ask(...).get()`` is for the composition root, the
+  admin socket and tests, i.e. plain threads.
 * Handlers are short: a turn of 32 slow messages delays every other actor on that worker.
 
 Semantics are pykka's (the per-message code mirrors ``Actor._actor_loop_running`` and calls pykka's own
 ``_actor_loop_setup``, ``_handle_receive`` and ``_actor_loop_teardown``): ``tell``/``ask``/``proxy``;
 ``on_start`` runs on a worker before the first message; an exception in an ``ask`` goes to the caller
 and the actor lives; an exception in a ``tell`` stops the actor and calls ``on_failure``; pending asks
-get ``ActorDeadError`` when the actor stops; ``tell`` to a dead actor raises ``ActorDeadError``.
+get ``ActorDeadError`` when the actor stops; ``tell`` to a dead actor raises ``ActorDeadError``; a
+``SystemExit``/``KeyboardInterrupt`` in a handler stops every actor. Where pykka's thread would die (a reply
+that cannot be set), only that message fails, logged at error; ``SingletonActor`` does the same. A stopped
+pooled actor is let go by its inbox, so holding its ``ActorRef`` does not keep its state.
 
 One deliberate difference, the registry: pooled actors are **not** in ``pykka.ActorRegistry``. Its
 list makes unregister O(n), so stopping 100k actors is O(n²), and ``ActorRegistry.stop_all`` stops them
 one blocking round trip at a time (445 s for 100k in the prototype). Each pool keeps a dict by URN
 instead: see :func:`pooled_actor_refs`, :func:`get_pooled_by_urn`, :func:`stop_actors` and
-:func:`stop_all_pooled`, which shutdown must call (workers are daemon threads: unlike thread actors,
-pooled actors do not keep the process alive, and ``ActorRegistry.stop_all`` does not stop them).
+:func:`stop_all_pooled`. One stand-in in ``ActorRegistry`` makes ``ActorRegistry.stop_all`` stop them too.
+Workers are daemon threads (pooled actors do not keep the process alive); at interpreter exit a hook stops
+the pooled actors the ``stop_all`` way (queued mail handled, then ``on_stop``) before non-daemon threads
+are joined.
 """
 
 from __future__ import annotations
@@ -36,15 +42,30 @@ import contextlib
 import dataclasses
 import gc
 import itertools
+import logging
 import queue
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
 
 import pykka
+from pykka import ActorDeadError, ActorRegistry
+from pykka._envelope import Envelope
+from pykka.messages import _ActorStop
 
-from engine._pool import PooledInbox, PoolStats, WorkerPool, _all_pools, stop_actors
+from engine._pool import (
+    BLOCKING_GET_MESSAGE,
+    PooledInbox,
+    PoolStats,
+    ReplyFuture,
+    WorkerPool,
+    _all_pools,
+    _reply_failed,
+    _send_stops,
+    stop_actors,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -52,12 +73,15 @@ if TYPE_CHECKING:
     from pykka._actor import ActorInbox
 
 __all__ = [
+    "BLOCKING_GET_MESSAGE",
     "POOLED",
     "RUNTIMES",
     "THREADING",
     "PoolStats",
     "PooledActor",
+    "ReplyFuture",
     "Runtime",
+    "SingletonActor",
     "WorkerPool",
     "configure_pool",
     "default_pool",
@@ -76,6 +100,8 @@ __all__ = [
 # rules above forbid.
 DEFAULT_WORKERS = 1
 DEFAULT_MAX_MESSAGES_PER_TURN = 32
+
+logger = logging.getLogger("engine.runtime")
 
 _default_pool: WorkerPool | None = None
 _default_pool_lock = threading.Lock()
@@ -200,6 +226,43 @@ class SingletonActor(pykka.ThreadingActor):
     def _create_actor_inbox() -> Any:
         return queue.SimpleQueue()
 
+    _create_future = staticmethod(ReplyFuture)  # a pooled handler's get() on it raises instead of blocking
+
+    def _actor_loop_running(self) -> None:
+        # pykka 4.5's Actor._actor_loop_running, except that a reply that cannot be set fails only that
+        # message (pykka's thread died of it, leaving an actor that looks alive and handles nothing). A
+        # SystemExit/KeyboardInterrupt calls ActorRegistry.stop_all(), which also stops the pooled actors
+        # (_PooledActorsInRegistry).
+        inbox = self.actor_inbox
+        stopped = self.actor_stopped
+        while not stopped.is_set():
+            envelope = inbox.get()
+            try:
+                response = self._handle_receive(envelope.message)
+            except Exception:
+                if (reply_to := envelope.reply_to) is not None:
+                    logger.info("Exception returned from %s to caller:", self, exc_info=True)
+                    try:
+                        reply_to.set_exception()
+                    except Exception:  # noqa: BLE001 - the reply's own failure is that message's only
+                        _reply_failed(self, reply_to)
+                else:
+                    self._handle_failure(*sys.exc_info())
+                    try:
+                        self.on_failure(*sys.exc_info())
+                    except Exception:  # noqa: BLE001 - as pykka: reported, never raised through
+                        self._handle_failure(*sys.exc_info())
+            except BaseException:  # noqa: BLE001 - SystemExit etc.: pykka stops everything
+                logger.debug("%r in %s. Stopping all actors.", sys.exc_info()[1], self)
+                self._stop()
+                ActorRegistry.stop_all()
+            else:
+                if (reply_to := envelope.reply_to) is not None:
+                    try:
+                        reply_to.set(response)
+                    except Exception:  # noqa: BLE001 - the reply's own failure is that message's only
+                        _reply_failed(self, reply_to)
+
 
 class PooledActor(pykka.Actor):
     """A pykka actor run in turns on a shared :class:`WorkerPool` instead of its own thread.
@@ -207,10 +270,11 @@ class PooledActor(pykka.Actor):
     Use it like ``pykka.ThreadingActor``. ``__init__`` runs on the thread calling ``start()``;
     ``on_start``, ``on_receive``, proxied methods, ``on_stop`` and ``on_failure`` run on a
     ``pooled-worker-N`` thread, never two at once for one actor, but not always on the same thread.
-    ``ask`` futures are ``pykka.ThreadingFuture``, usable from any plain thread.
+    ``ask`` futures are :class:`ReplyFuture`, usable from any plain thread (``get()`` raises on a worker).
 
     Registry: started actors are kept in their pool's registry, not ``pykka.ActorRegistry``, so
-    ``ActorRegistry.get_all()``/``get_by_class()``/``stop_all()`` do not see them (see the module docs).
+    ``ActorRegistry.get_all()``/``get_by_class()`` do not list them; ``stop_all()`` stops them through one
+    stand-in (see the module docs).
 
     Set the ``actor_pool`` class attribute to run a class on a pool other than the default one.
     """
@@ -243,11 +307,11 @@ class PooledActor(pykka.Actor):
     def _create_actor_inbox() -> ActorInbox:
         return PooledInbox()
 
-    @staticmethod
-    def _create_future() -> pykka.Future[Any]:
-        return pykka.ThreadingFuture()
+    _create_future = staticmethod(ReplyFuture)  # its get() raises on a pool worker instead of blocking it
 
     def _start_actor_loop(self) -> None:
+        if (in_registry := _in_registry) is None or in_registry.actor_stopped.is_set():
+            _ensure_in_registry()
         self._pooled_by = self.actor_pool or default_pool()
         self._pooled_by.attach(self, cast("PooledInbox", self.actor_inbox))
 
@@ -263,6 +327,57 @@ class PooledActor(pykka.Actor):
     ) -> None:
         self._pooled_by.detach(self.actor_urn)
         super()._handle_failure(exception_type, exception_value, traceback)
+
+
+class _PooledActorsInRegistry:
+    """Stands for every pooled actor in ``pykka.ActorRegistry``, so that ``ActorRegistry.stop_all()`` stops
+    them too.
+
+    Pooled actors are not in pykka's registry (see engine/runtime.py), but pykka's answer to a
+    ``SystemExit``/``KeyboardInterrupt`` in a thread actor's handler (a singleton's) is ``stop_all()``: without
+    this, pooled actors went on running against dead singletons. Only its ``ActorRef`` is used: ``stop()``
+    (what ``stop_all`` sends) sends a stop to every live pooled actor of every pool and is answered when they
+    have all stopped, so ``stop_all(block=True)`` waits for them as for any actor and ``block=False`` does not.
+    Anything else sent to it gets ``ActorDeadError``. Registered with the first pooled actor, again after it
+    stopped (``WorkerPool.attach``).
+    """
+
+    _create_future = staticmethod(ReplyFuture)
+
+    def __init__(self) -> None:
+        self.actor_urn = f"urn:engine:pooled-actors:{uuid.uuid4()}"
+        self.actor_inbox = self
+        self.actor_stopped = threading.Event()
+        self.actor_ref: pykka.ActorRef[Any] = pykka.ActorRef(self)  # type: ignore[arg-type]
+        ActorRegistry.register(self.actor_ref)
+
+    def __str__(self) -> str:
+        return f"pooled actors ({self.actor_urn})"
+
+    def put(self, envelope: Envelope[Any], /) -> None:
+        """Stop all pooled actors on a stop; refuse anything else."""
+        if not isinstance(envelope.message, _ActorStop):
+            if envelope.reply_to is not None:
+                error = ActorDeadError(f"{self} handles only stop")
+                envelope.reply_to.set_exception(exc_info=(ActorDeadError, error, None))
+            return
+        self.actor_stopped.set()
+        ActorRegistry.unregister(self.actor_ref)
+        alive = [ref for ref in pooled_actor_refs() if ref.is_alive()]
+        _send_stops(alive, then=envelope.reply_to)
+
+
+_in_registry: _PooledActorsInRegistry | None = None
+_in_registry_lock = threading.Lock()
+
+
+def _ensure_in_registry() -> None:
+    global _in_registry
+    with _in_registry_lock:
+        if _in_registry is None or _in_registry.actor_stopped.is_set():
+            _in_registry = _PooledActorsInRegistry()
+
+
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
