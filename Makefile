@@ -20,6 +20,7 @@ run: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check engine actors adapters node tests bench run_engine.py
+	$(BIN)/ruff format --check engine actors adapters node tests bench run_engine.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy engine actors adapters node tests bench run_engine.py

@@ -43,6 +43,7 @@ from engine.trades import Trade
 
 log = get_logger(__name__)
 
+
 class PriceProtection:
     """Marks, SL/TP and liquidation triggers, the venue's answers about positions, and engine closes with their
     attempt ids (see the module docstring).

@@ -137,9 +137,7 @@ class AdminServer:
             idle_timeout_s=self._idle_timeout_s,
             line_deadline_s=self._line_deadline_s,
             max_line_bytes=self._max_line_bytes,
-            allow_mutating_uids=None
-            if self._allow_mutating_uids is None
-            else sorted(self._allow_mutating_uids),
+            allow_mutating_uids=None if self._allow_mutating_uids is None else sorted(self._allow_mutating_uids),
         )
 
     async def stop(self) -> None:
@@ -298,9 +296,7 @@ class AdminServer:
             except LineTooLong:
                 # The rest of this line is still coming: we cannot find the next line without reading it.
                 _log.warning("admin.line_too_long", conn_id=conn.conn_id, max_line_bytes=self._max_line_bytes)
-                error = (
-                    f"line too long: at most {self._max_line_bytes} bytes per line; closing the connection"
-                )
+                error = f"line too long: at most {self._max_line_bytes} bytes per line; closing the connection"
                 await self._send(writer, encode_reply({"ok": False, "error": error}))
                 await _lingering_close(reader, writer)
                 return
@@ -335,9 +331,7 @@ class AdminServer:
         name = command_name(cmd)
         if is_mutating(cmd):
             if self._allow_mutating_uids is not None and peer.uid not in self._allow_mutating_uids:
-                _log.warning(
-                    "admin.command_refused", cmd=name, conn_id=conn_id, peer_uid=peer.uid, peer_pid=peer.pid
-                )
+                _log.warning("admin.command_refused", cmd=name, conn_id=conn_id, peer_uid=peer.uid, peer_pid=peer.pid)
                 error = f"permission denied: {name!r} changes engine state and uid {peer.uid} may not run it"
                 return encode_reply({"ok": False, "error": error})
             _log.info(
@@ -391,13 +385,9 @@ def _prepare_directory(directory: Path) -> None:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = os.stat(directory)
     if st.st_uid != os.geteuid():
-        raise AdminSocketError(
-            f"{directory} belongs to uid {st.st_uid}, not to the engine (uid {os.geteuid()})"
-        )
+        raise AdminSocketError(f"{directory} belongs to uid {st.st_uid}, not to the engine (uid {os.geteuid()})")
     if st.st_mode & stat.S_ISVTX:
-        raise AdminSocketError(
-            f"{directory} is a shared directory; give the admin socket a directory of its own"
-        )
+        raise AdminSocketError(f"{directory} is a shared directory; give the admin socket a directory of its own")
     if stat.S_IMODE(st.st_mode) != 0o700:
         os.chmod(directory, 0o700)
         _log.info("admin.socket_dir_chmod", path=str(directory), old_mode=oct(stat.S_IMODE(st.st_mode)))

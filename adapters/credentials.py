@@ -134,9 +134,7 @@ class CredentialStore:
             raise CredentialError(f"credential file {path} is not readable: {exc.strerror}") from None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             _log.warning("credentials.file_mode_refused", path=str(path), mode=oct(stat.S_IMODE(mode)))
-            raise CredentialError(
-                f"credential file {path} must have mode 0600, has {oct(stat.S_IMODE(mode))}"
-            )
+            raise CredentialError(f"credential file {path} must have mode 0600, has {oct(stat.S_IMODE(mode))}")
         try:
             data = orjson.loads(path.read_bytes())
         except (OSError, orjson.JSONDecodeError):
@@ -160,7 +158,5 @@ class CredentialStore:
             plain = Fernet(key).decrypt(token.encode("ascii"))
         except (InvalidToken, ValueError):
             # `from None`: the token and the key must not ride along in a traceback.
-            raise CredentialError(
-                "encrypted credential cannot be decrypted with the configured key"
-            ) from None
+            raise CredentialError("encrypted credential cannot be decrypted with the configured key") from None
         return _from_mapping(orjson.loads(plain), "encrypted")

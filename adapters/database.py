@@ -78,9 +78,7 @@ def _jsonb_decode(data: bytes) -> Any:
 
 async def init_connection(conn: asyncpg.Connection) -> None:
     """Install the engine's codecs on a new connection (also for a plain ``asyncpg.connect``)."""
-    await conn.set_type_codec(
-        "json", schema="pg_catalog", encoder=json_dumps, decoder=orjson.loads, format="text"
-    )
+    await conn.set_type_codec("json", schema="pg_catalog", encoder=json_dumps, decoder=orjson.loads, format="text")
     # Binary jsonb (a version byte, then the text) so COPY, which is binary, can carry it too.
     await conn.set_type_codec(
         "jsonb", schema="pg_catalog", encoder=_jsonb_encode, decoder=_jsonb_decode, format="binary"

@@ -39,10 +39,7 @@ async def seed_demo(pool: asyncpg.Pool, cfg: DemoConfig) -> bool:
             await conn.fetchval("INSERT INTO whales (name) VALUES ($1) RETURNING id", f"whale-{i + 1}")
             for i in range(cfg.whales)
         ]
-        users = [
-            (f"follower-{i + 1}", rng.choice((5, 10, 20)), rng.random() < 0.03)
-            for i in range(cfg.followers)
-        ]
+        users = [(f"follower-{i + 1}", rng.choice((5, 10, 20)), rng.random() < 0.03) for i in range(cfg.followers)]
         user_ids = [
             r["id"]
             for r in await conn.fetch(

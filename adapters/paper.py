@@ -44,7 +44,6 @@ from engine.venue import LiquidationModel, OrderRejected, OutcomeUnknown
 log = get_logger(__name__)
 
 
-
 class PaperVenue(PaperTraffic):
     """Implements ``engine.venue.VenueAdapter``."""
 

@@ -18,6 +18,8 @@ log = get_logger(__name__)
 FAULT_KINDS = frozenset(
     {"reject", "rate_limit", "server_error", "timeout_after_accept", "partial_fill", "latency", "ban"}
 )
+
+
 @dataclass(slots=True)
 class InjectedFault:
     kind: str

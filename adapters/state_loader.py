@@ -105,9 +105,7 @@ class _Table:
         exprs.append(f"{why} AS undecodable")
         self.columns = ", ".join(exprs)
 
-    def build(
-        self, rows: Iterable[Sequence[Any]], decimal: Callable[[str], Decimal], bad: dict[int, str]
-    ) -> list[Any]:
+    def build(self, rows: Iterable[Sequence[Any]], decimal: Callable[[str], Decimal], bad: dict[int, str]) -> list[Any]:
         """Structs from rows of ``SELECT {columns} [, extra columns]`` (extra columns are ignored). A row that
         cannot become its struct is left out and its user put in ``bad`` with the reason."""
         kind, names, decimals, enums = self.kind, self.names, self.decimals, self.enums

@@ -68,8 +68,17 @@ def _run_child(name: str, *, quick: bool, env: dict[str, str]) -> list[dict[str,
     lines = out.stdout.strip().splitlines()
     if out.returncode != 0 or not lines:
         sys.stderr.write(out.stderr[-4000:])
-        return [_report.row(name, "ERROR", [], unit="", target=f"exit {out.returncode}", ok=False,
-                            note=(out.stderr.strip().splitlines() or ["?"])[-1])]
+        return [
+            _report.row(
+                name,
+                "ERROR",
+                [],
+                unit="",
+                target=f"exit {out.returncode}",
+                ok=False,
+                note=(out.stderr.strip().splitlines() or ["?"])[-1],
+            )
+        ]
     rows: list[dict[str, Any]] = json.loads(lines[-1])
     return rows
 
@@ -102,7 +111,6 @@ def main(argv: list[str]) -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="bench-pg-"))
     try:
         if any(SCENARIOS[n][1] for n in names):
-
             server = EmbeddedPostgres(data_dir, durable=True)
             env["BENCH_PG_DSN"] = server.start()
             pg_version = _pg_version(env["BENCH_PG_DSN"])

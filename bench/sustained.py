@@ -190,28 +190,46 @@ def _target_rows(r: Run) -> list[dict[str, Any]]:
     rss_growth = rss_late / rss_early
     return [
         row(
-            SCENARIO, f"signal → order, {r.rate:.0f} signals/s × 1,000 followers, {r.duration_s:.0f} s", [],
-            unit="ms", stats=_latency_stats(r.latencies), target=f"p99 ≤ {P99_TARGET_MS:.0f} ms",
+            SCENARIO,
+            f"signal → order, {r.rate:.0f} signals/s × 1,000 followers, {r.duration_s:.0f} s",
+            [],
+            unit="ms",
+            stats=_latency_stats(r.latencies),
+            target=f"p99 ≤ {P99_TARGET_MS:.0f} ms",
             ok=r.p99_ms() <= P99_TARGET_MS,
             note=f"open/close alternating; {r.sent:,} signals sent, {r.orders:,} orders placed in {r.elapsed_s:.0f} s "
             f"({r.orders / r.elapsed_s:,.0f}/s achieved of {offered:,.0f}/s offered); runs: number of orders",
         ),
         row(
-            SCENARIO, "RSS, last vs early window", [rss_late / 1e6], unit="MB", ratio=rss_growth,
-            ratio_label="late / early", target="no growth (≤ 1.10x)", ok=rss_growth <= 1.10,
+            SCENARIO,
+            "RSS, last vs early window",
+            [rss_late / 1e6],
+            unit="MB",
+            ratio=rss_growth,
+            ratio_label="late / early",
+            target="no growth (≤ 1.10x)",
+            ok=rss_growth <= 1.10,
             note=f"RSS {rss_early / 1e6:,.0f} MB early ({_early(r)}), "
             f"{rss_late / 1e6:,.0f} MB in the last {_span(r):.0f} s",
         ),
         row(
-            SCENARIO, "mailbox depth (all followers), last window", [box_late], unit="msgs",
-            target="no growth (≤ 2x + 1,000)", ok=box_late <= 2 * box_early + 1_000,
+            SCENARIO,
+            "mailbox depth (all followers), last window",
+            [box_late],
+            unit="msgs",
+            target="no growth (≤ 2x + 1,000)",
+            ok=box_late <= 2 * box_early + 1_000,
             note=f"median total depth {box_early:,.0f} early, {box_late:,.0f} in the last {_span(r):.0f} s; "
             f"{r.backlog:,} queued when the injector stopped; persistence queue at the end "
             f"{r.windows[-1]['queue']:,.0f} rows",
         ),
         row(
-            SCENARIO, "signals held back by the router (back-pressure), last window", [waiting_late],
-            unit="signals", target="no growth (≤ 2x + 1)", ok=waiting_late <= 2 * waiting_early + 1,
+            SCENARIO,
+            "signals held back by the router (back-pressure), last window",
+            [waiting_late],
+            unit="signals",
+            target="no growth (≤ 2x + 1)",
+            ok=waiting_late <= 2 * waiting_early + 1,
             note=f"median {waiting_early:,.0f} early, {waiting_late:,.0f} in the last {_span(r):.0f} s; "
             f"{r.windows[-1]['waiting']:,.0f} when the injector stopped",
         ),
@@ -224,7 +242,10 @@ def _ladder_rows(steps: list[Run], step_s: float) -> list[dict[str, Any]]:
         (rss_early, rss_late), (box_early, box_late) = r.growth("rss"), r.growth("mailbox")
         rows.append(
             row(
-                SCENARIO, f"ladder: {r.rate:g} signals/s × 1,000 followers, {step_s:.0f} s", [], unit="ms",
+                SCENARIO,
+                f"ladder: {r.rate:g} signals/s × 1,000 followers, {step_s:.0f} s",
+                [],
+                unit="ms",
                 stats=_latency_stats(r.latencies),
                 note=f"{r.orders / r.elapsed_s:,.0f} orders/s placed of {r.rate * PER_WHALE:,.0f}/s offered; "
                 f"RSS {rss_late / rss_early:.2f}x, mailboxes {box_early:,.0f} → {box_late:,.0f}, "
@@ -236,9 +257,13 @@ def _ladder_rows(steps: list[Run], step_s: float) -> list[dict[str, Any]]:
     best = max(sustained, default=0.0)
     rows.append(
         row(
-            SCENARIO, "highest steady rate (p99 ≤ 250 ms, no growth)", [best * PER_WHALE], unit="orders/s",
+            SCENARIO,
+            "highest steady rate (p99 ≤ 250 ms, no growth)",
+            [best * PER_WHALE],
+            unit="orders/s",
             note="from the ladder above; 0 when even its lowest rate missed"
-            if best == 0 else f"{best:g} signals/s × 1,000 followers",
+            if best == 0
+            else f"{best:g} signals/s × 1,000 followers",
         )
     )
     return rows

@@ -374,9 +374,7 @@ class Position:
         self.version += 1
         return Realized(pnl_usdt=pnl, margin_released_usdt=released)
 
-    def close(
-        self, price: Decimal, fee_usdt: Decimal, *, now: datetime, reason: str | None = None
-    ) -> Realized:
+    def close(self, price: Decimal, fee_usdt: Decimal, *, now: datetime, reason: str | None = None) -> Realized:
         """Close the whole remaining quantity at ``price``.
 
         ``reason`` (signal, stop_loss, take_profit, manual) defaults to the one given to ``begin_closing``,

@@ -378,8 +378,6 @@ def _ensure_in_registry() -> None:
             _in_registry = _PooledActorsInRegistry()
 
 
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Runtime:
     """An actor runtime, so the same tests and benchmarks run on thread actors and pooled actors."""

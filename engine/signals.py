@@ -101,9 +101,7 @@ class _Wire(msgspec.Struct, kw_only=True):
 _ENUM_FIELDS = ("side", "action", "trade_type", "priority")
 
 
-def parse_signal(
-    data: Mapping[str, Any], *, now: datetime, max_age_s: float = DEFAULT_MAX_SIGNAL_AGE_S
-) -> Signal:
+def parse_signal(data: Mapping[str, Any], *, now: datetime, max_age_s: float = DEFAULT_MAX_SIGNAL_AGE_S) -> Signal:
     """Validate ``data`` into a ``Signal``; raises ``SignalRejected``. ``now`` is tz-aware UTC."""
     wire = _decode(data)
     trade_type, symbol = normalize_symbol(wire.symbol, wire.trade_type)

@@ -370,9 +370,7 @@ class EngineAdminHandler(AdminQueries):
     async def _close(self, position_id: str) -> dict[str, Any]:
         user_id = await position_owner(self._pool, position_id)
         ref = await self._follower(user_id)
-        reply: dict[str, Any] = await self._blocking(
-            lambda: self._get(ref.proxy().close_position(position_id))
-        )
+        reply: dict[str, Any] = await self._blocking(lambda: self._get(ref.proxy().close_position(position_id)))
         if not reply.get("closing") and reply.get("detail") == "no such open position":
             raise CommandError(f"position {position_id!r} is not open")
         return {"user_id": user_id, **reply}
@@ -421,4 +419,3 @@ def _field(signal: Signal, name: str) -> Any:
 
 def _paused_only(refs: dict[int, Any], pauses: OperatorPauses) -> dict[int, Any]:
     return {uid: ref for uid, ref in refs.items() if pauses.user_paused(uid)}
-

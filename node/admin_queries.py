@@ -241,6 +241,7 @@ def _version() -> str:
 
 # ---- SQL -------------------------------------------------------------------------------------------------
 
+
 def records(rows: Iterable[asyncpg.Record]) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
@@ -325,9 +326,7 @@ async def user_history(pool: asyncpg.Pool, user_id: int) -> dict[str, Any] | Non
         user_id,
         SNAPSHOT_LIMIT,
     )
-    perf = performance(
-        (_row(r, PositionRow) for r in closed), [_row(r, SnapshotRow) for r in reversed(snapshots)]
-    )
+    perf = performance((_row(r, PositionRow) for r in closed), [_row(r, SnapshotRow) for r in reversed(snapshots)])
     latest = dict(snapshots[0]) if snapshots else None
     if latest is not None:
         latest.pop("created_at", None)

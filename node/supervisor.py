@@ -109,9 +109,7 @@ class Supervisor:
             return
         state = self._prepare(states[0])
         ref = FollowerActor.start(state, self._context)
-        self._router.tell(
-            UpdateFollower(user_id=user_id, ref=ref, whale_ids=tuple(f.whale_id for f in state.follows))
-        )
+        self._router.tell(UpdateFollower(user_id=user_id, ref=ref, whale_ids=tuple(f.whale_id for f in state.follows)))
         metrics.incr("followers.restarted")
         log.info("follower.restarted", user_id=user_id, open_orders=len(state.open_trades))
 

@@ -142,9 +142,7 @@ async def _fetch_balances(venue: Venue, states: list[FollowerState], clock: Cloc
 
     results = await asyncio.gather(*(one(state) for state in states))
     done = [state for state in results if state is not None]
-    log.info(
-        "venue.balances_fetched", venue=venue.name, accounts=len(states), fetched=len(done), failed=failed or None
-    )
+    log.info("venue.balances_fetched", venue=venue.name, accounts=len(states), fetched=len(done), failed=failed or None)
     return done
 
 

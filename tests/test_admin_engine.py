@@ -199,9 +199,7 @@ def test_users_and_user(engine: EngineSystem) -> None:
     assert reply["live"]["paused"] is False
     assert reply["settings"]["name"] == "bob"
     assert [f["whale_id"] for f in reply["follows"]] == [W1, W2]
-    assert {"win_rate", "realized_pnl_usdt", "realized_pnl_by_day", "max_drawdown_usdt"} <= set(
-        reply["performance"]
-    )
+    assert {"win_rate", "realized_pnl_usdt", "realized_pnl_by_day", "max_drawdown_usdt"} <= set(reply["performance"])
     assert "no user 99999" in refused(engine, "user", "99999")
 
 
@@ -358,9 +356,7 @@ def test_signal_not_stored_says_a_retry_is_safe(
     assert processed(pg_dsn, reply["signal_id"])["status"] == "processed"
 
 
-def test_signal_outcome_unknown_says_so(
-    engine: EngineSystem, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_signal_outcome_unknown_says_so(engine: EngineSystem, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The INSERT's answer is lost and the read-back fails too: the reply says the outcome is unknown and a
     retry is safe; the retry then stores it once."""
     with monkeypatch.context() as patched:

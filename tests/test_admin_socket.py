@@ -46,9 +46,7 @@ class FakeHandler:
         if isinstance(cmd, Close) and cmd.position_id == "boom":
             raise RuntimeError("kaboom")
         if isinstance(cmd, Users):
-            return {
-                "users": [{"user_id": 1, "equity": Decimal("100.50")}, {"user_id": 2, "equity": Decimal(7)}]
-            }
+            return {"users": [{"user_id": 1, "equity": Decimal("100.50")}, {"user_id": 2, "equity": Decimal(7)}]}
         if isinstance(cmd, Status):
             return {"ok": "ignored", "draining": False, "venues": {"paper": "up"}}
         return {"done": command_name(cmd)}
@@ -117,12 +115,8 @@ ServerFactory = Callable[..., AdminServer]
 def make_server(io_loop: IoLoop, sock_dir: Path) -> Iterator[ServerFactory]:
     servers: list[AdminServer] = []
 
-    def make(
-        *, handler: Any = None, path: Path | None = None, start: bool = True, **options: Any
-    ) -> AdminServer:
-        server = AdminServer(
-            io_loop, path or sock_dir / "admin" / "engine.sock", handler or FakeHandler(), **options
-        )
+    def make(*, handler: Any = None, path: Path | None = None, start: bool = True, **options: Any) -> AdminServer:
+        server = AdminServer(io_loop, path or sock_dir / "admin" / "engine.sock", handler or FakeHandler(), **options)
         if start:
             io_loop.run(server.start(), GUARD_S)
             servers.append(server)
@@ -193,9 +187,7 @@ def test_last_line_without_newline_is_answered(make_server: ServerFactory) -> No
 # -- mutating commands -----------------------------------------------------------------------------------
 
 
-def test_mutating_command_is_logged_with_peer(
-    make_server: ServerFactory, captured_logs: LogEntries
-) -> None:
+def test_mutating_command_is_logged_with_peer(make_server: ServerFactory, captured_logs: LogEntries) -> None:
     handler = FakeHandler()
     client = Client(make_server(handler=handler).path)
     assert client.request({"cmd": "pause", "target": "whale", "id": 3})["ok"] is True
@@ -209,18 +201,14 @@ def test_mutating_command_is_logged_with_peer(
     assert handler.calls[0][1] == Peer(uid=os.geteuid(), gid=os.getegid(), pid=os.getpid())
 
 
-def test_mutating_refused_for_uid_not_allowed(
-    make_server: ServerFactory, captured_logs: LogEntries
-) -> None:
+def test_mutating_refused_for_uid_not_allowed(make_server: ServerFactory, captured_logs: LogEntries) -> None:
     handler = FakeHandler()
     client = Client(make_server(handler=handler, allow_mutating_uids=[os.geteuid() + 12345]).path)
     reply = client.request({"cmd": "shutdown"})
     assert reply["ok"] is False
     assert "permission denied" in reply["error"]
     assert "'shutdown'" in reply["error"]
-    assert (
-        client.request({"cmd": "dry-run", "payload": {"whale_id": 1}})["ok"] is True
-    )  # read-only still fine
+    assert client.request({"cmd": "dry-run", "payload": {"whale_id": 1}})["ok"] is True  # read-only still fine
     assert [command_name(cmd) for cmd, _ in handler.calls] == ["dry-run"]
     assert events(captured_logs, "admin.command_refused")[0]["peer_uid"] == os.geteuid()
 
@@ -276,9 +264,7 @@ def test_refuses_to_start_while_another_engine_answers(make_server: ServerFactor
     assert Client(first.path).request({"cmd": "status"})["ok"] is True
 
 
-def test_refuses_to_replace_a_regular_file(
-    make_server: ServerFactory, io_loop: IoLoop, sock_dir: Path
-) -> None:
+def test_refuses_to_replace_a_regular_file(make_server: ServerFactory, io_loop: IoLoop, sock_dir: Path) -> None:
     path = sock_dir / "admin" / "engine.sock"
     path.parent.mkdir(mode=0o700)
     path.write_text("not a socket")
@@ -469,9 +455,7 @@ def test_connection_cap_refuses_only_while_every_connection_runs_a_command(
     assert Client(server.path).request({"cmd": "status"})["ok"] is True  # a slot is taken from an idle one
 
 
-def test_new_connection_evicts_the_longest_idle_one(
-    make_server: ServerFactory, captured_logs: LogEntries
-) -> None:
+def test_new_connection_evicts_the_longest_idle_one(make_server: ServerFactory, captured_logs: LogEntries) -> None:
     server = make_server(max_connections=2)
     first, second = Client(server.path), Client(server.path)
     assert first.request({"cmd": "status"})["ok"] is True
@@ -512,9 +496,7 @@ def test_half_open_connections_do_not_lock_the_operator_out(
     assert events(captured_logs, "admin.line_deadline")
 
 
-def test_unfinished_line_is_cut_at_the_deadline(
-    make_server: ServerFactory, captured_logs: LogEntries
-) -> None:
+def test_unfinished_line_is_cut_at_the_deadline(make_server: ServerFactory, captured_logs: LogEntries) -> None:
     server = make_server(line_deadline_s=0.3)
     client = Client(server.path)
     client.send(b'{"cmd": "status"}\n{"cmd": "sta')  # one whole line, then the start of another, held
@@ -529,9 +511,7 @@ def test_unfinished_line_is_cut_at_the_deadline(
     assert Client(server.path).request({"cmd": "status"})["ok"] is True  # the server lives
 
 
-def test_peer_that_stops_reading_replies_loses_its_slot(
-    make_server: ServerFactory, captured_logs: LogEntries
-) -> None:
+def test_peer_that_stops_reading_replies_loses_its_slot(make_server: ServerFactory, captured_logs: LogEntries) -> None:
     """A peer pipelines commands and never reads a reply: once the socket's buffers are full the server waits on
     it, running a command, so it is never evicted; the reply deadline frees its slot (was: the 300 s idle timeout)."""
     server = make_server(max_connections=1, line_deadline_s=0.5)

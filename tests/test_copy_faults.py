@@ -136,6 +136,7 @@ def test_timeout_after_accept_is_unknown_then_reconciled_never_resent(pg_dsn: st
         # The venue filled the orders but the engine never heard: each trade went UNKNOWN (a stored fact), and
         # the signal waits for their outcomes.
         for uid, cid in cids.items():
+
             def needs_reconciliation(uid: int = uid) -> bool:
                 return event_count(pg_dsn, "trade_needs_reconciliation", user_id=uid) == 1
 

@@ -72,9 +72,7 @@ def test_env_source() -> None:
     env = {"ALICE_API_KEY": API_KEY, "ALICE_SECRET": SECRET, "ALICE_PASSPHRASE": PASSPHRASE}
     credential = CredentialStore(env).resolve("env:ALICE")
     assert (credential.api_key, credential.secret, credential.passphrase) == (API_KEY, SECRET, PASSPHRASE)
-    assert (
-        CredentialStore({"BOB_API_KEY": API_KEY, "BOB_SECRET": SECRET}).resolve("env:BOB").passphrase is None
-    )
+    assert CredentialStore({"BOB_API_KEY": API_KEY, "BOB_SECRET": SECRET}).resolve("env:BOB").passphrase is None
     with pytest.raises(CredentialError, match="CAROL_API_KEY"):
         CredentialStore(env).resolve("env:CAROL")
 
@@ -121,9 +119,7 @@ def test_secret_never_reaches_logs_or_errors_on_venue_auth_failure(
         emu = EmulatorServer(("binance",))
         await emu.start()
         emu.add_account("binance", API_KEY, "the-real-secret-on-the-venue")
-        store = CredentialStore(
-            {"U1_API_KEY": API_KEY, "U1_SECRET": SECRET, "U2_API_KEY": SECRET, "U2_SECRET": SECRET}
-        )
+        store = CredentialStore({"U1_API_KEY": API_KEY, "U1_SECRET": SECRET, "U2_API_KEY": SECRET, "U2_SECRET": SECRET})
         venue = CcxtVenue(
             "binance",
             trade_type=TradeType.SPOT,

@@ -56,10 +56,7 @@ def test_leftover_server_from_crashed_run_is_replaced(pg_data_dir: Path) -> None
     try:
         assert fetchval(dsn, "SELECT 1") == 1
         assert second.pid != leftover_pid
-        assert (
-            not psutil.pid_exists(leftover_pid)
-            or psutil.Process(leftover_pid).status() == psutil.STATUS_ZOMBIE
-        )
+        assert not psutil.pid_exists(leftover_pid) or psutil.Process(leftover_pid).status() == psutil.STATUS_ZOMBIE
     finally:
         second.stop()
         first.stop()

@@ -218,9 +218,7 @@ def test_weight_excess_is_recorded() -> None:
 def test_other_venues_check_signatures_through_ccxt(venue: str) -> None:
     async def body(emu: EmulatorServer, session: aiohttp.ClientSession) -> None:
         for secret, ok in ((SECRET, True), ("wrong", False)):
-            client = getattr(ccxt, venue)(
-                {"apiKey": KEY, "secret": secret, "password": "pp", "enableRateLimit": False}
-            )
+            client = getattr(ccxt, venue)({"apiKey": KEY, "secret": secret, "password": "pp", "enableRateLimit": False})
             client.urls["api"] = {k: emu.url_for(venue) for k in client.urls["api"]}
             client.has = dict(client.has, fetchCurrencies=False)
             client.options["uta"] = False

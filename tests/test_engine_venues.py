@@ -104,8 +104,14 @@ def engine_on(request: pytest.FixtureRequest, pg_dsn: str, tmp_path_factory: pyt
         followers=followers,
         user={"max_leverage": 20},
         follow={"max_open_positions": 50, "max_slippage_pct": 5, "max_signal_age_s": 600},
-        venue_config={"weight_per_minute": 36000, "weight_window_s": 5.0, "price_poll_interval_ms": 5000,
-                      "retry_base_ms": 50.0, "retry_max_ms": 500.0, "unknown_grace_s": 5.0},
+        venue_config={
+            "weight_per_minute": 36000,
+            "weight_window_s": 5.0,
+            "price_poll_interval_ms": 5000,
+            "retry_base_ms": 50.0,
+            "retry_max_ms": 500.0,
+            "unknown_grace_s": 5.0,
+        },
         weight_window=(3000, 5.0),  # correctness here; the budget has its own test below
         seed=seed,
     ) as s:

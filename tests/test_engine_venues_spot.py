@@ -40,8 +40,12 @@ def spot_on(
         whale_id=900 + index,
         followers=range(index * 10_000 + 1, index * 10_000 + 21),
         follow={"max_slippage_pct": 5, "max_signal_age_s": 600},
-        venue_config={"weight_per_minute": 36000, "weight_window_s": 5.0, "price_poll_interval_ms": 5000,
-                      "unknown_grace_s": 5.0},
+        venue_config={
+            "weight_per_minute": 36000,
+            "weight_window_s": 5.0,
+            "price_poll_interval_ms": 5000,
+            "unknown_grace_s": 5.0,
+        },
     ) as s:
         yield s
 

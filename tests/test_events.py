@@ -50,9 +50,7 @@ def test_event_ids_are_natural_keys() -> None:
         entry_price=D(1),
     )
     assert inc.event_id == "position_increased:p1:c2"
-    closed = PositionClosed(
-        occurred_at=NOW, position_id="p1", price=D(1), reason="stop_loss", realized_pnl_usdt=D(-3)
-    )
+    closed = PositionClosed(occurred_at=NOW, position_id="p1", price=D(1), reason="stop_loss", realized_pnl_usdt=D(-3))
     assert closed.event_id == "position_closed:p1"
     skipped = FollowerSkipped(occurred_at=NOW, signal_id=1, user_id=7, reason="paused")
     assert skipped.event_id == "follower_skipped:1:7"

@@ -325,9 +325,7 @@ def test_partial_fill(start_actor: Callable[..., pykka.ActorRef[Any]], venue: Pa
     assert venue.order_count(req.client_order_id) == 1
 
 
-def test_wrong_venue_fails_without_a_call(
-    start_actor: Callable[..., pykka.ActorRef[Any]], venue: PaperVenue
-) -> None:
+def test_wrong_venue_fails_without_a_call(start_actor: Callable[..., pykka.ActorRef[Any]], venue: PaperVenue) -> None:
     ref, inbox = start_actor(), Inbox()
     req = msgspec.structs.replace(request(), venue="binance")
     place(ref, inbox, req)
@@ -351,9 +349,7 @@ def open_breaker(ref: pykka.ActorRef[Any], venue: PaperVenue, inbox: Inbox, fail
 def test_breaker_opens_on_errors_refuses_entries_and_lets_exits_through(
     start_actor: Callable[..., pykka.ActorRef[Any]], venue: PaperVenue, captured_logs: LogEntries
 ) -> None:
-    ref = start_actor(
-        retry_max_attempts=1, breaker_min_requests=5, breaker_error_rate=0.5, breaker_cooldown_s=600.0
-    )
+    ref = start_actor(retry_max_attempts=1, breaker_min_requests=5, breaker_error_rate=0.5, breaker_cooldown_s=600.0)
     inbox = Inbox()
     open_breaker(ref, venue, inbox, failures=5)
     assert all(o.status is TradeStatus.FAILED for o in inbox.items)
@@ -558,9 +554,7 @@ def test_weight_budget_never_exceeded_under_a_burst(start_actor: Callable[..., p
     # The venue counts weight on arrival over a sliding 0.5 s window and answers 429 past 200.
     window_s, capacity, orders = 0.5, 200, 2000
     strict = funded_venue(100, weight_limit=capacity, weight_window_s=window_s)
-    ref = start_actor(
-        adapter=strict, weight_per_minute=int(capacity * 60 / window_s), weight_window_s=window_s
-    )
+    ref = start_actor(adapter=strict, weight_per_minute=int(capacity * 60 / window_s), weight_window_s=window_s)
     inbox = Inbox()
     place(ref, inbox, *(request(user_id=1 + n % 100) for n in range(orders)))
     outcomes = inbox.wait_for(orders, timeout_s=120)

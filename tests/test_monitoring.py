@@ -84,7 +84,6 @@ def test_follow_changes_are_picked_up_without_reload(pg_dsn: str, tmp_path: Path
 
 def _probe(venue: PaperVenue):  # type: ignore[no-untyped-def]
 
-
     mark = venue.marks()["ADA/USDT:USDT"]
     return Signal(
         signal_id=1,

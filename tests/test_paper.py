@@ -115,9 +115,7 @@ def test_repeated_client_order_id_returns_the_existing_order(venue: PaperVenue) 
         (order("x7", symbol=FUT, side=Side.SELL, reduce_only=True), "reduce-only"),
     ],
 )
-def test_invalid_or_unaffordable_orders_are_rejected(
-    venue: PaperVenue, req: OrderRequest, match: str
-) -> None:
+def test_invalid_or_unaffordable_orders_are_rejected(venue: PaperVenue, req: OrderRequest, match: str) -> None:
     with pytest.raises(OrderRejected, match=match):
         run(venue.create_order(req))
     assert venue.order_count(req.client_order_id) == 0
@@ -195,9 +193,7 @@ def test_opposite_order_without_reduce_only_flips_the_position() -> None:
         ("ban", VenueBanned),
     ],
 )
-def test_faults_before_acceptance_create_no_order(
-    venue: PaperVenue, kind: str, error: type[Exception]
-) -> None:
+def test_faults_before_acceptance_create_no_order(venue: PaperVenue, kind: str, error: type[Exception]) -> None:
     venue.inject(kind, client_order_id="f1", retry_after_s=0.5)
     with pytest.raises(error):
         run(venue.create_order(order("f1")))

@@ -102,9 +102,6 @@ def uid() -> str:
     return uuid.uuid4().hex[:12]
 
 
-
-
-
 # The timings these tests were written against (the actor's own defaults before it took its config whole): a
 # group commit fails after 1 s, not engine.config's 5 s, so the outage tests see durable=False soon.
 _TEST_PERSISTENCE = msgspec.structs.replace(PersistenceConfig(), durable_timeout_ms=1000.0)
@@ -567,9 +564,7 @@ def waiting_in_transaction(dsn: str) -> bool:
 
 
 def test_a_batch_commits_only_after_the_one_before(pg_dsn: str, io_loop: IoLoop) -> None:
-    writer = PersistenceIo(
-        dsn=pg_dsn, pool_max_size=3, write_method="json", durable_timeout_s=5, clock=SYSTEM_CLOCK
-    )
+    writer = PersistenceIo(dsn=pg_dsn, pool_max_size=3, write_method="json", durable_timeout_s=5, clock=SYSTEM_CLOCK)
     tag = f"o{uid()}"
 
     def count(part: str) -> int:

@@ -184,9 +184,7 @@ def tick(system: EngineSystem) -> int:
     return system.io.run(feed.tick(), 30)
 
 
-def follow(
-    user_ids: list[int], whale_id: int, dsn: str, system: EngineSystem | None = None, **settings: Any
-) -> None:
+def follow(user_ids: list[int], whale_id: int, dsn: str, system: EngineSystem | None = None, **settings: Any) -> None:
     """Users following ``whale_id``; a running ``system`` picks them up at once (admin ``reload``)."""
     seed_whale(dsn, whale_id)
     cols = {"max_leverage": 20, "max_slippage_pct": D(5), **settings}
@@ -247,8 +245,15 @@ def in_flight(system: EngineSystem, user_id: int) -> list[str]:
     ],
 )
 def test_futures_sl_tp_with_leverage(
-    engine: EngineSystem, pg_dsn: str, venue: PaperVenue, events: Events, base: str, side: str, mark: str,
-    reason: str, realised: str,
+    engine: EngineSystem,
+    pg_dsn: str,
+    venue: PaperVenue,
+    events: Events,
+    base: str,
+    side: str,
+    mark: str,
+    reason: str,
+    realised: str,
 ) -> None:
     whale, user = 100 + BASES.index(base), 1000 + BASES.index(base)
     symbol = f"{base}/USDT:USDT"

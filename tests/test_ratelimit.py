@@ -113,4 +113,3 @@ def test_wait_time_is_never_an_ulp_short() -> None:
     wait = bucket.wait_time(5, now)
     assert 0 < wait < math.inf
     assert bucket.try_acquire(5, now + wait)
-

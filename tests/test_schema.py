@@ -118,9 +118,7 @@ def test_mutable_tables_have_version_and_updated_at(pg_dsn: str) -> None:
     ):
         cols = {
             r[0]
-            for r in fetch(
-                pg_dsn, "SELECT column_name FROM information_schema.columns WHERE table_name = $1", table
-            )
+            for r in fetch(pg_dsn, "SELECT column_name FROM information_schema.columns WHERE table_name = $1", table)
         }
         assert {"version", "updated_at"} <= cols, table
 

@@ -173,9 +173,7 @@ def test_intake_error_is_logged_once_per_outage_not_per_poll(pg_dsn: str) -> Non
         await intake.start()
         try:
             await wait_for_async(lambda: len(attempts) >= 10)  # ten failed polls at least
-            signal_id = await asyncio.to_thread(
-                insert_signal, pg_dsn, whale_id=1, symbol="BTC/USDT:USDT", price=50_000
-            )
+            signal_id = await asyncio.to_thread(insert_signal, pg_dsn, whale_id=1, symbol="BTC/USDT:USDT", price=50_000)
             proxy.resume()
             await wait_for_async(lambda: any(s.signal_id == signal_id for s in routed))
         finally:

@@ -75,9 +75,7 @@ def signal(**kw: Any) -> Signal:
 
 
 def held(**kw: Any) -> HeldPosition:
-    base: dict[str, Any] = dict(
-        position_id="p1", whale_id=3, side=PositionSide.LONG, qty=D("0.02"), leverage=10
-    )
+    base: dict[str, Any] = dict(position_id="p1", whale_id=3, side=PositionSide.LONG, qty=D("0.02"), leverage=10)
     base.update(kw)
     return HeldPosition(**base)
 
@@ -92,9 +90,7 @@ def run(
     account: AccountView = ACCOUNT,
     now: datetime = NOW,
 ) -> Skip | EntryPlan | ExitPlan:
-    return decide(
-        sig or signal(), user=user, follow=follow, market=market, mark=mark, now=now, account=account
-    )
+    return decide(sig or signal(), user=user, follow=follow, market=market, mark=mark, now=now, account=account)
 
 
 def follow(**kw: Any) -> FollowSettings:
@@ -357,9 +353,7 @@ steps = st.sampled_from([D("0.001"), D(1), D("0.5"), D(10), D("0.00001")])
     lev=st.integers(min_value=1, max_value=125),
     cap=money,
 )
-def test_entry_plan_invariants(
-    mode: SizingMode, amount: D, free: D, price: D, step: D, lev: int, cap: D
-) -> None:
+def test_entry_plan_invariants(mode: SizingMode, amount: D, free: D, price: D, step: D, lev: int, cap: D) -> None:
     f = follow(
         sizing_mode=mode,
         fixed_usdt=amount,

@@ -28,6 +28,8 @@ from tests.kit import (
 from tests.kit.snapshots import PRICES, copied, figures, follow, markets, signal, status, tick
 
 D = Decimal
+
+
 @pytest.fixture(scope="module")
 def venue() -> PaperVenue:
     return PaperVenue(markets=markets(), initial_marks=PRICES, latency_ms=0)
@@ -48,9 +50,7 @@ def snapshot_row(dsn: str, user_id: int, taken_at: datetime) -> dict[str, Any]:
     return dict(rows[0]) if rows else {}
 
 
-def test_snapshot_figures_against_a_hand_computed_account(
-    engine: EngineSystem, pg_dsn: str, venue: PaperVenue
-) -> None:
+def test_snapshot_figures_against_a_hand_computed_account(engine: EngineSystem, pg_dsn: str, venue: PaperVenue) -> None:
     user, whale = 3001, 301
     follow(engine, pg_dsn, user, whale, stop_loss_pct=D(10))
     for symbol, leverage in (("SNF/USDT:USDT", 5), ("SNS/USDT", 1), ("SNC/USDT:USDT", 2)):

@@ -46,9 +46,15 @@ def engine_on(request: pytest.FixtureRequest, pg_dsn: str, tmp_path_factory: pyt
         followers=range(users[0], users[-1] + 1),
         user={"max_leverage": 20},
         follow={"max_open_positions": 5, "max_slippage_pct": 5, "max_signal_age_s": 600},
-        venue_config={"weight_per_minute": 36000, "weight_window_s": 5.0, "price_poll_interval_ms": 200,
-                      "liquidation_check_interval_ms": 300, "liquidation_check_band_pct": 1.0,
-                      "retry_base_ms": 50.0, "retry_max_ms": 500.0},
+        venue_config={
+            "weight_per_minute": 36000,
+            "weight_window_s": 5.0,
+            "price_poll_interval_ms": 200,
+            "liquidation_check_interval_ms": 300,
+            "liquidation_check_band_pct": 1.0,
+            "retry_base_ms": 50.0,
+            "retry_max_ms": 500.0,
+        },
         weight_window=(3000, 5.0),
     ) as engine:
         s = Setup(**vars(engine), users=users)

@@ -174,6 +174,7 @@ def wait_signal_done(dsn: str, signal_id: int, timeout_s: float = GENEROUS_S) ->
 
 def settle(system: EngineSystem, timeout_s: float = GENEROUS_S) -> None:
     """Wait for nothing in flight (router, exchange, durable lane), then flush the batched lane."""
+
     def idle() -> bool:
         pool = runtime.pool_stats()
         return not any(system.in_flight().values()) and pool.mailbox_depth_total == 0 and pool.queued_actors == 0
