@@ -35,6 +35,7 @@ from actors.router_holds import HeldCopies
 from actors.router_queue import WaitingSignals
 from engine import metrics
 from engine.clock import Clock
+from engine.config import SignalsConfig
 from engine.control import (
     CopyHeld,
     CopyOutcome,
@@ -84,12 +85,12 @@ class SignalRouterActor(SingletonActor):
         persistence: Any,
         mark_price: Any,
         publish: Any,
-        max_pending_copies: int = 20_000,
+        config: SignalsConfig,
         clock: Clock,
     ) -> None:
         super().__init__()
         self._clock = clock
-        self._max_pending_copies = max_pending_copies
+        self._max_pending_copies = config.max_pending_copies
         self._pending_copies = 0  # copies told and not yet answered, over every in-flight signal
         self._held_since_ns = 0  # when back-pressure began holding signals (0: not holding)
         self._backlog_high = False

@@ -36,7 +36,7 @@ from bench._engine import AckingPersistence, CountingExchange, make_signal, mixe
 from bench._report import row
 from engine import runtime
 from engine.clock import SYSTEM_CLOCK
-from engine.config import RuntimeConfig
+from engine.config import RuntimeConfig, SignalsConfig
 from engine.control import CopyOutcome, RouteSignal, SetFollowers
 from engine.events import EventBus, log_event
 from engine.follower_state import FollowerContext, FollowerState
@@ -141,7 +141,11 @@ class Bench:
         self.events.subscribe(log_event)
         self.publish = self.events.publish
         self.router = SignalRouterActor.start(
-            persistence=self.persistence, mark_price=mark_price, publish=self.publish, clock=SYSTEM_CLOCK
+            persistence=self.persistence,
+            mark_price=mark_price,
+            publish=self.publish,
+            config=SignalsConfig(),
+            clock=SYSTEM_CLOCK,
         )
         self._signal_ids = iter(range(1, 10**9))
 

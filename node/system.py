@@ -125,7 +125,7 @@ class EngineSystem:
                 persistence=self.persistence,
                 mark_price=self.mark_price,
                 publish=self.events.publish,
-                max_pending_copies=cfg.signals.max_pending_copies,
+                config=cfg.signals,
                 clock=self.clock,
             )
             self.supervisor = Supervisor(

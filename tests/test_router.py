@@ -12,11 +12,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import pykka
 import pytest
 
 from actors.router import SignalRouterActor
 from engine.clock import SYSTEM_CLOCK, Clock, FakeClock
+from engine.config import SignalsConfig
 from engine.control import (
     CopyHeld,
     CopyOutcome,
@@ -84,7 +86,7 @@ def started_router(
         persistence=persistence,
         mark_price=lambda *_: None,
         publish=lambda *_, **__: None,
-        max_pending_copies=max_pending_copies,
+        config=msgspec.structs.replace(SignalsConfig(), max_pending_copies=max_pending_copies),
         clock=clock,
     )
     try:
