@@ -165,24 +165,7 @@ class PooledInbox:
             # that a failing reply fails only that message (pykka's thread would die of it; see _reply_failed).
             while budget and mailbox and not stopped.is_set():
                 budget -= 1
-                envelope = mailbox.popleft()
-                try:
-                    response = actor._handle_receive(envelope.message)
-                except Exception:
-                    if (reply_to := envelope.reply_to) is not None:
-                        logger.info("Exception returned from %s to caller:", actor, exc_info=True)
-                        try:
-                            reply_to.set_exception()
-                        except Exception:  # noqa: BLE001 - the reply's own failure is that message's only
-                            _reply_failed(actor, reply_to)
-                    else:
-                        _fail_on_tell(actor, sys.exc_info())
-                else:
-                    if (reply_to := envelope.reply_to) is not None:
-                        try:
-                            reply_to.set(response)
-                        except Exception:  # noqa: BLE001 - the reply's own failure is that message's only
-                            _reply_failed(actor, reply_to)
+                handle_envelope(actor, mailbox.popleft())
             if stopped.is_set():
                 # Also drains mail that arrived after the stop: those asks get ActorDeadError
                 # instead of hanging (pykka's thread is gone by then and would never answer).
@@ -223,6 +206,29 @@ class PooledInbox:
         # A put may have appended after our check but failed to take the token: take it for it.
         if self._queue and self._token.acquire(False):
             self._schedule(self)
+
+
+def handle_envelope(actor: pykka.Actor, envelope: Envelope[Any]) -> None:
+    """One message, as pykka's ``Actor._actor_loop_running`` handles it, except that a failing reply fails only
+    that message (pykka's thread would die of it; see :func:`_reply_failed`). A ``BaseException`` (SystemExit
+    etc.) is the caller's to handle: the pooled turn and the singleton loop stop differently. Shared by both."""
+    try:
+        response = actor._handle_receive(envelope.message)
+    except Exception:
+        if (reply_to := envelope.reply_to) is not None:
+            logger.info("Exception returned from %s to caller:", actor, exc_info=True)
+            try:
+                reply_to.set_exception()
+            except Exception:  # noqa: BLE001 - the reply's own failure is that message's only
+                _reply_failed(actor, reply_to)
+        else:
+            _fail_on_tell(actor, sys.exc_info())
+    else:
+        if (reply_to := envelope.reply_to) is not None:
+            try:
+                reply_to.set(response)
+            except Exception:  # noqa: BLE001 - the reply's own failure is that message's only
+                _reply_failed(actor, reply_to)
 
 
 def _reply_failed(actor: pykka.Actor, reply_to: pykka.Future[Any]) -> None:

@@ -62,8 +62,8 @@ from engine._pool import (
     ReplyFuture,
     WorkerPool,
     _all_pools,
-    _reply_failed,
     _send_stops,
+    handle_envelope,
     stop_actors,
 )
 
@@ -238,30 +238,11 @@ class SingletonActor(pykka.ThreadingActor):
         while not stopped.is_set():
             envelope = inbox.get()
             try:
-                response = self._handle_receive(envelope.message)
-            except Exception:
-                if (reply_to := envelope.reply_to) is not None:
-                    logger.info("Exception returned from %s to caller:", self, exc_info=True)
-                    try:
-                        reply_to.set_exception()
-                    except Exception:  # noqa: BLE001 - the reply's own failure is that message's only
-                        _reply_failed(self, reply_to)
-                else:
-                    self._handle_failure(*sys.exc_info())
-                    try:
-                        self.on_failure(*sys.exc_info())
-                    except Exception:  # noqa: BLE001 - as pykka: reported, never raised through
-                        self._handle_failure(*sys.exc_info())
+                handle_envelope(self, envelope)
             except BaseException:  # noqa: BLE001 - SystemExit etc.: pykka stops everything
                 logger.debug("%r in %s. Stopping all actors.", sys.exc_info()[1], self)
                 self._stop()
                 ActorRegistry.stop_all()
-            else:
-                if (reply_to := envelope.reply_to) is not None:
-                    try:
-                        reply_to.set(response)
-                    except Exception:  # noqa: BLE001 - the reply's own failure is that message's only
-                        _reply_failed(self, reply_to)
 
 
 class PooledActor(pykka.Actor):
